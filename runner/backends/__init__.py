@@ -1,0 +1,16 @@
+"""Generation backends, registered by name; each module imports its heavy SDK only when loaded."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+BACKENDS: dict[str, str] = {
+    "transformers": "runner.backends.transformers:TransformersBackend",
+    "unsloth": "runner.backends.unsloth:UnslothBackend",
+}
+
+
+def backend_class(name: str) -> Any:
+    module, _, attr = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)

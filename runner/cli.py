@@ -1,0 +1,63 @@
+"""`pov`: a thin shell over the library. Bad input exits 2 with `file:line: path: message`, no traceback."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from runner import __version__
+from runner.errors import UserError
+
+# Each command lives in runner/commands/<name>.py with add_arguments(parser) and main(args) -> int.
+# Those modules import only light things at the top, so `pov --help` stays fast.
+COMMANDS = {
+    "validate": "check specs and every file they name",
+    "plan": "list the cells a spec expands into",
+    "ingest": "chunk the corpus and store it in Chroma",
+    "retrieve": "show the three retrieval stages per question",
+    "run": "run every cell of a spec (resumes an unfinished run)",
+    "rerun": "run a past run again, naming what changed since",
+    "report": "crash rate against prompt complexity, latency, checks",
+    "models": "build local models (a tiny random Llama for offline use)",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="pov", description="Declarative experiments for point-of-view reranked RAG.")
+    parser.add_argument("--version", action="version", version=f"pov-runner {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f"runner.commands.{name}")
+        p = sub.add_parser(name, help=help_text, description=module.__doc__)
+        module.add_arguments(p)
+        p.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return int(args._module.main(args) or 0)
+    except UserError as e:
+        sys.stderr.write(f"{e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

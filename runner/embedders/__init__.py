@@ -1,0 +1,16 @@
+"""Embedding providers, registered by name; each module imports its SDK only when used."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+PROVIDERS: dict[str, str] = {
+    "sentence-transformers": "runner.embedders.sentence_transformers:SentenceTransformerEmbedder",
+    "cohere": "runner.embedders.cohere:CohereEmbedder",
+}
+
+
+def provider_class(name: str) -> Any:
+    module, _, attr = PROVIDERS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)

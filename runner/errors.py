@@ -1,0 +1,35 @@
+"""Errors that the CLI turns into a clean message and exit code 2 (bad input), never a traceback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem in a user's input, located as precisely as we can."""
+
+    file: str
+    line: int
+    col: int
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:{self.col}" if self.col else f"{self.file}:{self.line}"
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class UserError(Exception):
+    """Bad input from the user (a file, an argument). The CLI prints it and exits 2."""
+
+    exit_code = 2
+
+
+class SpecError(UserError):
+    """Every problem found in a spec and the files it names, one `file:line:col: path: message` each."""
+
+    def __init__(self, problems: Iterable[Problem]) -> None:
+        self.problems = sorted(set(problems), key=lambda p: (p.file, p.line, p.col, p.path, p.message))
+        super().__init__("\n".join(str(p) for p in self.problems))
