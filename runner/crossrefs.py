@@ -35,10 +35,9 @@ class _Collector:
 def _load_questions(spec: Spec, c: _Collector) -> dict[str, Question]:
     out: dict[str, Question] = {}
     if isinstance(spec.questions, list):
-        items = [(q, ("questions", i)) for i, q in enumerate(spec.questions)]
-        for q, path in items:
+        for i, q in enumerate(spec.questions):
             if q.id in out:
-                c.at((*path, "id"), f"duplicate question id {q.id!r}")
+                c.at(("questions", i, "id"), f"duplicate question id {q.id!r}")
             out[q.id] = q
         return out
     path = Path(spec.questions)
@@ -65,8 +64,11 @@ def _load_questions(spec: Spec, c: _Collector) -> dict[str, Question]:
             try:
                 q = Question.model_validate(item)
             except ValidationError as err:
-                for e in err.errors():
-                    sub.at((*prefix, i, *e["loc"]), e["msg"])
+                for detail in err.errors():
+                    msg = detail["msg"]
+                    if detail["type"] == "extra_forbidden":
+                        msg = f"unknown key {detail['loc'][-1]!r}{did_you_mean(detail['loc'][-1], list(Question.model_fields))}"
+                    sub.at((*prefix, i, *detail["loc"]), msg)
                 continue
             if q.id in out:
                 sub.at((*prefix, i, "id"), f"duplicate question id {q.id!r}")
@@ -159,7 +161,7 @@ def _check_matrix(spec: Spec, questions: dict[str, Question], c: _Collector) -> 
 
 def _check_rule(rule: dict[str, Any], path: PathKey, choices: dict[str, list[str]],
                 questions: dict[str, Question], c: _Collector, full: bool) -> None:
-    if not rule and not path[0] == "faults":
+    if not rule and path[0] != "faults":
         c.at(path, "empty rule: name at least one axis")
     for axis, value in rule.items():
         if axis not in AXES:
@@ -175,8 +177,8 @@ def _check_rule(rule: dict[str, Any], path: PathKey, choices: dict[str, list[str
                     c.at((*path, axis), str(e))
             continue
         for v in values:
-            if v == "all" and full:
-                continue
+            if v == "all" and full and not isinstance(value, list):
+                continue  # inside a list `all` would reach expand() as a name and crash it
             if v not in choices[axis] and (axis != "question" or questions):
                 c.at((*path, axis), f"unknown {axis} {v!r}{did_you_mean(v, choices[axis])}")
     if full:
@@ -212,4 +214,10 @@ def resolve(spec: Spec, path: Path, data: dict[str, Any], marks: dict[PathKey, M
     if not isinstance(spec.questions, list):
         sources.append(Path(spec.questions))
     sources += [Path(v) for v in spec.pov_sets.values() if not isinstance(v, list)]
-    return Experiment(spec, path, root, questions, pov_sets, templates, data, sources)
+    exp = Experiment(spec, path, root, questions, pov_sets, templates, data, sources)
+    from runner.matrix import is_empty
+
+    if is_empty(exp):
+        c.at(("matrix",), "the matrix has no cells: matrix.exclude removes every combination")
+        raise SpecError(c.problems)
+    return exp

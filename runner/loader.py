@@ -44,12 +44,27 @@ class Experiment:
     def spec_hash(self) -> str:
         """Hash of everything that defines results: the resolved spec and the text of the files it names."""
         payload = {
-            "spec": self.spec.model_dump(mode="json", exclude={"extends", "description", "tracking", "executor"}),
+            "spec": portable(
+                self.spec.model_dump(mode="json", exclude={"extends", "description", "tracking", "executor"}), self.root
+            ),
             "questions": {k: q.text for k, q in self.questions.items()},
             "pov_sets": self.pov_sets,
             "templates": {k: t.text for k, t in self.templates.items()},
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def portable(obj: Any, root: Path) -> Any:
+    """`obj` with absolute paths inside the project made relative to it, so that hashes and ids are the same
+    in every checkout of the project."""
+    prefix = str(root).rstrip("/") + "/"
+    if isinstance(obj, str) and obj.startswith(prefix):
+        return obj[len(prefix) :]
+    if isinstance(obj, dict):
+        return {k: portable(v, root) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable(v, root) for v in obj]
+    return obj
 
 
 def project_root(start: Path) -> Path:
@@ -116,7 +131,8 @@ def _load_chain(path: Path, seen: list[Path]) -> tuple[dict[str, Any], dict[Path
         raise SpecError([Problem(label, 1, 0, "", "file is empty: a spec needs at least name, corpus, questions, "
                                  "pov_sets, personas, templates and models")])
     if not isinstance(loaded.data, dict):
-        raise SpecError([Problem(label, 1, 1, "", "a spec is a mapping of keys (name:, corpus:, ...)")])
+        top = loaded.marks.get((), Mark(label, 1, 1))
+        raise SpecError([Problem(label, top.line, top.col, "", "a spec is a mapping of keys (name:, corpus:, ...)")])
     data, marks = loaded.data, loaded.marks
     _resolve_paths(data, path.parent)
     files = [path]
@@ -144,6 +160,18 @@ def _label(path: Path) -> str:
         return str(path.resolve().relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def _resolve_set_paths(parts: list[Any], value: Any) -> Any:
+    """Paths given on the command line are relative to where the command runs. Wrapping the value in its
+    key path lets _resolve_paths find it, be it `corpus.path=x` or `templates={a: x}`."""
+    wrapped: Any = value
+    for part in reversed(parts):
+        wrapped = {part: wrapped}
+    _resolve_paths(wrapped, Path.cwd())
+    for part in parts:
+        wrapped = wrapped[part]
+    return wrapped
 
 
 def apply_overrides(data: dict[str, Any], marks: dict[PathKey, Mark], overrides: Sequence[str]) -> None:
@@ -174,15 +202,12 @@ def apply_overrides(data: dict[str, Any], marks: dict[PathKey, Mark], overrides:
                 break
         else:
             last = parts[-1]
-            if isinstance(node, dict):
-                node[last] = value
-            elif isinstance(node, list) and isinstance(last, int) and last < len(node):
+            value = _resolve_set_paths(parts, value)
+            if isinstance(node, dict) or (isinstance(node, list) and isinstance(last, int) and last < len(node)):
                 node[last] = value
             else:
                 problems.append(Problem("--set", i, 1, key, f"{label}: cannot set a key on a {type(node).__name__}"))
                 continue
-            if isinstance(value, dict):
-                _resolve_paths(value, Path.cwd())
             for p in [p for p in marks if p[: len(parts)] == tuple(parts)]:
                 del marks[p]
             marks[tuple(parts)] = Mark("--set", i, len(key) + 2)
@@ -194,10 +219,9 @@ def _mark_for(loc: Sequence[Any], data: Any, marks: dict[PathKey, Mark], default
     path: list[Any] = []
     node = data
     for part in loc:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-            path.append(part)
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and part < len(node)
+        ):
             node = node[part]
             path.append(part)
         elif isinstance(part, str) and not (isinstance(node, dict) and part not in node and part.isidentifier()):
@@ -243,9 +267,16 @@ def _validation_problems(err: ValidationError, data: Any, marks: dict[PathKey, M
     for e in err.errors():
         loc = list(e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
+        # `Path | list[...]` fields report once per union branch; keep the branch the input was meant for.
+        if any(isinstance(p, str) and p.startswith("lax-or-strict[") for p in loc):
+            if isinstance(e["input"], (list, dict)):
+                continue
+            msg = f"expected a file path or an inline list, got {type(e['input']).__name__} {e['input']!r}"
+        elif e["type"] == "list_type" and isinstance(loc[-1], str) and loc[-1].startswith("list["):
+            continue  # the path branch above reports the same input
         if e["type"] == "missing":
-            mark, path = _mark_for(loc[:-1], data, marks, top)
-            path = ".".join(map(str, loc))
+            mark, _ = _mark_for(loc[:-1], data, marks, top)
+            path = ".".join(str(p) for p in loc if not (isinstance(p, str) and "[" in p))
             msg = "required field is missing"
         else:
             mark, path = _mark_for(loc, data, marks, top)

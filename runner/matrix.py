@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from runner.loader import Experiment
+from runner.loader import Experiment, portable
 from runner.spec import AXES
 
 
@@ -59,9 +59,10 @@ def _matches(rule: dict[str, Any], combo: dict[str, Any]) -> bool:
 
 
 def _include_combos(exp: Experiment, rule: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    options = []
+    options: list[list[Any]] = []
     for axis in AXES:
-        want = rule.get(axis, "all" if axis == "question" else None)
+        want: Any = rule.get(axis, "all" if axis == "question" else None)
+        vals: list[Any]
         if axis == "k":
             vals = [tuple(w) for w in want] if want and isinstance(want[0], list) else [tuple(want)]
         elif want == "all":
@@ -87,7 +88,7 @@ class CellHasher:
             "chunking": spec.corpus.chunking.model_dump(mode="json"),
         })
         self._parts = {
-            "model": {k: _digest(m.model_dump(mode="json")) for k, m in spec.models.items()},
+            "model": {k: _digest(portable(m.model_dump(mode="json"), exp.root)) for k, m in spec.models.items()},
             "template": {k: _digest(t.text) for k, t in exp.templates.items()},
             "persona": {k: _digest(v) for k, v in spec.personas.items()},
             "pov_set": {k: _digest(v) for k, v in exp.pov_sets.items()},
@@ -113,19 +114,27 @@ def _digest(obj: Any) -> str:
 def expand(exp: Experiment) -> list[Cell]:
     """Every cell of the experiment: the product minus excludes, plus includes (each once)."""
     hasher = CellHasher(exp)
-    m = exp.spec.matrix
     cells: dict[str, Cell] = {}
-    for combo_values in itertools.product(*(_values(exp, a) for a in AXES)):
-        combo = dict(zip(AXES, combo_values, strict=True))
-        if any(_matches(rule, combo) for rule in m.exclude):
-            continue
+    for combo in _combos(exp):
         cell = hasher.cell(combo)
         cells.setdefault(cell.id, cell)
-    for rule in m.include:
-        for combo in _include_combos(exp, rule):
-            cell = hasher.cell(combo)
-            cells.setdefault(cell.id, cell)
     return list(cells.values())
+
+
+def _combos(exp: Experiment) -> Iterator[dict[str, Any]]:
+    """Axis values of every cell, lazily: the product minus excludes, then the includes (maybe repeated)."""
+    m = exp.spec.matrix
+    for combo_values in itertools.product(*(_values(exp, a) for a in AXES)):
+        combo = dict(zip(AXES, combo_values, strict=True))
+        if not any(_matches(rule, combo) for rule in m.exclude):
+            yield combo
+    for rule in m.include:
+        yield from _include_combos(exp, rule)
+
+
+def is_empty(exp: Experiment) -> bool:
+    """True when the matrix has no cell (say, an exclude matches them all); stops at the first cell found."""
+    return next(_combos(exp), None) is None
 
 
 def counts(cells: list[Cell]) -> dict[str, dict[str, int]]:

@@ -53,13 +53,31 @@ class TemplateInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+MAX_REPEAT = 1_000_000
+"""Longest string or list a template may build with `*`, and so the largest `**` exponent it may use."""
+
+
 @lru_cache(maxsize=1)
 def _env() -> Any:
     from jinja2 import StrictUndefined
-    from jinja2.sandbox import SandboxedEnvironment
+    from jinja2.sandbox import SandboxedEnvironment, SecurityError
+
+    class BoundedSandbox(SandboxedEnvironment):
+        # The sandbox guards attributes but not sizes: `{{ "x" * 10**10 }}` would exhaust memory while the
+        # template compiles (Jinja folds constants), so these two operators are checked before they run.
+        intercepted_binops = frozenset({"*", "**"})
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            if operator == "**" and isinstance(right, int) and right > 64 and abs(left) > 1:
+                raise SecurityError(f"exponent {right} is too large for a template")
+            if operator == "*":
+                for seq, n in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_REPEAT:
+                        raise SecurityError(f"repeating a sequence past {MAX_REPEAT:,} items")
+            return super().call_binop(context, operator, left, right)
 
     # keep_trailing_newline: the rendered prompt is exactly the file's text, byte for byte.
-    return SandboxedEnvironment(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
+    return BoundedSandbox(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
 
 
 def parse_header(name: str, path: Path, text: str, label: str) -> TemplateInfo:
@@ -89,23 +107,33 @@ def parse_header(name: str, path: Path, text: str, label: str) -> TemplateInfo:
         if key not in ("sections", "instructions", "description"):
             bad((key,), f"unknown header key {key!r} (known: sections, instructions, description)")
     sections: list[Section] = []
-    for i, sec in enumerate(data.get("sections") or []):
+    raw_sections = data.get("sections") or []
+    if not isinstance(raw_sections, list):
+        bad(("sections",), "sections is a list of {title: str, words: [min, max], heading: bool}")
+        raw_sections = []
+    for i, sec in enumerate(raw_sections):
         if not isinstance(sec, dict) or not isinstance(sec.get("title"), str):
             bad(("sections", i), "each section is {title: str, words: [min, max], heading: bool}")
             continue
         words = sec.get("words")
         if words is not None and not (
-            isinstance(words, list) and len(words) == 2 and all(isinstance(w, int) for w in words)
+            isinstance(words, list) and len(words) == 2
+            and all(isinstance(w, int) and not isinstance(w, bool) for w in words)
             and 0 <= words[0] <= words[1]
         ):
             bad(("sections", i, "words"), "words is [min, max] with 0 <= min <= max")
             words = None
         unknown = set(sec) - {"title", "words", "heading"}
         if unknown:
-            bad(("sections", i), f"unknown section key(s): {', '.join(sorted(unknown))}")
+            bad(("sections", i), f"unknown section key(s): {', '.join(sorted(map(str, unknown)))}")
+        if not isinstance(sec.get("heading", True), bool):
+            # bool("no") is True: a quoted value would silently mean the opposite of what was written.
+            bad(("sections", i, "heading"), "heading is true or false")
         sections.append(Section(sec["title"], tuple(words) if words else None, bool(sec.get("heading", True))))
     instructions = data.get("instructions")
-    if instructions is not None and (not isinstance(instructions, int) or instructions < 0):
+    if instructions is not None and (
+        not isinstance(instructions, int) or isinstance(instructions, bool) or instructions < 0
+    ):
         bad(("instructions",), "instructions is a whole number >= 0")
         instructions = None
     if problems:
@@ -133,7 +161,7 @@ def sample_variables() -> dict[str, Any]:
         "persona": "You are a careful analyst.",
         "question": "What is the sample question?",
         "question_id": "sample",
-        "context": "\n\n".join(c["text"] for c in chunks),
+        "context": context_text(chunks),
         "chunks": chunks,
         "pov_set": "sample",
         "pov_statements": ["A sample point of view."],
@@ -142,13 +170,13 @@ def sample_variables() -> dict[str, Any]:
 
 def check_renders(info: TemplateInfo, label: str) -> None:
     """Render once with sample values; an undefined variable or sandbox violation is a SpecError."""
-    from jinja2 import TemplateError, UndefinedError
+    from jinja2 import UndefinedError
     from jinja2.sandbox import SecurityError
 
     template = compile_template(info, label)
     try:
         render(template, sample_variables())
-    except (UndefinedError, SecurityError, TemplateError, TypeError, ValueError) as e:
+    except Exception as e:  # any failure of a user's template (1/0 included) is bad input, not a crash
         line = 1
         for frame in traceback.extract_tb(e.__traceback__):
             if frame.filename == "<template>" and frame.lineno:

@@ -28,6 +28,9 @@ class Chunking(Strict):
     """Largest chunk, in words; paragraphs are packed up to this size and longer ones are split."""
     overlap_words: int = Field(30, ge=0)
     """Words repeated from the end of one chunk at the start of the next when a paragraph is split."""
+    drop_boilerplate: bool = True
+    """Leave out paragraphs that look like page furniture (link lists, menus, copyright lines, reference
+    entries, keyword lists) and chunks under 8 words; see runner/chunking.py."""
 
     @model_validator(mode="after")
     def _overlap_smaller(self) -> Chunking:
@@ -135,6 +138,16 @@ class Matrix(Strict):
     include: list[dict[str, Any]] = []
     """Extra cells to add; each names every axis but `question` (default all); a list value expands."""
 
+    @field_validator("model", "template", "persona", "pov_set", "question", mode="before")
+    @classmethod
+    def _axis_form(cls, v: Any) -> Any:
+        # Without this a lone name reads "Input should be 'all'", which hides the fix.
+        if isinstance(v, str) and v != "all":
+            raise ValueError(f"an axis is `all` or a list of names: write [{v}]")
+        if not isinstance(v, (str, list)):
+            raise ValueError(f"an axis is `all` or a list of names, got {v!r}")
+        return v
+
     @field_validator("k")
     @classmethod
     def _k_schedules(cls, v: list[KSchedule]) -> list[KSchedule]:
@@ -185,7 +198,7 @@ class Executor(Strict):
 
 
 class Checks(Strict):
-    duplication_cosine: float = Field(0.9, ge=0, le=1)
+    duplication_cosine: float = Field(0.85, ge=0, le=1)
     """Sections whose embeddings are at least this similar are flagged as duplicates."""
     duplication_overlap: float = Field(0.6, ge=0, le=1)
     """Sections whose word-trigram overlap ratio is at least this are flagged as duplicates."""
@@ -193,6 +206,9 @@ class Checks(Strict):
     """Slack on declared word ranges, as a fraction (0.1 accepts 10% outside)."""
     repetition_ratio: float = Field(0.5, gt=0, le=1)
     """An answer whose distinct-trigram ratio is below this is flagged degenerate."""
+    pov_retention: float = Field(0.8, ge=0)
+    """An answer whose POV (sexy) score is below this fraction of its context chunks' mean score lost the
+    edge the POV rerank selected for."""
 
 
 class Fault(Strict):
@@ -252,6 +268,13 @@ class Spec(Strict):
         for key in v:
             if not isinstance(key, str) or not NAME_RE.match(key):
                 raise ValueError(f"name {key!r} must be letters, digits, '_', '-' or '.'")
+        return v
+
+    @field_validator("questions")
+    @classmethod
+    def _questions(cls, v: Path | list[Question]) -> Path | list[Question]:
+        if isinstance(v, list) and not v:
+            raise ValueError("no questions: give at least one {id, text}, or a questions file")
         return v
 
     @field_validator("pov_sets")

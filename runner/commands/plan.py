@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from runner.commands import add_spec_arguments
@@ -12,7 +13,17 @@ from runner.commands import add_spec_arguments
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_spec_arguments(parser)
     parser.add_argument("--json", action="store_true", help="one JSON object per cell per line")
-    parser.add_argument("--limit", type=int, default=200, help="rows shown in the table (default 200)")
+    parser.add_argument("--limit", type=_count, default=200, help="rows shown in the table (default 200)")
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"{n} is negative")
+    return n
 
 
 def main(args: argparse.Namespace) -> int:
@@ -23,15 +34,22 @@ def main(args: argparse.Namespace) -> int:
     cells = expand(exp)
     if args.json:
         out = sys.stdout
-        for c in cells:
-            out.write(json.dumps({"id": c.id, **c.axes()}) + "\n")
+        try:
+            for c in cells:
+                out.write(json.dumps({"id": c.id, **c.axes()}) + "\n")
+            out.flush()
+        except BrokenPipeError:
+            # `pov plan --json | head` closed the pipe: that is a normal way to stop reading.
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at interpreter exit
         return 0
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
     table = Table(title=f"{exp.spec.name}: {len(cells)} cells", show_lines=False)
-    for col in ("id", "model", "template", "persona", "pov_set", "k", "question"):
+    # Ids must stay whole to be copied into other commands; on a narrow terminal the names give way.
+    table.add_column("id", no_wrap=True, min_width=12)
+    for col in ("model", "template", "persona", "pov_set", "k", "question"):
         table.add_column(col)
     for c in cells[: args.limit]:
         table.add_row(c.id, c.model, c.template, c.persona, c.pov_set, c.k_label, c.question)

@@ -1,13 +1,149 @@
-"""(placeholder: being built)"""
+"""Crash rate against prompt complexity, latency, GPU memory and output checks of an execution.
+
+Reads the runs back from MLflow (SPEC: the latest execution of that spec; or --run RUN_ID), writes
+report.html with its PNG charts and report.json into --out (default report/<run id>/), prints the key
+tables, and logs the folder as the `report` artifact of the execution's parent run. --compare RUN_ID puts a
+second execution beside the first. Tracking URI: MLFLOW_TRACKING_URI, else the spec's tracking.uri, else
+sqlite:///mlflow.db in the current directory.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
+
+from runner.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", nargs="?")
+    parser.add_argument("spec", nargs="?", metavar="SPEC", help="experiment YAML file (its latest execution)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a spec field, as for `pov run` (the spec's name and hash pick the run)",
+    )
+    parser.add_argument("--run", metavar="RUN_ID", help="MLflow run id of an execution (instead of SPEC)")
+    parser.add_argument("--compare", metavar="RUN_ID", help="a second execution to put side by side")
+    parser.add_argument("--out", metavar="DIR", type=Path, help="output folder (default report/<run id>/)")
+    parser.add_argument("--no-log", action="store_true", help="do not log the report to the MLflow run")
 
 
 def main(args: argparse.Namespace) -> int:
-    raise SystemExit("pov report: not built yet")
+    from rich.console import Console
+
+    from runner import report
+
+    console = Console()
+    if bool(args.spec) == bool(args.run):
+        raise UserError("pov report: give either SPEC or --run RUN_ID (one of them)")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise UserError(f"pov report: --out {args.out} is a file; name a folder")
+    spec_uri = None
+    if args.spec:
+        from runner.loader import load_spec
+
+        exp = load_spec(args.spec, args.overrides)
+        spec_uri = exp.spec.tracking.uri
+        client = report.client_for(report.tracking_uri(spec_uri))
+        run_id, same_hash = report.latest_execution(client, exp.spec.name, exp.spec_hash)
+        if not same_hash:
+            console.print(
+                f"[yellow]note:[/] no execution of {exp.spec.name} has spec hash {exp.spec_hash}; "
+                f"reporting the latest execution of that name ({run_id})"
+            )
+    else:
+        client = report.client_for(report.tracking_uri())
+        run_id = args.run
+    executions = [report.load_execution(client, run_id)]
+    if args.compare:
+        if args.compare == run_id:
+            raise UserError("pov report: --compare names the same run as the report")
+        executions.append(report.load_execution(client, args.compare))
+    for ex in executions:
+        if not ex.cells:
+            raise UserError(f"execution {ex.label} has no finished or crashed cells to report on")
+
+    from runner.report_html import write_report
+
+    out = args.out or Path("report") / (run_id if not args.compare else f"{run_id}-vs-{args.compare}")
+    data = report.build(executions)
+    title = "pov report: " + " vs ".join(ex.label for ex in executions)
+    page = write_report(data, out, title)
+    print_tables(console, data)
+    console.print(f"report: [bold]{page}[/]", soft_wrap=True)
+    if not args.no_log:
+        artifact_path = "report" if not args.compare else f"report-vs-{args.compare}"
+        client.log_artifacts(run_id, str(out), artifact_path=artifact_path)
+        console.print(f"logged as artifact [bold]{artifact_path}/[/] of run {run_id}")
+    return 0
+
+
+def print_tables(console: Any, data: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from runner.report_html import TITLES, fmt
+
+    execs = data["executions"]
+    for ex in execs:
+        ov = ex["overall"]
+        ignored = ", ".join(f"{k} {v}" for k, v in sorted(ex["ignored"].items())) or "none"
+        console.print(
+            f"[bold]{ex['label']}[/] spec {ex['spec_name']} ({ex['state']}): {ov['n']} cells, "
+            f"{ov['k']} crashed = {fmt(ov['rate'], 'pct')} [{fmt(ov['lo'], 'pct')} – "
+            f"{fmt(ov['hi'], 'pct')}]; child runs ignored: {ignored}"
+        )
+
+    def rates(title: str, rows_of: Any, what: str = "crashed") -> None:
+        table = Table(title=title)
+        table.add_column("")
+        for ex in execs:
+            tag = f" · {ex['run_id'][:8]}" if len(execs) > 1 else ""
+            table.add_column(f"{what}/cells  rate [95% CI]{tag}", justify="right")
+        values = list(dict.fromkeys(r["value"] for ex in execs for r in rows_of(ex)))
+        for v in values:
+            row = [v]
+            for ex in execs:
+                r = next((r for r in rows_of(ex) if r["value"] == v), None)
+                row.append(
+                    f"{r['k']}/{r['n']}  {fmt(r['rate'], 'pct')} [{fmt(r['lo'], 'pct')}–"
+                    f"{fmt(r['hi'], 'pct')}]"
+                    if r
+                    else "–"
+                )
+            table.add_row(*row)
+        console.print(table)
+
+    for axis in ("template", "model", "persona", "k", "prompt_tokens"):
+        rates(f"crash rate by {TITLES[axis]}", lambda ex, a=axis: ex["crash_rate"][a])
+    causes = sorted({c for ex in execs for per in ex["crash_causes"].values() for c in per})
+    if causes:
+        table = Table(title="crash causes")
+        table.add_column("")
+        for ex in execs:
+            for c in causes:
+                table.add_column(c + (f" {ex['run_id'][:8]}" if len(execs) > 1 else ""), justify="right")
+        groups = list(dict.fromkeys(g for ex in execs for g in ex["crash_causes"]))
+        for g in groups:
+            table.add_row(g, *[str(ex["crash_causes"].get(g, {}).get(c, 0)) for ex in execs for c in causes])
+        console.print(table)
+    table = Table(title="latency and peak GPU memory (finished cells)")
+    for col in ("", "by", "value", "n", "p50 s", "p95 s", "GPU max MiB"):
+        table.add_column(col, justify="left" if col in ("", "by", "value") else "right")
+    for ex in execs:
+        for axis in ("template", "model"):
+            for r in ex["performance"][axis]:
+                table.add_row(
+                    ex["run_id"][:8],
+                    axis,
+                    r["value"],
+                    str(r["n"]),
+                    fmt(r["latency_p50"]),
+                    fmt(r["latency_p95"]),
+                    fmt(r["gpu_peak_mb_max"]),
+                )
+    console.print(table)
+    rates("check pass rates", lambda ex: [{**r, "value": r["check"]} for r in ex["checks"]], "passed")

@@ -1,13 +1,110 @@
-"""(placeholder: being built)"""
+"""Run every cell of a spec: retrieval (cached), prompts, generation. Resumes the latest unfinished run of the
+same spec unless --fresh; crashed cells are data (recorded with their cause), not a failure of the command."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from typing import Any
+
+from runner.commands import add_spec_arguments
+
+
+def _gpu_list(text: str) -> list[int]:
+    try:
+        gpus = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected GPU indices like 0,1, got {text!r}") from None
+    if any(g < 0 for g in gpus):
+        raise argparse.ArgumentTypeError(f"GPU indices are 0 or more, got {text!r}")
+    return gpus
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of cells >= 1, got {text!r}")
+    return n
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", nargs="?")
+    add_spec_arguments(parser)
+    parser.add_argument(
+        "--no-track",
+        action="store_true",
+        help="record nothing in MLflow (the run folder's results.jsonl is still written)",
+    )
+    parser.add_argument("--fresh", action="store_true", help="start a new execution rather than resume one")
+    parser.add_argument(
+        "--retry-crashed", action="store_true", help="run again the cells that crashed before"
+    )
+    parser.add_argument(
+        "--executor", choices=["local", "ray"], help="where generation runs (default: the spec's)"
+    )
+    parser.add_argument("--address", metavar="ADDR", help="Ray cluster address (auto, ray://host:10001)")
+    parser.add_argument(
+        "--gpus", type=_gpu_list, metavar="0,1", help="GPU indices to use (default: all visible)"
+    )
+    parser.add_argument(
+        "--limit", type=_positive, metavar="N", help="run only the first N cells (to try a spec)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar; print only the summary")
+
+
+def _tracker(exp: Any, no_track: bool) -> Any:
+    from runner import tracking
+
+    make_tracker = getattr(tracking, "make_tracker", None)
+    if make_tracker is None:
+        return tracking.NullTracker()
+    return make_tracker(exp, no_track)
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(seconds, 60)
+    return f"{int(m)}m {s:04.1f}s" if m else f"{s:.1f}s"
 
 
 def main(args: argparse.Namespace) -> int:
-    raise SystemExit("pov run: not built yet")
+    from rich.console import Console
+
+    from runner.engine import run_experiment
+    from runner.loader import load_spec
+    from runner.matrix import expand
+
+    overrides = list(args.overrides)
+    # Through --set, so that the spec's own validation checks these too (and they never change its hash).
+    if args.executor:
+        overrides.append(f"executor.kind={args.executor}")
+    if args.address:
+        overrides.append(f"executor.address={json.dumps(args.address)}")
+    if args.gpus is not None:
+        overrides.append(f"executor.gpus={json.dumps(args.gpus)}")
+    exp = load_spec(args.spec, overrides)
+    cells = expand(exp)
+    if args.limit:
+        cells = cells[: args.limit]
+    tracker = _tracker(exp, args.no_track)
+    err = Console(stderr=True, quiet=args.quiet)
+    summary = run_experiment(
+        exp, cells, tracker, console=err, fresh=args.fresh, retry_crashed=args.retry_crashed, quiet=args.quiet
+    )
+    out = Console(highlight=False, soft_wrap=True)
+    causes = ", ".join(f"{c} {n}" for c, n in sorted(summary.crashed_by_cause.items()))
+    out.print(
+        f"[bold]{exp.spec.name}[/bold]: {summary.cells_total} cells: {summary.finished} finished, "
+        f"{summary.crashed} crashed{f' ({causes})' if causes else ''}, "
+        f"{summary.cells_skipped} already done"
+    )
+    out.print(
+        f"wall time {_duration(summary.wall_time_s)} (inside generate {_duration(summary.generate_time_s)})"
+    )
+    out.print(f"results: {summary.results_path}")
+    run_id = getattr(tracker, "run_id", None)
+    if run_id:
+        experiment = exp.spec.tracking.experiment or exp.spec.name
+        out.print(f"MLflow: run {run_id} in experiment {experiment!r}")
+    return 0

@@ -1,0 +1,298 @@
+"""Generation throughput on a GPU: the runner's batched generation against a one-prompt-at-a-time loop like
+the notebook's, for a ~1B-parameter Llama-shaped random model in bf16 and in 4-bit, and the runner's own
+overhead (wall time of run_experiment minus the time inside generate). Skips (exit 0) without CUDA.
+
+    python benchmarks/bench_generation.py                  # 64 prompts, 128 new tokens, batch sizes 8 and 32
+    python benchmarks/bench_generation.py --batch-size 8 16 32 64 --skip-4bit
+
+The prompts are the quickstart's (its templates and personas, every question and POV set), with context
+from the real retriever when it can run here, else from corpus passages of the same size (5 x 180 words).
+The model is built once by runner.tinymodel (hidden 2048, 16 layers, 32 heads, MLP 8192, vocab 32000) into
+.pov/bench/. Every answer is exactly --new-tokens long (min_new_tokens = max_new_tokens), so both sides do
+the same work. 4-bit uses Unsloth when it is installed, else transformers with bitsandbytes.
+
+Heavy imports stay inside functions: worker processes are spawned and re-import this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+DIMS = {"hidden": 2048, "layers": 16, "heads": 32, "intermediate": 8192, "vocab": 32000, "max_position": 4096}
+
+
+def build_model(out_root: Path) -> Path:
+    from runner.tinymodel import TinyDims, build_tiny
+
+    dest = out_root / "llama-1b-bf16"
+    if not (dest / "config.json").exists():
+        started = time.perf_counter()
+        build_tiny(dest, seed=0, dims=TinyDims(**DIMS), dtype="bfloat16")
+        print(f"built {dest} in {time.perf_counter() - started:.0f} s", flush=True)
+    return dest
+
+
+class PassageRetriever:
+    """Stand-in for runner.retrieval when Chroma or the embedder cannot run here: the same shapes (k3
+    passages of up to 180 words), chosen by a hash of the key."""
+
+    def __init__(self, words: int = 180) -> None:
+        import hashlib
+
+        self._hash = hashlib.sha256
+        self.passages = []
+        for f in sorted((REPO / "data" / "brics").glob("[0-9]*.md")):
+            text = f.read_text().split()
+            self.passages += [" ".join(text[i : i + words]) for i in range(0, len(text), words)]
+
+    def retrieve(self, keys: Any) -> dict[Any, Any]:
+        from types import SimpleNamespace
+
+        out = {}
+        for q, p, k in keys:
+            start = int(self._hash(f"{q}|{p}".encode()).hexdigest()[:8], 16)
+            picked = [self.passages[(start + j) % len(self.passages)] for j in range(k[2])]
+            stage = SimpleNamespace(
+                name="pov",
+                ids=[f"p{j}" for j in range(len(picked))],
+                texts=picked,
+                scores=[1.0 - j / 10 for j in range(len(picked))],
+            )
+            chunks = [
+                {"id": i, "text": t, "score": s, "rank": r + 1}
+                for r, (i, t, s) in enumerate(zip(stage.ids, stage.texts, stage.scores, strict=True))
+            ]
+            out[(q, p, tuple(k))] = SimpleNamespace(
+                stages=[stage], final_chunks=lambda c=chunks: c, to_dict=lambda s=stage: {"stages": [vars(s)]}
+            )
+        return out
+
+
+def experiment(model_dir: Path, args: argparse.Namespace, batch_size: int, four_bit: str | None) -> Any:
+    from runner.loader import load_spec
+
+    backend = four_bit or "transformers"
+    model = (
+        f"{{backend: {backend}, name: {model_dir}, max_seq_length: 4096, dtype: bfloat16"
+        f"{', load_in_4bit: true' if four_bit else ''}}}"
+    )
+    overrides = [
+        f"models={{bench: {model}}}",
+        "matrix.model=[bench]",
+        "matrix.question=all",
+        "matrix.pov_set=all",
+        f"generation.max_new_tokens={args.new_tokens}",
+        f"generation.min_new_tokens={args.new_tokens}",
+        f"generation.batch_size={batch_size}",
+        "limits.cell_timeout_s=600",
+        "faults=[]",
+    ]
+    return load_spec(REPO / "experiments" / "quickstart.yaml", overrides)
+
+
+def pick_retriever(exp: Any) -> tuple[Any, str]:
+    try:
+        from runner.engine import _default_retriever
+
+        retriever = _default_retriever(exp)
+        return retriever, "runner.retrieval (Chroma + MiniLM)"
+    except Exception as e:  # no chromadb / no embedder weights on this host
+        return PassageRetriever(), f"corpus passages (real retrieval unavailable: {type(e).__name__})"
+
+
+def runner_pass(
+    model_dir: Path, args: argparse.Namespace, batch_size: int, four_bit: str | None
+) -> dict[str, Any]:
+    from runner.engine import run_experiment
+    from runner.executors.local import LocalExecutor
+    from runner.matrix import expand
+    from runner.sinks import read_results
+    from runner.tracking import NullTracker
+
+    exp = experiment(model_dir, args, batch_size, four_bit)
+    cells = expand(exp)[: args.prompts]
+    retriever, source = pick_retriever(exp)
+    summary = run_experiment(
+        exp,
+        cells,
+        NullTracker(),
+        executor=LocalExecutor([0], exp.spec.limits),
+        retriever=retriever,
+        quiet=True,
+    )
+    rows = list(read_results(summary.results_path).values())
+    done = [r for r in rows if r["status"] == "finished"]
+    tokens = sum(r["metrics"]["new_tokens"] for r in done)
+    load = max((r["metrics"].get("model_load_s", 0.0) for r in done), default=0.0)
+    return {
+        "wall_s": summary.wall_time_s,
+        "generate_s": summary.generate_time_s,
+        "load_s": load,
+        "overhead_s": summary.wall_time_s - summary.generate_time_s,
+        "tokens": tokens,
+        "finished": len(done),
+        "crashed": summary.crashed,
+        "prompt_tokens_mean": sum(r["metrics"]["prompt_tokens"] for r in done) / max(len(done), 1),
+        "peak_alloc_mb": max((r["metrics"]["gpu_peak_allocated_mb"] for r in done), default=0.0),
+        "prompts": [r["prompt"] for r in sorted(rows, key=lambda r: r["cell"]["id"])],
+        "source": source,
+    }
+
+
+def _one_by_one(
+    model_dir: str, prompts: list[str], new_tokens: int, four_bit: str | None, queue: Any
+) -> None:
+    """The notebook's loop, in a fresh process: load once, then tokenize, generate and decode each prompt."""
+    import torch
+
+    if four_bit == "unsloth":
+        import unsloth  # noqa: F401  (before transformers)
+        from unsloth import FastLanguageModel
+
+        model, tok = FastLanguageModel.from_pretrained(
+            model_name=model_dir, max_seq_length=4096, dtype=None, load_in_4bit=True
+        )
+        FastLanguageModel.for_inference(model)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+        kwargs: dict[str, Any] = {"dtype": torch.bfloat16}
+        if four_bit:
+            kwargs.update(
+                quantization_config=BitsAndBytesConfig(
+                    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
+                ),
+                device_map={"": "cuda:0"},
+            )
+        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+        if not four_bit:
+            model = model.to("cuda:0")
+        tok = AutoTokenizer.from_pretrained(model_dir)
+    tokens = 0
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for prompt in prompts:
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        inputs = tok(text, return_tensors="pt", add_special_tokens=False).to("cuda:0")
+        out = model.generate(
+            **inputs,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+        tokens += out.shape[1] - inputs["input_ids"].shape[1]
+        tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    torch.cuda.synchronize()
+    queue.put(
+        {
+            "generate_s": time.perf_counter() - started,
+            "tokens": tokens,
+            "peak_alloc_mb": torch.cuda.max_memory_allocated() / 2**20,
+        }
+    )
+
+
+def one_by_one_pass(
+    model_dir: Path, prompts: list[str], new_tokens: int, four_bit: str | None
+) -> dict[str, Any]:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_one_by_one, args=(str(model_dir), prompts, new_tokens, four_bit, queue))
+    proc.start()
+    result = queue.get(timeout=3600)
+    proc.join()
+    return dict(result)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--skip-4bit", action="store_true")
+    parser.add_argument("--skip-baseline", action="store_true", help="runner passes only")
+    parser.add_argument("--out", type=Path, default=REPO / ".pov" / "bench", help="where the model is built")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        print("bench_generation: skipped (no CUDA GPU)")
+        return 0
+    gpu = torch.cuda.get_device_name(0)
+    model_dir = build_model(args.out)
+    variants: list[tuple[str, str | None]] = [("bf16", None)]
+    if not args.skip_4bit:
+        if importlib.util.find_spec("unsloth") is not None:
+            variants.append(("4bit-unsloth", "unsloth"))
+        elif importlib.util.find_spec("bitsandbytes") is not None:
+            variants.append(("4bit-bnb", "bnb"))
+        else:
+            print("4-bit: skipped (neither unsloth nor bitsandbytes is installed)")
+    rows: list[dict[str, Any]] = []
+    for label, four_bit in variants:
+        backend_4bit = "unsloth" if four_bit == "unsloth" else ("transformers" if four_bit else None)
+        prompts: list[str] = []
+        for bs in args.batch_size:
+            r = runner_pass(model_dir, args, bs, backend_4bit)
+            prompts = r.pop("prompts")
+            rows.append({"variant": label, "mode": f"runner bs={bs}", **r})
+            print(
+                f"  {label} runner bs={bs}: {r['wall_s']:.1f} s wall, {r['generate_s']:.1f} s in generate "
+                f"({r['finished']} ok, {r['crashed']} crashed; prompts from {r['source']})",
+                flush=True,
+            )
+        if not args.skip_baseline:
+            b = one_by_one_pass(model_dir, prompts, args.new_tokens, four_bit)
+            rows.append({"variant": label, "mode": "one-by-one", "wall_s": b["generate_s"], **b})
+            print(f"  {label} one-by-one: {b['generate_s']:.1f} s", flush=True)
+    report(rows, gpu, args)
+    if args.json:
+        args.json.write_text(json.dumps({"gpu": gpu, "dims": DIMS, "rows": rows}, indent=2) + "\n")
+    return 0
+
+
+def report(rows: list[dict[str, Any]], gpu: str, args: argparse.Namespace) -> None:
+    line = "=" * 118
+    print(
+        f"\n{line}\nbench_generation  GPU: {gpu}  model: Llama {DIMS}  "
+        f"{args.prompts} prompts x {args.new_tokens} new tokens (min = max)\n{line}"
+    )
+    print(
+        f"{'variant':<14}{'mode':<16}{'wall s':>9}{'generate s':>12}{'overhead s':>12}{'load s':>9}"
+        f"{'tok/s wall':>12}{'tok/s gen':>11}{'prompt tok':>12}{'peak MiB':>11}"
+    )
+    for r in rows:
+        print(
+            f"{r['variant']:<14}{r['mode']:<16}{r['wall_s']:>9.1f}{r['generate_s']:>12.1f}"
+            f"{r.get('overhead_s', 0.0):>12.1f}{r.get('load_s', 0.0):>9.1f}{r['tokens'] / r['wall_s']:>12.0f}"
+            f"{r['tokens'] / r['generate_s']:>11.0f}{r.get('prompt_tokens_mean', 0.0):>12.0f}"
+            f"{r['peak_alloc_mb']:>11.0f}"
+        )
+    for variant in dict.fromkeys(r["variant"] for r in rows):
+        base = [r for r in rows if r["variant"] == variant and r["mode"] == "one-by-one"]
+        for r in rows:
+            if r["variant"] == variant and r["mode"] != "one-by-one" and base:
+                speed = (r["tokens"] / r["generate_s"]) / (base[0]["tokens"] / base[0]["generate_s"])
+                print(
+                    f"{variant} {r['mode']}: {speed:.1f}x the one-by-one loop's tokens/s inside generate; "
+                    f"runner overhead {r['overhead_s']:.1f} s of {r['wall_s']:.1f} s "
+                    f"(model load {r['load_s']:.1f} s)"
+                )
+    print(line)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""sexy_scores: the notebook's loop against the numpy and torch paths, and against a bare matrix product.
+
+Run: pytest benchmarks/bench_scoring.py -o python_files='bench_*.py' --benchmark-columns=min,mean,max,rounds
+
+Two shapes, both float32 with d = 1024 (Cohere embed v3) and p = 16 POV statements:
+- notebook: 100 questions x 10 documents (the notebook's k2), batched into one call. Targets: >= 100x the loop.
+- large: 20,000 x 64 documents: `doc_emb` is 20000 x 64 x 1024 x 4 B = 5.24 GB. It is used when the machine
+  has room for it (available memory >= 8 GB, checked at collection); otherwise the benchmark falls back to
+  2,000 x 64 (0.52 GB) and says so in the group name and in `extra_info`. Target: within 1.3x of the bare
+  product `(N*64, 1024) @ (1024, 16)`, the roofline for this memory-bound shape. The loop is not timed at
+  the large shape: at ~4 us per pair, 20 million pairs would take minutes per round.
+
+Entries: `loop` (the notebook's calculate_similarity/calc_sexyscore, in tests/test_scoring.py),
+`numpy` (default: checks nothing, divides by the document norms, computed in the same blocked pass),
+`numpy-unit` (assume_normalized=True, what retrieval uses), `torch` and `torch-unit` (CPU tensors sharing
+the numpy memory), and `bare-numpy` / `bare-torch` (the product alone); with CUDA also `cuda`, `cuda-unit`
+and `bare-cuda` (tensors moved to the GPU once, outside the timing; each call synchronised).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from test_scoring import reference_sexy  # noqa: E402
+
+from runner.scoring import sexy_scores  # noqa: E402
+
+D, P = 1024, 16
+NOTEBOOK = (100, 10)
+LARGE_FULL = (20_000, 64)
+LARGE_FALLBACK = (2_000, 64)
+
+
+def _available_bytes() -> int:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        return 0
+
+
+LARGE = LARGE_FULL if _available_bytes() >= 8 << 30 else LARGE_FALLBACK
+
+
+def _unit_batch(shape: tuple[int, int], seed: int) -> np.ndarray:
+    """Unit rows of shape (*shape, D), made in slabs so that no float64 or temporary copy of it exists."""
+    rng = np.random.default_rng(seed)
+    out = np.empty((*shape, D), dtype=np.float32)
+    flat = out.reshape(-1, D)
+    step = 65_536
+    for start in range(0, flat.shape[0], step):
+        block = flat[start : start + step]
+        rng.standard_normal(block.shape, dtype=np.float32, out=block)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def povs() -> np.ndarray:
+    return _unit_batch((1, P), 1)[0]
+
+
+@pytest.fixture(scope="module")
+def notebook_docs() -> np.ndarray:
+    return _unit_batch(NOTEBOOK, 2)
+
+
+@pytest.fixture(scope="module")
+def large_docs() -> np.ndarray:
+    return _unit_batch(LARGE, 3)
+
+
+def _label(shape: tuple[int, int]) -> str:
+    return f"{shape[0]}x{shape[1]}x{D} @ {P}"
+
+
+def _run(benchmark: Any, group: str, fn: Any, rounds: int, shape: tuple[int, int]) -> Any:
+    benchmark.group = group
+    benchmark.extra_info["shape"] = _label(shape)
+    benchmark.extra_info["torch_threads"] = torch.get_num_threads()
+    return benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=1)
+
+
+CUDA = torch.cuda.is_available()
+ENTRIES = ["loop", "numpy", "numpy-unit", "torch", "torch-unit", "bare-numpy", "bare-torch"]
+if CUDA:
+    ENTRIES += ["cuda", "cuda-unit", "bare-cuda"]
+_on_gpu: dict[int, tuple[Any, Any]] = {}
+
+
+def _synced(fn: Any) -> Any:
+    def run() -> Any:
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+
+    return run
+
+
+def _fn(entry: str, docs: np.ndarray, povs: np.ndarray) -> Any:
+    docs_t, povs_t = torch.from_numpy(docs), torch.from_numpy(povs)
+    flat, flat_t = docs.reshape(-1, D), docs_t.reshape(-1, D)
+    if entry.endswith("cuda") or entry.startswith("cuda"):
+        if id(docs) not in _on_gpu:  # copied to the GPU once per shape, outside the timing
+            _on_gpu.clear()
+            _on_gpu[id(docs)] = (docs_t.cuda(), povs_t.cuda())
+        docs_g, povs_g = _on_gpu[id(docs)]
+        flat_g = docs_g.reshape(-1, D)
+        return _synced({
+            "cuda": lambda: sexy_scores(docs_g, povs_g),
+            "cuda-unit": lambda: sexy_scores(docs_g, povs_g, assume_normalized=True),
+            "bare-cuda": lambda: flat_g @ povs_g.T,
+        }[entry])
+    return {
+        "loop": lambda: reference_sexy(docs, povs),
+        "numpy": lambda: sexy_scores(docs, povs),
+        "numpy-unit": lambda: sexy_scores(docs, povs, assume_normalized=True),
+        "torch": lambda: sexy_scores(docs_t, povs_t),
+        "torch-unit": lambda: sexy_scores(docs_t, povs_t, assume_normalized=True),
+        "bare-numpy": lambda: flat @ povs.T,
+        "bare-torch": lambda: flat_t @ povs_t.T,
+    }[entry]
+
+
+@pytest.mark.parametrize("entry", ENTRIES)
+def test_notebook_shape(benchmark: Any, entry: str, notebook_docs: np.ndarray, povs: np.ndarray) -> None:
+    fn = _fn(entry, notebook_docs, povs)
+    out = _run(benchmark, f"notebook {_label(NOTEBOOK)}", fn, 5 if entry == "loop" else 200, NOTEBOOK)
+    assert tuple(out.shape) in (NOTEBOOK, (NOTEBOOK[0] * NOTEBOOK[1], P))
+
+
+@pytest.mark.parametrize("entry", [e for e in ENTRIES if e != "loop"])
+def test_large_shape(benchmark: Any, entry: str, large_docs: np.ndarray, povs: np.ndarray) -> None:
+    fn = _fn(entry, large_docs, povs)
+    name = "large" if LARGE == LARGE_FULL else "large (FALLBACK: not enough free memory)"
+    out = _run(benchmark, f"{name} {_label(LARGE)}", fn, 50 if "cuda" in entry else 7, LARGE)
+    assert tuple(out.shape) in (LARGE, (LARGE[0] * LARGE[1], P))

@@ -1,0 +1,84 @@
+"""What every generation backend provides: load a model once, then generate for batches of prompts."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from runner.spec import Generation as GenerationParams
+    from runner.spec import Model
+
+
+@dataclass
+class GenerationOut:
+    """One prompt's answer and what it cost."""
+
+    text: str
+    prompt_tokens: int
+    """Tokens fed to the model (after the chat template and any truncation)."""
+    new_tokens: int
+    """Tokens generated, up to and including the end-of-sequence token."""
+    latency_s: float
+    """Wall time of the generate call this prompt was part of (the whole batch shares it)."""
+    tokens_per_s: float
+    """new_tokens / latency_s: this prompt's share of the batch's speed."""
+    prompt_truncated: bool = False
+    """The prompt was longer than max_seq_length - max_new_tokens and lost its beginning."""
+
+
+Generation = GenerationOut
+"""The name CONTRACTS.md uses for the result dataclass (spec.Generation is the decoding parameters)."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Built as `backend_class(model.backend)(model_spec, device)`; loads the model in the constructor."""
+
+    device: str
+
+    def generate(self, prompts: list[str], params: GenerationParams) -> list[GenerationOut]:
+        """Answer every prompt of one batch, in order."""
+        ...
+
+    def info(self) -> dict[str, float]:
+        """Numbers about the loaded model (e.g. `model_memory_mb`), recorded with each cell."""
+        ...
+
+
+def prompt_budget(model: Model, params: GenerationParams) -> int:
+    """Most prompt tokens that leave room for max_new_tokens inside max_seq_length."""
+    budget = model.max_seq_length - params.max_new_tokens
+    if budget < 1:
+        raise ValueError(
+            f"max_seq_length ({model.max_seq_length}) leaves no room for a prompt after max_new_tokens "
+            f"({params.max_new_tokens}): raise the model's max_seq_length or lower generation.max_new_tokens"
+        )
+    return budget
+
+
+def truncate_left(ids: list[int], budget: int, keep_first: int | None) -> tuple[list[int], bool]:
+    """Keep the last `budget` tokens, where the question and the response marker are; a leading BOS
+    (`keep_first`) stays in front because models go astray without it."""
+    if len(ids) <= budget:
+        return ids, False
+    if keep_first is not None and ids and ids[0] == keep_first and budget > 1:
+        return [ids[0], *ids[len(ids) - budget + 1 :]], True
+    return ids[len(ids) - budget :], True
+
+
+def local_revision(path: str | Path) -> str | None:
+    """Hash of a local model folder's files (names and bytes), so a run records exactly which weights it used;
+    None when `path` is not a local folder (a hub name)."""
+    root = Path(path)
+    if not root.is_dir():
+        return None
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return "sha256:" + h.hexdigest()[:16]

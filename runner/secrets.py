@@ -1,0 +1,121 @@
+"""Keep secrets out of everything the runner records: MLflow params, tags, artifacts, and log output.
+
+A secret is the value of any environment variable whose name reads like a credential (`CO_API_KEY`,
+`HF_TOKEN`, `MY_SERVICE_TOKEN`, `AWS_SECRET_ACCESS_KEY`, `MLFLOW_TRACKING_PASSWORD`, ...), the password
+part of a URL (`https://user:pw@host`), and strings shaped like well-known token formats. Redaction replaces
+each with a marker that names the variable, so a reader can tell what was removed without learning it.
+
+Values are read from the environment at each call, not cached: a test (or a user) may set a key after
+import, and a secret that slips past once is recorded for good.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+# Name segments (split on `_`, `-`, `.`) that mark a credential. Whole segments, so TOKENIZERS_PARALLELISM
+# and KEYBOARD are not secrets, while CO_API_KEY and GITHUB_TOKEN are.
+_SECRET_SEGMENTS = frozenset({
+    "KEY", "APIKEY", "TOKEN", "SECRET", "SECRETS", "PASSWORD", "PASSWD", "PASS", "PWD", "CREDENTIAL",
+    "CREDENTIALS", "AUTH", "AUTHORIZATION", "BEARER", "PAT", "COOKIE",
+})
+_NOT_SECRET_NAMES = frozenset({"PWD", "OLDPWD", "SSH_AUTH_SOCK", "GPG_AGENT_INFO", "KEYTIMEOUT"})
+_MIN_SECRET_LEN = 6
+"""Shorter values (`1`, `true`) would redact ordinary words everywhere; no real key is that short."""
+
+_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^/@\s:]*):(?P<pw>[^/@\s]+)@")
+_TOKEN_SHAPES = re.compile("|".join((
+    r"\bhf_[A-Za-z0-9]{30,}\b",  # Hugging Face
+    r"\bsk-[A-Za-z0-9_\-]{20,}\b",  # OpenAI-style
+    r"\bgh[pousr]_[A-Za-z0-9]{30,}\b",  # GitHub
+    r"\bAKIA[0-9A-Z]{16}\b",  # AWS access key id
+    r"(?i:\bbearer\s+[A-Za-z0-9._~+/\-]{16,}=*)",
+)))
+
+
+def is_secret_name(name: str) -> bool:
+    """True for names that read like a credential: CO_API_KEY, myServiceToken, db.password."""
+    upper = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).upper()
+    if upper in _NOT_SECRET_NAMES:
+        return False
+    segments = [s for s in re.split(r"[_\-.\s]+", upper) if s]
+    return any(s in _SECRET_SEGMENTS or s.endswith(("APIKEY", "TOKEN", "SECRET", "PASSWORD")) for s in segments)
+
+
+def secret_values(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Secret value -> the name of the variable that holds it, longest values first."""
+    env = os.environ if environ is None else environ
+    found = {v: k for k, v in env.items() if is_secret_name(k) and len(v.strip()) >= _MIN_SECRET_LEN}
+    return dict(sorted(found.items(), key=lambda kv: -len(kv[0])))
+
+
+def redact(text: str, secrets: Mapping[str, str] | None = None) -> str:
+    """`text` with every secret replaced by `[redacted NAME]`.
+
+    A secret is also found in its JSON-escaped form, so a JSON document can be redacted as text.
+    """
+    if not text:
+        return text
+    for value, name in (secret_values() if secrets is None else secrets).items():
+        for form in {value, json.dumps(value, ensure_ascii=False)[1:-1]}:
+            if form in text:
+                text = text.replace(form, f"[redacted {name}]")
+    if "://" in text:
+        text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:[redacted]@", text)
+    return _TOKEN_SHAPES.sub("[redacted token]", text)
+
+
+def redact_obj(obj: Any, secrets: Mapping[str, str] | None = None) -> Any:
+    """A copy of JSON-like data with secret strings redacted and values under secret-named keys removed."""
+    secrets = secret_values() if secrets is None else secrets
+    if isinstance(obj, str):
+        return redact(obj, secrets)
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            if isinstance(k, str) and is_secret_name(k) and isinstance(v, str) and v:
+                out[k] = f"[redacted {k}]"
+            else:
+                out[redact(k, secrets) if isinstance(k, str) else k] = redact_obj(v, secrets)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [redact_obj(v, secrets) for v in obj]
+    return obj
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites each log record's final message with secrets redacted (args are folded in first)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a malformed record is logging's problem; never lose the line over it
+            return True
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and record.exc_text is None and record.exc_info[0] is not None:
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+_FILTER = RedactingFilter()
+
+
+def install_log_redaction(logger: logging.Logger | None = None) -> None:
+    """Attach the redacting filter to a logger's handlers and the logger itself (idempotent).
+
+    Filters on a logger only see records logged to that logger, not those propagated from children, so the
+    filter goes on the handlers too; handlers added later are covered by calling this again.
+    """
+    target = logger or logging.getLogger()
+    for item in [target, *target.handlers]:
+        if _FILTER not in item.filters:
+            item.addFilter(_FILTER)

@@ -1,0 +1,328 @@
+"""Generation workers: the in-worker core (`serve_batch`), the process worker around it, and crash causes.
+
+A worker is a child process (spawn context) that loads one model once and answers batches of jobs. The
+parent alone renders prompts and receives results; a worker never writes to the tracker. The worker's
+stdout and stderr go to a file (with faulthandler on), so the tail of what it printed survives a segfault.
+The parent's side of a worker process is runner.executors.process.ProcessWorker.
+
+Crash causes (runner.results.CAUSES): an exception in the worker is `cuda_oom` or `exception`; a death by
+signal is `segfault` (SIGSEGV), `abort` (SIGABRT) or `killed` (SIGKILL: the host's OOM killer); a batch
+that runs past its deadline is `timeout` and its worker is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+    from runner.backends.base import Backend
+    from runner.spec import Generation
+
+STDERR_TAIL_CHARS = 8000
+LOAD_TIMEOUT_S = 1800.0
+"""Longest a model may take to load (a large checkpoint from a slow disk) before its worker is killed."""
+
+
+@dataclass
+class Job:
+    cell_id: str
+    prompt: str
+    fault: str | None = None
+    """A crash cause to inject for real before generating the batch that holds this job (testing only)."""
+
+
+@dataclass
+class JobResult:
+    cell_id: str
+    status: str
+    """`finished` or `crashed`."""
+    cause: str | None = None
+    error: str | None = None
+    stderr_tail: str | None = None
+    output: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    started_at: float = 0.0
+    ended_at: float = 0.0
+
+
+class InjectedFault(RuntimeError):
+    """An exception raised on purpose by a spec's `faults:` entry."""
+
+
+# -- the in-worker core ----------------------------------------------------------------------------------------
+def inject_fault(cause: str, cell_id: str) -> None:
+    """Really do what the fault names: a signal to ourselves, an exception, or a hang."""
+    note = f"injected fault {cause!r} for cell {cell_id}"
+    sys.stderr.write(note + "\n")
+    sys.stderr.flush()
+    if cause == "segfault":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    elif cause == "abort":
+        os.kill(os.getpid(), signal.SIGABRT)
+    elif cause == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif cause == "exception":
+        raise InjectedFault(note)
+    elif cause == "cuda_oom":
+        import torch
+
+        raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 20.00 GiB ({note})")
+    elif cause == "timeout":
+        while True:  # until the parent's deadline kills us
+            time.sleep(60)
+    else:
+        raise ValueError(f"unknown fault cause {cause!r}")
+    time.sleep(5)  # a signal to ourselves is delivered before this returns; never fall through silently
+    raise RuntimeError(f"{note}: the signal did not end the process")
+
+
+def _cuda_device(backend: Backend) -> str | None:
+    device = str(getattr(backend, "device", "cpu"))
+    torch = sys.modules.get("torch")  # a backend that never imported torch used no GPU
+    if torch is None or not device.startswith("cuda") or not torch.cuda.is_available():
+        return None
+    return device
+
+
+def host_peak_rss_mb() -> float:
+    import resource
+
+    # ru_maxrss is in KiB on Linux (bytes on macOS).
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def serve_batch(backend: Backend, jobs: list[Job], params: Generation) -> list[JobResult]:
+    """Generate one batch and measure it. Raises whatever the backend (or an injected fault) raises; the
+    caller classifies it with `classify_exception`. Shared by the process worker and the Ray actor."""
+    faulty = next((j for j in jobs if j.fault), None)
+    if faulty is not None:
+        inject_fault(str(faulty.fault), faulty.cell_id)
+    device = _cuda_device(backend)
+    if device is not None:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.time()
+    outs = backend.generate([j.prompt for j in jobs], params)
+    ended = time.time()
+    alloc = reserved = 0.0
+    if device is not None:
+        import torch
+
+        alloc = torch.cuda.max_memory_allocated(device) / 2**20
+        reserved = torch.cuda.max_memory_reserved(device) / 2**20
+    shared = {
+        "gpu_peak_allocated_mb": alloc,
+        "gpu_peak_reserved_mb": reserved,
+        "host_rss_mb": host_peak_rss_mb(),
+        "batch_size": float(len(jobs)),
+    }
+    info = backend.info() if hasattr(backend, "info") else {}
+    results = []
+    for job, out in zip(jobs, outs, strict=True):
+        metrics = {
+            "latency_s": out.latency_s,
+            "prompt_tokens": float(out.prompt_tokens),
+            "new_tokens": float(out.new_tokens),
+            "tokens_per_s": out.tokens_per_s,
+            "prompt_truncated": float(out.prompt_truncated),
+            **shared,
+            **info,
+        }
+        results.append(
+            JobResult(
+                job.cell_id, "finished", output=out.text, metrics=metrics, started_at=started, ended_at=ended
+            )
+        )
+    return results
+
+
+# -- crash causes ------------------------------------------------------------------------------------------------
+def classify_exception(exc: BaseException) -> tuple[str, str]:
+    """(`cuda_oom` or `exception`, "Type: message"). Looks at class names so that torch need not be imported."""
+    text = f"{type(exc).__name__}: {exc}"
+    is_oom = any(
+        c.__name__ == "OutOfMemoryError" and c.__module__.startswith("torch") for c in type(exc).__mro__
+    )
+    if is_oom or (isinstance(exc, RuntimeError) and "CUDA out of memory" in str(exc)):
+        return "cuda_oom", text
+    return "exception", text
+
+
+def classify_exit(exitcode: int | None) -> tuple[str, str]:
+    """The cause of a worker process's death from its exit code (-N: killed by signal N)."""
+    if exitcode is None:
+        return "killed", "worker stopped answering and did not exit"
+    if exitcode < 0:
+        sig = -exitcode
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = f"signal {sig}"
+        if sig in (signal.SIGSEGV, signal.SIGBUS):
+            return "segfault", f"worker died of {name} (segmentation fault)"
+        if sig == signal.SIGABRT:
+            return "abort", f"worker died of {name} (abort, e.g. a failed assertion in native code)"
+        if sig == signal.SIGKILL:
+            return "killed", f"worker died of {name} (the host's out-of-memory killer, or another process)"
+        return "killed", f"worker died of {name}"
+    return "exception", f"worker exited with status {exitcode} without reporting an error"
+
+
+def _fatal_cuda_error(exc: BaseException) -> bool:
+    """After these the CUDA context is unusable and only a new process can go on."""
+    text = str(exc)
+    return any(
+        s in text
+        for s in ("CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS", "cuDNN error")
+    )
+
+
+# -- the child process -------------------------------------------------------------------------------------------
+def _redirect_output(path: str) -> None:
+    # dup2 onto fds 1 and 2 so that native code (CUDA, faulthandler) writes there too, not only Python.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+
+
+def _cap_gpu_memory(gpu_memory_gb: float | None, device: str | None) -> None:
+    import torch
+
+    if not gpu_memory_gb or not torch.cuda.is_available():
+        return
+    index = torch.device(device if device and device.startswith("cuda") else "cuda:0").index or 0
+    total = torch.cuda.get_device_properties(index).total_memory
+    fraction = min(1.0, gpu_memory_gb * 2**30 / total)
+    torch.cuda.set_per_process_memory_fraction(fraction, index)
+    print(
+        f"pov worker: CUDA memory capped at {gpu_memory_gb} GiB ({fraction:.3f} of device {index})",
+        file=sys.stderr,
+    )
+
+
+def load_backend_class(name: str) -> Any:
+    """A registered backend (`transformers`, `unsloth`), or a `module:Class` path (plugins, test doubles)."""
+    if ":" in name:
+        import importlib
+
+        module, _, attr = name.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    from runner.backends import backend_class
+
+    return backend_class(name)
+
+
+def worker_main(
+    conn: Connection,
+    model_data: dict[str, Any],
+    device: str | None,
+    cuda_visible: str | None,
+    gpu_memory_gb: float | None,
+    stderr_path: str,
+) -> None:
+    """Entry point of the worker process: load the model once, then answer batches until told to stop."""
+    _redirect_output(stderr_path)
+    import faulthandler
+    import traceback
+
+    faulthandler.enable(all_threads=True)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
+    if cuda_visible is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible  # before anything imports torch
+    from runner.spec import Generation, Model
+
+    model = Model.model_validate(model_data)
+    try:
+        if model.backend == "unsloth":
+            from runner.backends.unsloth import preimport
+
+            preimport()  # before transformers is imported anywhere in this process
+        backend_cls = load_backend_class(model.backend)
+        warm = getattr(sys.modules[backend_cls.__module__], "warm_imports", None)
+        if warm is not None:
+            warm()
+    except BaseException as e:
+        traceback.print_exc()
+        conn.send(("load_failed", *classify_exception(e)))
+        return
+    # Imports done: a spare worker waits here, ready to take over from a crashed one in a moment.
+    conn.send(("warm",))
+    try:
+        if conn.recv()[0] != "load":
+            return
+    except (EOFError, OSError):
+        return
+    print(
+        f"pov worker {os.getpid()}: loading {model.name} ({model.backend}) on {device or 'auto'}",
+        file=sys.stderr,
+    )
+    try:
+        _cap_gpu_memory(gpu_memory_gb, device)
+        backend = backend_cls(model, device)
+    except BaseException as e:
+        traceback.print_exc()
+        conn.send(("load_failed", *classify_exception(e)))
+        return
+    conn.send(("ready", backend.device, backend.info() if hasattr(backend, "info") else {}))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        if msg[0] == "stop":
+            return
+        _, batch_id, jobs, params_data = msg
+        crash: tuple[str, str, bool] | None = None
+        try:
+            results = serve_batch(backend, jobs, Generation.model_validate(params_data))
+        except Exception as e:
+            traceback.print_exc()
+            sys.stderr.flush()
+            cause, error = classify_exception(e)
+            crash = (cause, error, _fatal_cuda_error(e) and cause != "cuda_oom")
+        if crash is None:
+            conn.send(("results", batch_id, results))
+            continue
+        # Outside the except block: the traceback's frames (holding the batch's tensors) are gone by now.
+        _release_memory()
+        conn.send(("crashed", batch_id, *crash))
+        if crash[2]:
+            os._exit(3)
+
+
+def _release_memory() -> None:
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# -- what the parent sees of a worker's failure ----------------------------------------------------------------
+class WorkerCrash(Exception):
+    """A batch (or the model load) did not come back: why, and the tail of the worker's stderr."""
+
+    def __init__(self, cause: str, error: str, stderr_tail: str, *, worker_alive: bool) -> None:
+        super().__init__(f"{cause}: {error}")
+        self.cause, self.error, self.stderr_tail, self.worker_alive = cause, error, stderr_tail, worker_alive
+
+
+class LoadFailed(WorkerCrash):
+    """The model did not load; every job of its group would fail the same way."""
+
+
+class Stopped(Exception):
+    """The run is being stopped (Ctrl-C); the worker was killed."""

@@ -1,0 +1,178 @@
+"""The `pov` commands that need no model: --help, validate and plan, on the repository's own experiments.
+
+Expected cells are computed here from the spec files with plain PyYAML, not through the runner."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from runner import cli
+
+REPO = Path(__file__).resolve().parent.parent
+EXPERIMENTS = REPO / "experiments"
+AXES = ("model", "template", "persona", "pov_set", "k", "question")
+HEAVY = ("torch", "chromadb", "mlflow", "transformers", "sentence_transformers", "cohere", "ray")
+
+
+def pov(*args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).with_name("pov")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "runner.cli"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "160"}
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=120, **kw)
+
+
+def expected_seed_replica_cells() -> set[tuple[Any, ...]]:
+    """The seed replica's cells from its YAML alone: product of the matrix lists minus the exclude rules."""
+    spec = yaml.safe_load((EXPERIMENTS / "seed_replica.yaml").read_text())
+    base = yaml.safe_load((EXPERIMENTS / spec["extends"]).read_text())
+    m = spec["matrix"]
+    questions_file = EXPERIMENTS / (spec.get("questions") or base["questions"])
+    question_ids = [q["id"] for q in yaml.safe_load(questions_file.read_text())["questions"]]
+    values = {
+        "model": m["model"],
+        "template": m["template"],
+        "persona": m["persona"],
+        "pov_set": m["pov_set"],
+        "k": [tuple(k) for k in m["k"]],
+        "question": question_ids if m["question"] == "all" else m["question"],
+    }
+    product = set(itertools.product(*(values[a] for a in AXES)))
+    for rule in m.get("exclude", []):
+        assert "k" not in rule  # keep this oracle simple; the matrix tests cover k rules
+        product = {c for c in product if not all(c[AXES.index(a)] == v for a, v in rule.items())}
+    return product
+
+
+def test_help_lists_every_command() -> None:
+    proc = pov("--help")
+    assert proc.returncode == 0, proc.stderr
+    for command in cli.COMMANDS:
+        assert command in proc.stdout
+
+
+def test_validate_every_experiment() -> None:
+    specs = sorted(str(p.relative_to(REPO)) for p in EXPERIMENTS.glob("*.yaml"))
+    assert specs
+    proc = pov("validate", *specs)
+    assert proc.returncode == 0, proc.stderr
+    for spec in specs:
+        assert f"{spec}: ok" in proc.stdout
+
+
+def test_validate_in_process(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["validate", str(EXPERIMENTS / "quickstart.yaml")]) == 0
+    assert "ok" in capsys.readouterr().out
+
+
+def test_plan_json_lines_carry_every_axis_value() -> None:
+    proc = pov("plan", "experiments/seed_replica.yaml", "--json")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert all(set(row) == {"id", *AXES} for row in rows)
+    got = [tuple(tuple(r[a]) if a == "k" else r[a] for a in AXES) for r in rows]
+    expected = expected_seed_replica_cells()
+    assert len(got) == len(set(got)) == len(expected)
+    assert set(got) == expected
+    assert len({r["id"] for r in rows}) == len(rows)
+
+
+def test_plan_table_shows_the_count() -> None:
+    proc = pov("plan", "experiments/seed_replica.yaml", "--limit", "5")
+    assert proc.returncode == 0, proc.stderr
+    n = len(expected_seed_replica_cells())
+    assert f"seed-replica: {n} cells" in proc.stdout
+    assert f"{n - 5} more" in proc.stdout
+
+
+def test_plan_set_overrides_an_axis() -> None:
+    proc = pov("plan", "experiments/seed_replica.yaml", "--json", "--set", "matrix.persona=[professor]")
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    expected = {c for c in expected_seed_replica_cells() if c[AXES.index("persona")] == "professor"}
+    assert {r["persona"] for r in rows} == {"professor"}
+    assert len(rows) == len(expected)
+
+
+def test_plan_json_into_a_closed_pipe_is_quiet() -> None:
+    """`pov plan --json | head -1` must not end in a BrokenPipeError traceback."""
+    script = Path(sys.executable).with_name("pov")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "runner.cli"]
+    many_k = (
+        "matrix.k=[" + ", ".join(f"[20, {k2}, 1]" for k2 in range(10, 20)) + "]"
+    )  # > a pipe buffer of JSON
+    proc = subprocess.Popen(
+        [*cmd, "plan", "experiments/base.yaml", "--json", "--set", many_k],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0, err
+    assert json.loads(first)["id"]
+    assert "Traceback" not in err
+
+
+def test_plan_of_a_bad_spec_exits_2_without_traceback(tmp_path: Path) -> None:
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(f"extends: {EXPERIMENTS / 'base.yaml'}\nmatrix:\n  k: [[5, 10, 3]]\n")
+    proc = pov("plan", str(spec))
+    assert proc.returncode == 2
+    assert f"{spec}:3:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_argument_errors_exit_2() -> None:
+    proc = pov("plan", "experiments/seed_replica.yaml", "--limit", "-1")
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+
+
+LIGHT_CHECK = textwrap.dedent(
+    """
+    import json, sys
+    from runner import cli
+    try:
+        cli.main(sys.argv[1:])
+    except SystemExit:
+        pass
+    heavy = {heavy!r}
+    print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in heavy)))
+    """
+).format(heavy=HEAVY)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["validate", "experiments/base.yaml", "experiments/quickstart.yaml", "experiments/seed_replica.yaml"],
+        ["plan", "experiments/seed_replica.yaml"],
+        ["plan", "experiments/seed_replica.yaml", "--json"],
+    ],
+    ids=["help", "validate", "plan", "plan-json"],
+)
+def test_light_commands_import_nothing_heavy(argv: list[str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", LIGHT_CHECK, *argv],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert loaded == [], f"`pov {' '.join(argv)}` imported {loaded}"

@@ -1,0 +1,215 @@
+"""run_experiment end to end on the CPU: the tiny model in real worker processes, a stand-in retriever
+(runner.retrieval is tested on its own), real faults."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import RecordingTracker, StubRetriever, gen_spec
+
+from runner.backends.base import local_revision
+from runner.engine import fault_for, run_experiment
+from runner.loader import load_spec
+from runner.matrix import expand
+from runner.sinks import read_results
+from runner.spec import Fault
+
+FAULTS = {  # (question, persona, pov_set) -> cause: exactly 6 of the 30 cells, one of each cause
+    ("q1", "a1", "p1"): "segfault",
+    ("q2", "a2", "p2"): "abort",
+    ("q3", "a1", "p3"): "killed",
+    ("q4", "a2", "p1"): "exception",
+    ("q5", "a1", "p2"): "timeout",
+    ("q1", "a2", "p3"): "cuda_oom",
+}
+
+
+def _faults_yaml() -> str:
+    lines = ["faults:"]
+    for (q, a, p), cause in FAULTS.items():
+        lines.append(f"  - {{cause: {cause}, match: {{question: {q}, persona: {a}, pov_set: {p}}}}}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def fault_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("faults")
+    exp = load_spec(
+        gen_spec(
+            tmp, tiny_model_dir, limits="{cell_timeout_s: 3, max_worker_restarts: 20}", extra=_faults_yaml()
+        )
+    )
+    cells = expand(exp)
+    tracker = RecordingTracker()
+    summary = run_experiment(exp, cells, tracker, retriever=StubRetriever(), quiet=True)
+    return {"exp": exp, "cells": cells, "tracker": tracker, "summary": summary}
+
+
+@pytest.mark.slow
+def test_real_faults_in_a_fifth_of_the_cells_crash_only_those_cells(fault_run: dict[str, Any]) -> None:
+    cells, tracker, summary = fault_run["cells"], fault_run["tracker"], fault_run["summary"]
+    assert len(cells) == 30
+    results = tracker.results
+    assert set(results) == {c.id for c in cells}, "every cell is recorded, none twice"
+    assert sum(len(b) for b in tracker.logged) == 30
+    for cell in cells:
+        r = results[cell.id]
+        expected = FAULTS.get((cell.question, cell.persona, cell.pov_set))
+        if expected is None:
+            assert r.status == "finished", (cell, r.cause, r.error)
+            assert r.output is not None and r.metrics["new_tokens"] >= 1
+            assert r.metrics["latency_s"] > 0 and r.metrics["prompt_tokens"] > 0
+        else:
+            assert (r.status, r.cause) == ("crashed", expected), (cell, r.error)
+            assert r.output is None
+            assert f"injected fault {expected!r} for cell {cell.id}" in (r.stderr_tail or ""), r.stderr_tail
+    assert summary.finished == 24 and summary.crashed == 6
+    assert summary.crashed_by_cause == {c: 1 for c in FAULTS.values()}
+    assert tracker.finished is not None
+    assert tracker.finished["cells_crashed"] == 6 and tracker.finished["crashed.timeout"] == 1
+    assert tracker.finished["state"] == "finished"
+
+
+@pytest.mark.slow
+def test_the_results_file_matches_the_tracker(fault_run: dict[str, Any]) -> None:
+    summary, tracker = fault_run["summary"], fault_run["tracker"]
+    on_disk = read_results(summary.results_path)
+    assert set(on_disk) == set(tracker.results)
+    statuses = Counter(d["status"] for d in on_disk.values())
+    assert statuses == {"finished": 24, "crashed": 6}
+    assert {d["cause"] for d in on_disk.values() if d["cause"]} == set(FAULTS.values())
+    assert summary.results_path == summary.run_dir / "results.jsonl"
+    assert summary.run_dir == fault_run["exp"].state_dir / "runs" / "gen-test" / "rec-1"
+    assert json.loads((summary.run_dir / "summary.json").read_text())["cells_crashed"] == 6
+    assert list((summary.run_dir / "workers").glob("*.log")), "worker stderr files live in the run folder"
+
+
+def test_prompts_context_metrics_and_skips(tmp_path: Path, tiny_model_dir: Path) -> None:
+    exp = load_spec(gen_spec(tmp_path, tiny_model_dir, questions=3, personas=1, pov_sets=1))
+    cells = expand(exp)
+    skipped = cells[0].id
+    tracker = RecordingTracker(skip={skipped})
+    retriever = StubRetriever()
+    summary = run_experiment(exp, cells, tracker, retriever=retriever, quiet=True)
+    assert summary.cells_total == 3 and summary.cells_skipped == 1 and summary.finished == 2
+    results = tracker.results
+    assert skipped not in results
+    assert retriever.calls == [sorted({(c.question, c.pov_set, c.k) for c in cells[1:]})]
+    expected_chunks = retriever.retrieve([(c.question, c.pov_set, c.k) for c in cells[1:]])
+    for cell in cells[1:]:
+        r = results[cell.id]
+        stub = expected_chunks[(cell.question, cell.pov_set, cell.k)]
+        assert r.prompt.startswith(exp.spec.personas[cell.persona])
+        assert exp.questions[cell.question].text in r.prompt
+        assert all(chunk["text"] in r.prompt for chunk in stub.final_chunks())
+        assert r.prompt.rstrip().endswith("### RESPONSE:")
+        assert r.context == stub.to_dict()
+        for key in (
+            "latency_s",
+            "prompt_tokens",
+            "new_tokens",
+            "tokens_per_s",
+            "gpu_peak_allocated_mb",
+            "gpu_peak_reserved_mb",
+            "host_rss_mb",
+            "batch_size",
+            "attempts",
+            "stage1_top_score",
+            "stage3_mean_score",
+            "prompt_truncated",
+        ):
+            assert key in r.metrics, key
+        assert r.metrics["new_tokens"] <= 4 and r.metrics["prompt_truncated"] == 0
+        assert r.tags["model_name"] == str(tiny_model_dir)
+        assert r.tags["model_revision"] == local_revision(tiny_model_dir)
+        assert r.started_at <= r.ended_at
+    assert len(read_results(summary.results_path)) == 2
+
+
+def test_builtin_model_is_built_once_and_long_prompts_are_truncated(tmp_path: Path) -> None:
+    path = gen_spec(tmp_path, Path("builtin:tiny-llama"), questions=2, personas=1, pov_sets=1)
+    text = path.read_text().replace("max_seq_length: 512", "max_seq_length: 64")
+    path.write_text(text)
+    exp = load_spec(path)
+    summary = run_experiment(exp, expand(exp), RecordingTracker(), retriever=StubRetriever(), quiet=True)
+    assert summary.finished == 2
+    built = list((exp.state_dir / "models").glob("tiny-llama-*"))
+    assert len(built) == 1 and (built[0] / "config.json").exists()
+    for r in read_results(summary.results_path).values():
+        assert r["metrics"]["prompt_truncated"] == 1
+        assert r["metrics"]["prompt_tokens"] == 64 - 4  # max_seq_length - max_new_tokens
+        assert r["tags"]["model_name"] == "builtin:tiny-llama"
+        assert r["tags"]["model_revision"] == local_revision(built[0])
+
+
+def test_an_interrupted_run_stops_its_workers_and_says_so(tmp_path: Path, tiny_model_dir: Path) -> None:
+    import psutil
+
+    class StopsAtFirstResult(RecordingTracker):
+        def log(self, results: list[Any]) -> None:
+            super().log(results)
+            raise KeyboardInterrupt
+
+    exp = load_spec(gen_spec(tmp_path, tiny_model_dir, questions=3, personas=2, pov_sets=2))
+    tracker = StopsAtFirstResult()
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(exp, expand(exp), tracker, retriever=StubRetriever(), quiet=True)
+    assert tracker.finished is not None and tracker.finished["state"] == "interrupted"
+    assert 0 < tracker.finished["cells_run"] < 12
+    left = {
+        p.pid
+        for p in psutil.Process().children(recursive=True)
+        if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    } - before
+    assert not left, "worker processes outlived the run"
+
+
+def test_pov_run_command(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runner import cli
+
+    monkeypatch.setattr("runner.engine._default_retriever", lambda exp: StubRetriever())
+    spec = gen_spec(tmp_path, tiny_model_dir)
+    code = cli.main(
+        ["run", str(spec), "--no-track", "--limit", "3", "--quiet", "--set", "generation.max_new_tokens=2"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "gen-test: 3 cells: 3 finished, 0 crashed" in out
+    results = Path(out.split("results: ")[1].split()[0])
+    rows = read_results(results)
+    assert len(rows) == 3 and all(r["metrics"]["new_tokens"] <= 2 for r in rows.values())
+
+
+def test_pov_run_rejects_bad_arguments(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runner import cli
+
+    spec = gen_spec(tmp_path, tiny_model_dir)
+    for args in (["--gpus", "a,b"], ["--limit", "0"], ["--executor", "slurm"]):
+        with pytest.raises(SystemExit) as e:
+            cli.main(["run", str(spec), *args])
+        assert e.value.code == 2
+    assert "--gpus" in capsys.readouterr().err
+
+
+def test_faults_pick_cells_by_match_and_a_stable_rate(tmp_path: Path, tiny_model_dir: Path) -> None:
+    exp = load_spec(gen_spec(tmp_path, tiny_model_dir, questions=10, personas=2, pov_sets=3))
+    cells = expand(exp)
+    everywhere = [Fault(cause="abort", rate=0.3)]
+    picked = {c.id for c in cells if fault_for(everywhere, c)}
+    assert picked == {c.id for c in cells if fault_for(everywhere, c)}, "the choice is stable"
+    assert 0 < len(picked) < len(cells)
+    assert {c.id for c in cells if fault_for([Fault(cause="abort", rate=0.6)], c)} >= picked
+    only_q3 = [Fault(cause="timeout", match={"question": "q3", "persona": ["a1"]})]
+    assert {(c.question, c.persona) for c in cells if fault_for(only_q3, c)} == {("q3", "a1")}
+    first_wins = [Fault(cause="segfault", match={"question": "q1"}), Fault(cause="abort")]
+    assert {fault_for(first_wins, c) for c in cells if c.question == "q1"} == {"segfault"}
+    assert {fault_for(first_wins, c) for c in cells if c.question != "q1"} == {"abort"}

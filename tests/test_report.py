@@ -1,0 +1,327 @@
+"""`pov report` against a real MLflow sqlite store holding executions logged per CONTRACTS.md's schema.
+
+The numbers the report prints and writes (report.json) are checked against counts made here straight from
+MlflowClient.search_runs: first on executions logged here per the schema (with superseded, KILLED and
+unfinished child runs the report must leave out), then on a real `pov ingest` + `pov run` of a small spec
+whose complex template is given more injected faults than the simple one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import log_pov_execution as log_execution
+from hypothesis import given
+from hypothesis import strategies as st
+
+from runner.cli import main as cli
+from runner.stats import bin_edges, bin_index, percentile, wilson
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATES = {"summary_opinion": 0.45, "opinion_only": 0.1}
+QUESTIONS = ("q1", "q2")
+
+
+# ---- stats ----------------------------------------------------------------------------------------------
+
+
+def test_wilson_textbook_values():
+    # 0/10: upper bound z²/(n+z²); 5/10: 0.5 ± 0.2634 (Wilson 1927; e.g. Newcombe 1998, table I).
+    p, lo, hi = wilson(0, 10)
+    assert (p, lo) == (0.0, 0.0) and hi == pytest.approx(3.8415 / 13.8415, abs=1e-4)
+    p, lo, hi = wilson(5, 10)
+    assert (lo, hi) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
+    assert wilson(10, 10)[2] == 1.0
+    assert math.isnan(wilson(0, 0)[0])
+    with pytest.raises(ValueError):
+        wilson(3, 2)
+
+
+@given(st.integers(1, 5000), st.data())
+def test_wilson_brackets_the_rate(n, data):
+    k = data.draw(st.integers(0, n))
+    p, lo, hi = wilson(k, n)
+    assert 0.0 <= lo <= p <= hi <= 1.0
+    assert wilson(k * 4, n * 4)[2] - wilson(k * 4, n * 4)[1] < hi - lo  # more cells, narrower interval
+
+
+@given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=60), st.floats(0, 100))
+def test_percentile_matches_numpy(values, q):
+    assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)), rel=1e-9, abs=1e-6)
+
+
+@given(st.lists(st.integers(0, 5000), min_size=1, max_size=200))
+def test_every_value_lands_in_one_bin(values):
+    edges = bin_edges(values)
+    assert 2 <= len(edges) <= 6 and edges == sorted(edges)
+    counts = Counter(bin_index(v, edges) for v in values)
+    assert sum(counts.values()) == len(values)
+    assert all(0 <= i < len(edges) - 1 for i in counts)
+
+
+# ---- a store with executions logged per the schema (conftest.log_pov_execution) ----------------------------
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from mlflow.tracking import MlflowClient
+
+    root = tmp_path_factory.mktemp("mlstore")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    a = log_execution(client, "demo", "hash-a", 1, TEMPLATES, questions=QUESTIONS)
+    b = log_execution(
+        client, "demo", "hash-b", 2, {"summary_opinion": 0.15, "opinion_only": 0.05}, questions=QUESTIONS
+    )
+    return {"uri": uri, "client": client, "a": a, "b": b, "root": root}
+
+
+@pytest.fixture
+def env(store: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, Any]:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
+    monkeypatch.chdir(tmp_path)
+    return store
+
+
+def hand_count(client: Any, parent_id: str) -> tuple[Counter[str], Counter[str], int]:
+    """Crashed and total cells per template, counted straight from the child runs."""
+    parent = client.get_run(parent_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=5000
+    )
+    crashed, total = Counter(), Counter()
+    for r in runs:
+        if r.data.tags.get("pov.superseded") == "true" or r.info.status == "KILLED":
+            continue
+        if r.data.tags.get("pov.status") not in ("finished", "crashed"):
+            continue
+        total[r.data.params["template"]] += 1
+        crashed[r.data.params["template"]] += r.data.tags["pov.status"] == "crashed"
+    return crashed, total, len(runs)
+
+
+def report_json(out: Path, index: int = 0) -> dict[str, Any]:
+    return json.loads((out / "report.json").read_text())["executions"][index]
+
+
+def test_report_matches_a_hand_count(env: dict[str, Any], capsys: pytest.CaptureFixture[str]):
+    out = Path("out")
+    assert cli(["report", "--run", env["a"], "--out", str(out), "--no-log"]) == 0
+    data = report_json(out)
+    crashed, total, _ = hand_count(env["client"], env["a"])
+    rows = {r["value"]: r for r in data["crash_rate"]["template"]}
+    assert {t: (r["k"], r["n"]) for t, r in rows.items()} == {t: (crashed[t], total[t]) for t in total}
+    cells = 2 * 2 * 2 * 2 * len(QUESTIONS)  # templates x models x personas x k x questions, as logged
+    assert data["overall"]["n"] == sum(total.values()) == cells
+    for t, r in rows.items():
+        assert r["rate"] == pytest.approx(crashed[t] / total[t])
+        assert r["lo"] <= r["rate"] <= r["hi"]
+    assert rows["summary_opinion"]["rate"] > rows["opinion_only"]["rate"]
+    assert data["ignored"] == {"superseded": cells // 11, "killed": cells // 13, "unfinished": 1}
+    # Every axis and the prompt-token bins count each cell once.
+    for axis, table in data["crash_rate"].items():
+        assert sum(r["n"] for r in table) == cells, axis
+        assert sum(r["k"] for r in table) == sum(crashed.values()), axis
+    printed = capsys.readouterr().out
+    so = rows["summary_opinion"]
+    assert f"{so['k']}/{so['n']}" in printed and "crash rate by template" in printed
+
+
+def test_report_html_shows_intervals_and_charts(env: dict[str, Any]):
+    out = Path("html")
+    assert cli(["report", "--run", env["a"], "--out", str(out), "--no-log"]) == 0
+    page = (out / "report.html").read_text()
+    so = next(r for r in report_json(out)["crash_rate"]["template"] if r["value"] == "summary_opinion")
+    assert f"{100 * so['lo']:.1f}% – {100 * so['hi']:.1f}%" in page
+    imgs = __import__("re").findall(r'<img src="([^"]+)"', page)
+    assert {
+        "crash_template.png",
+        "crash_model.png",
+        "crash_persona.png",
+        "crash_k.png",
+        "crash_prompt_tokens.png",
+        "crash_causes.png",
+        "latency.png",
+        "checks.png",
+    } <= set(imgs)
+    for name in imgs:
+        assert "/" not in name and (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "http" not in page.lower().replace("http-equiv", "")  # nothing fetched from elsewhere
+
+
+def test_causes_latency_and_checks(env: dict[str, Any]):
+    out = Path("o")
+    assert cli(["report", "--run", env["a"], "--out", str(out), "--no-log"]) == 0
+    data = report_json(out)
+    runs = env["client"].search_runs(
+        [env["client"].get_run(env["a"]).info.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{env['a']}'",
+        max_results=5000,
+    )
+    live = [
+        r
+        for r in runs
+        if r.data.tags.get("pov.superseded") != "true"
+        and r.info.status != "KILLED"
+        and "pov.status" in r.data.tags
+    ]
+    causes = Counter(r.data.tags["pov.cause"] for r in live if r.data.tags["pov.status"] == "crashed")
+    assert data["crash_causes"]["all"] == dict(causes)
+    finished = [r for r in live if r.data.tags["pov.status"] == "finished"]
+    lat = sorted(r.data.metrics["latency_s"] for r in finished if r.data.params["model"] == "tiny-a")
+    row = next(r for r in data["performance"]["model"] if r["value"] == "tiny-a")
+    assert row["n"] == len(lat) and row["latency_p50"] == pytest.approx(float(np.median(lat)))
+    passed = sum(r.data.tags["check.sections"] == "pass" for r in finished)
+    check = next(r for r in data["checks"] if r["check"] == "sections")
+    assert (check["k"], check["n"]) == (passed, len(finished))
+
+
+def test_compare_puts_two_executions_side_by_side(env: dict[str, Any]):
+    out = Path("cmp")
+    assert cli(["report", "--run", env["a"], "--compare", env["b"], "--out", str(out), "--no-log"]) == 0
+    data = json.loads((out / "report.json").read_text())
+    assert [e["run_id"] for e in data["executions"]] == [env["a"], env["b"]]
+    for i, run in enumerate((env["a"], env["b"])):
+        crashed, total, _ = hand_count(env["client"], run)
+        rows = {r["value"]: (r["k"], r["n"]) for r in data["executions"][i]["crash_rate"]["template"]}
+        assert rows == {t: (crashed[t], total[t]) for t in total}
+    # Shared prompt-token bins, so the two columns line up.
+    assert [r["value"] for r in data["executions"][0]["crash_rate"]["prompt_tokens"]] == [
+        r["value"] for r in data["executions"][1]["crash_rate"]["prompt_tokens"]
+    ]
+    page = (out / "report.html").read_text()
+    assert env["a"][:8] in page and env["b"][:8] in page
+
+
+def test_spec_picks_its_latest_execution_and_logs_the_artifact(
+    store: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from runner.loader import load_spec
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"name: demo-spec\nextends: {REPO / 'experiments' / 'quickstart.yaml'}\n"
+        f"tracking: {{uri: '{store['uri']}'}}\n"
+    )
+    exp = load_spec(spec)
+    old = log_execution(store["client"], "demo-spec", exp.spec_hash, 3, TEMPLATES, "spec-exp", ("q1",))
+    new = log_execution(store["client"], "demo-spec", exp.spec_hash, 4, TEMPLATES, "spec-exp", ("q1",))
+    log_execution(
+        store["client"], "demo-spec", "other-hash", 5, TEMPLATES, "spec-exp", ("q1",)
+    )  # newest, other hash
+    assert cli(["report", str(spec)]) == 0
+    out = tmp_path / "report" / new
+    assert (out / "report.html").is_file() and not (tmp_path / "report" / old).exists()
+    logged = {f.path for f in store["client"].list_artifacts(new, "report")}
+    assert {"report/report.html", "report/crash_template.png"} <= logged
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "either SPEC or --run"),
+        (["--run", "0" * 32], "no MLflow run"),
+        (["--run", "CELL"], "not a pov execution"),
+        (["--run", "A", "--compare", "A"], "same run"),
+        (["--run", "A", "--out", "a-file"], "is a file"),
+    ],
+)
+def test_bad_input_exits_2(
+    env: dict[str, Any], argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+):
+    cell = env["client"].search_runs(
+        [env["client"].get_run(env["a"]).info.experiment_id],
+        f"tags.`mlflow.parentRunId` = '{env['a']}'",
+        max_results=1,
+    )[0]
+    argv = [{"CELL": cell.info.run_id, "A": env["a"]}.get(a, a) for a in argv]
+    Path("a-file").write_text("not a folder")
+    assert cli(["report", *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert sorted(p.name for p in Path().iterdir()) == ["a-file"]  # nothing written
+
+
+def test_missing_store_is_not_created(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert cli(["report", "--run", "abc"]) == 2
+    assert "no MLflow store" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- end to end: a real `pov run` with injected faults --------------------------------------------------------
+
+E2E_SPEC = """name: report-e2e
+extends: {base}
+corpus: {{persist_dir: {tmp}/chroma, collection: brics-report-e2e}}
+models:
+  tiny: {{backend: transformers, name: {model}, max_seq_length: 512, device: cpu}}
+generation: {{max_new_tokens: 4, temperature: 0.0, seed: 0, batch_size: 8}}
+matrix:
+  model: [tiny]
+  template: [summary_opinion, opinion_only]
+  persona: [professor]
+  pov_set: [global_south]
+  k: [[6, 4, 2]]
+  question: all
+limits: {{cell_timeout_s: 60}}
+tracking: {{experiment: report-e2e, uri: "sqlite:///{tmp}/mlflow.db"}}
+faults:
+  - {{cause: segfault, match: {{template: summary_opinion}}, rate: 0.2}}
+  - {{cause: exception, match: {{template: summary_opinion}}, rate: 0.5}}
+  - {{cause: exception, match: {{template: opinion_only}}, rate: 0.1}}
+"""
+
+
+@pytest.mark.slow
+def test_real_run_with_faults(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        E2E_SPEC.format(base=REPO / "experiments" / "base.yaml", tmp=tmp_path, model=tiny_model_dir)
+    )
+    assert cli(["ingest", str(spec)]) == 0
+    assert cli(["run", str(spec), "--quiet"]) == 0
+    assert cli(["report", str(spec)]) == 0
+    printed = capsys.readouterr().out
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name("report-e2e").experiment_id], "tags.`pov.kind` = 'execution'"
+    )
+    run_id = parent.info.run_id
+    crashed, total, _ = hand_count(client, run_id)
+    assert sum(total.values()) == 20  # 2 templates x 10 questions
+    out = tmp_path / "report" / run_id
+    data = report_json(out)
+    rows = {r["value"]: r for r in data["crash_rate"]["template"]}
+    assert {t: (r["k"], r["n"]) for t, r in rows.items()} == {t: (crashed[t], total[t]) for t in total}
+    assert rows["summary_opinion"]["rate"] > rows["opinion_only"]["rate"]
+    page = (out / "report.html").read_text()
+    for r in rows.values():
+        assert f"{100 * r['lo']:.1f}% – {100 * r['hi']:.1f}%" in page  # the interval is shown
+        assert f"{r['k']}/{r['n']}" in printed
+    # Crash causes are the injected ones, counted as MLflow has them.
+    runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")
+    causes = Counter(r.data.tags["pov.cause"] for r in runs if r.data.tags.get("pov.status") == "crashed")
+    assert data["crash_causes"]["all"] == dict(causes) and set(causes) <= {"segfault", "exception"}
+    # Prompt complexity reached the report: every cell, crashed or not, sits in a prompt-token bin.
+    assert sum(r["n"] for r in data["crash_rate"]["prompt_tokens"] if r["value"] != "unknown") == 20
+    # The finished cells carry the output checks, and the report went back to the parent run.
+    assert {"sections", "words", "idk", "degenerate"} <= {r["check"] for r in data["checks"]}
+    assert "report/report.html" in {f.path for f in client.list_artifacts(run_id, "report")}

@@ -1,0 +1,137 @@
+"""`pov rerun RUN_ID` end to end: same rankings and outputs on the same machine; a named drift after a corpus
+file changes. The tiny local model decodes greedily, so identical inputs must give identical outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.errors import UserError
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+POV = str(Path(sys.executable).parent / "pov")
+EDITED = "04_japan_alliances_trade.md"
+
+SPEC = f"""\
+name: reruntest
+extends: {ROOT / "experiments" / "quickstart.yaml"}
+corpus: {{path: brics}}
+generation: {{max_new_tokens: 12, temperature: 0.0, seed: 0, batch_size: 4}}
+matrix:
+  template: [summary_opinion, opinion_only]
+  persona: [professor]
+  pov_set: [global_south, security]
+  question: [japan-alliances]
+  exclude: []
+tracking: {{experiment: reruntest}}
+"""
+
+
+def _pov(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", MLFLOW_TRACKING_URI=_uri(tmp))
+    done = subprocess.run([POV, *args], cwd=tmp, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"pov {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+    return done
+
+
+def _uri(tmp: Path) -> str:
+    return f"sqlite:///{tmp}/mlflow.db"
+
+
+def _client(tmp: Path) -> Any:
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(_uri(tmp))
+
+
+def _executions(tmp: Path) -> list[Any]:
+    c = _client(tmp)
+    eid = c.get_experiment_by_name("reruntest").experiment_id
+    return list(c.search_runs([eid], "tags.`pov.kind` = 'execution'", order_by=["attributes.start_time ASC"]))
+
+
+def _cells(tmp: Path, parent: Any, dest: Path) -> dict[str, dict[str, Any]]:
+    """Per cell id: its output and the three ranked stages, read back from the child run's artifacts."""
+    c = _client(tmp)
+    kids = c.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    out = {}
+    for kid in kids:
+        files = Path(c.download_artifacts(kid.info.run_id, "", str(dest / kid.info.run_id)))
+        out[kid.data.tags["pov.cell_id"]] = {
+            "output": (files / "output.md").read_text(encoding="utf-8"),
+            "stages": json.loads((files / "context.json").read_text(encoding="utf-8"))["stages"],
+            "prompt": (files / "prompt.txt").read_text(encoding="utf-8"),
+        }
+    return out
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    tmp = tmp_path_factory.mktemp("rerun")
+    shutil.copytree(ROOT / "data" / "brics", tmp / "brics")
+    (tmp / "spec.yaml").write_text(SPEC)
+    _pov(tmp, "ingest", "spec.yaml")
+    _pov(tmp, "run", "spec.yaml", "--quiet")
+    [original] = _executions(tmp)
+    return tmp, original
+
+
+def test_rerun_reproduces_rankings_and_outputs_then_names_a_corpus_drift(project: tuple[Path, Any]) -> None:
+    tmp, original = project
+    old_id = original.info.run_id
+    done = _pov(tmp, "rerun", old_id, "--quiet")
+    assert "drift: corpus" not in done.stdout
+    runs = _executions(tmp)
+    assert len(runs) == 2
+    new = runs[1]
+    assert new.data.tags["pov.rerun_of"] == old_id and new.data.tags["pov.state"] == "finished"
+    assert new.data.tags["pov.spec_name"] == "reruntest"
+    old_cells, new_cells = _cells(tmp, original, tmp / "dl-old"), _cells(tmp, new, tmp / "dl-new")
+    assert len(old_cells) == 4 and set(new_cells) == set(old_cells)
+    for cid, old in old_cells.items():
+        assert new_cells[cid]["stages"] == old["stages"], cid  # ids, texts and scores of all three stages
+        assert new_cells[cid]["prompt"] == old["prompt"], cid
+        assert new_cells[cid]["output"] == old["output"], cid
+    assert "outputs identical in 4/4 cells, rankings identical in 4/4" in done.stdout
+
+    corpus_file = tmp / "brics" / EDITED
+    corpus_file.write_text(corpus_file.read_text() + "\nJapan signed an entirely hypothetical pact today.\n")
+    drifted = _pov(tmp, "rerun", old_id, "--quiet")
+    lines = [ln for ln in drifted.stdout.splitlines() if ln.startswith("drift: corpus.fingerprint")]
+    assert len(lines) == 1 and EDITED in lines[0], drifted.stdout
+    assert len(_executions(tmp)) == 3
+
+
+def test_rerun_refuses_what_is_not_an_execution(project: tuple[Path, Any]) -> None:
+    from runner.rerun import prepare
+
+    tmp, original = project
+    with pytest.raises(UserError, match="no run"):
+        prepare("0123456789abcdef0123456789abcdef", _uri(tmp))
+    c = _client(tmp)
+    kid = c.search_runs([original.info.experiment_id], f"tags.`mlflow.parentRunId` = '{original.info.run_id}'")[0]
+    with pytest.raises(UserError, match=f"pov rerun {original.info.run_id}"):
+        prepare(kid.info.run_id, _uri(tmp))
+
+
+def test_snapshot_loads_standalone(project: tuple[Path, Any], tmp_path: Path) -> None:
+    """The stored spec.yaml and templates load with no other file than the corpus, and expand to the same cells."""
+    from runner.loader import load_spec
+    from runner.matrix import expand
+
+    tmp, original = project
+    dest = Path(_client(tmp).download_artifacts(original.info.run_id, "", str(tmp_path / "snap")))
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(dest, moved)
+    exp = load_spec(moved / "spec.yaml")
+    assert {c.id for c in expand(exp)} == {c.id for c in expand(load_spec(tmp / "spec.yaml"))}
+    assert all(Path(t.path).is_relative_to(moved) for t in exp.templates.values())

@@ -1,0 +1,173 @@
+"""Secrets (CO_API_KEY, anything named like a key or token) reach no MLflow table, artifact or log file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets as pysecrets
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner.secrets import RedactingFilter, install_log_redaction, is_secret_name, redact, secret_values
+
+ROOT = Path(__file__).resolve().parent.parent
+POV = str(Path(sys.executable).parent / "pov")
+
+
+@pytest.fixture()
+def keys(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    values = {"CO_API_KEY": "co-" + pysecrets.token_hex(16), "MY_SERVICE_TOKEN": "tok_" + pysecrets.token_hex(12)}
+    for k, v in values.items():
+        monkeypatch.setenv(k, v)
+    return values
+
+
+@pytest.mark.parametrize("name", ["CO_API_KEY", "MY_SERVICE_TOKEN", "HF_TOKEN", "AWS_SECRET_ACCESS_KEY",
+                                  "MLFLOW_TRACKING_PASSWORD", "github_pat", "openaiApiKey", "db.password"])
+def test_names_that_are_secrets(name: str) -> None:
+    assert is_secret_name(name)
+
+
+@pytest.mark.parametrize("name", ["TOKENIZERS_PARALLELISM", "PWD", "KEYBOARD_LAYOUT", "HF_HUB_OFFLINE", "PATH",
+                                  "MONKEY_BUSINESS", "SSH_AUTH_SOCK"])
+def test_names_that_are_not(name: str) -> None:
+    assert not is_secret_name(name)
+
+
+def test_redact_finds_values_escaped_forms_urls_and_token_shapes(keys: dict[str, str]) -> None:
+    key, tok = keys["CO_API_KEY"], keys["MY_SERVICE_TOKEN"]
+    text = (f"key={key} token:{tok} in json {json.dumps({'k': key + chr(34)})} "
+            "url https://alice:hunter2pass@example.org/x hf_" + "a" * 34 + " Bearer abcdefghijklmnopqrstu")
+    out = redact(text)
+    for leaked in (key, tok, "hunter2pass", "hf_" + "a" * 34, "abcdefghijklmnopqrstu"):
+        assert leaked not in out
+    assert "[redacted CO_API_KEY]" in out and "[redacted MY_SERVICE_TOKEN]" in out
+    assert "https://alice:[redacted]@example.org/x" in out
+    assert redact("nothing secret here: TOKENIZERS_PARALLELISM=false") == \
+        "nothing secret here: TOKENIZERS_PARALLELISM=false"
+    assert set(secret_values()) >= {key, tok}
+
+
+def test_log_records_are_redacted(keys: dict[str, str], tmp_path: Path) -> None:
+    logger = logging.getLogger("pov-secrets-test")
+    logger.propagate = False
+    handler = logging.FileHandler(tmp_path / "log.txt")
+    logger.addHandler(handler)
+    install_log_redaction(logger)
+    try:
+        logger.warning("calling the API with %s", keys["CO_API_KEY"])
+        try:
+            raise RuntimeError(f"auth failed for {keys['MY_SERVICE_TOKEN']}")
+        except RuntimeError:
+            logger.exception("failed")
+    finally:
+        handler.close()
+        logger.removeHandler(handler)
+    text = (tmp_path / "log.txt").read_text()
+    assert "[redacted CO_API_KEY]" in text and "[redacted MY_SERVICE_TOKEN]" in text
+    assert keys["CO_API_KEY"] not in text and keys["MY_SERVICE_TOKEN"] not in text
+    assert any(isinstance(f, RedactingFilter) for f in handler.filters)
+
+
+def _leaks(root: Path, db: Path, values: list[str]) -> list[str]:
+    """Every place under `root` (files) and in `db` (every row of every table) that holds a secret."""
+    found = []
+    with sqlite3.connect(db) as con:
+        tables = [r[0] for r in con.execute("select name from sqlite_master where type='table'")]
+        assert "runs" in tables and "tags" in tables and "params" in tables
+        for table in tables:
+            for row in con.execute(f'select * from "{table}"'):
+                text = " ".join(str(v) for v in row)
+                found += [f"table {table}: {row!r}"[:300] for v in values if v in text]
+    for path in root.rglob("*"):
+        if path.is_file() and path != db and path.suffix not in (".bin", ".sqlite3", ".safetensors"):
+            data = path.read_bytes()
+            found += [str(path) for v in values if v.encode() in data]
+    return found
+
+
+def test_tracker_redacts_everything_it_writes(keys: dict[str, str], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              capfd: pytest.CaptureFixture[str]) -> None:
+    from runner.loader import load_spec
+    from runner.matrix import expand
+    from runner.mlflow_tracker import MlflowTracker
+    from runner.results import CellResult
+
+    monkeypatch.chdir(tmp_path)
+    key, tok = keys["CO_API_KEY"], keys["MY_SERVICE_TOKEN"]
+    exp = load_spec(ROOT / "experiments" / "quickstart.yaml")
+    exp.spec.description = f"uses {key}"
+    exp.spec.personas["professor"] = f"You are a professor. Your token is {tok}."
+    manifest = {"git": {"commit": key}, "note": {"api_key": key, "env": f"MY_SERVICE_TOKEN={tok}"},
+                "gpu": {"name": tok}, "corpus": {"fingerprint": key}}
+    cells = expand(exp)[:3]
+    results = []
+    for i, cell in enumerate(cells):
+        crashed = i == 2
+        results.append(CellResult(
+            cell=cell, status="crashed" if crashed else "finished", prompt=f"persona {tok} question",
+            context={"stages": [{"name": "vector", "ids": ["a"], "texts": [f"chunk {key}"], "scores": [0.5]}]},
+            output=None if crashed else f"answer mentioning {key}", cause="exception" if crashed else None,
+            error=f"AuthError: bad key {key}" if crashed else None,
+            stderr_tail=f"env: CO_API_KEY={key}\nMY_SERVICE_TOKEN={tok}" if crashed else None,
+            metrics={"latency_s": 1.0}, tags={"note": f"token {tok}", f"check.{tok}": "pass"}))
+    t = MlflowTracker(f"sqlite:///{tmp_path}/mlflow.db", "secrets")
+    t.start(exp, cells, manifest)
+    t.log(results)
+    t.finish({})
+    logging.getLogger("runner").warning("finished with key %s", key)
+    t2 = MlflowTracker(f"sqlite:///{tmp_path}/mlflow.db", "secrets")
+    t2.start(exp, cells, manifest, fresh=True)  # a second execution: artifacts and tags written again
+    t2.finish({})
+
+    assert _leaks(tmp_path, tmp_path / "mlflow.db", [key, tok]) == []
+    out, err = capfd.readouterr()
+    assert key not in out + err and tok not in out + err
+    # Redaction replaced the secrets rather than dropping what held them.
+    prompts = list(tmp_path.glob("mlruns/*/*/artifacts/prompt.txt"))
+    assert prompts and all("[redacted MY_SERVICE_TOKEN]" in p.read_text() for p in prompts)
+    stderr = list(tmp_path.glob("mlruns/*/*/artifacts/stderr.txt"))
+    assert len(stderr) == 1 and "CO_API_KEY=[redacted CO_API_KEY]" in stderr[0].read_text()
+
+
+@pytest.mark.slow
+def test_pov_run_leaks_no_secret(tmp_path: Path) -> None:
+    """A real `pov run` with keys in the environment and (by mistake) in the spec."""
+    key, tok = "co-" + pysecrets.token_hex(16), "tok_" + pysecrets.token_hex(12)
+    (tmp_path / "spec.yaml").write_text(f"""\
+name: secretstest
+description: "remember to export CO_API_KEY={key}"
+extends: {ROOT / "experiments" / "quickstart.yaml"}
+personas:
+  professor: "You are a professor who once leaked the token {tok}."
+generation: {{max_new_tokens: 4, temperature: 0.0, seed: 0, batch_size: 2}}
+matrix:
+  template: [opinion_only]
+  persona: [professor]
+  pov_set: [global_south]
+  question: [japan-alliances, brics-growth-drivers]
+  exclude: []
+faults:
+  - {{cause: exception, match: {{question: brics-growth-drivers}}}}
+""")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(HF_HUB_OFFLINE="1", CO_API_KEY=key, MY_SERVICE_TOKEN=tok,
+               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db")
+    logs = []
+    for args in (["ingest", "spec.yaml"], ["run", "spec.yaml", "--quiet"]):
+        done = subprocess.run([POV, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr
+        logs.append(done.stdout + done.stderr)
+    (tmp_path / "console.log").write_text("\n".join(logs))
+    leaks = [p for p in _leaks(tmp_path, tmp_path / "mlflow.db", [key, tok])
+             if "/.pov/chroma/" not in p and "/.pov/models/" not in p and "/.pov/cache/" not in p]
+    assert leaks == []
+    crashed = list(tmp_path.glob("mlruns/*/*/artifacts/stderr.txt"))
+    assert len(crashed) == 1  # the fault ran, so a crash record was written and checked too
+    assert any("[redacted MY_SERVICE_TOKEN]" in p.read_text() for p in tmp_path.glob("mlruns/*/*/artifacts/prompt.txt"))

@@ -1,0 +1,289 @@
+"""MlflowTracker against a real sqlite MLflow store, fed with CellResults built here (no model runs)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.loader import Experiment, load_spec
+from runner.matrix import Cell, expand
+from runner.results import CellResult
+from runner.tracking import NullTracker, make_tracker, resolve_tracking_uri
+
+ROOT = Path(__file__).resolve().parent.parent
+SPEC = ROOT / "experiments" / "quickstart.yaml"
+MANIFEST = {"git": {"commit": "c0ffee", "branch": "main", "dirty": False}, "gpu": {"name": "none"},
+            "versions": {"python": "3.11", "mlflow": "3"}, "corpus": {"fingerprint": "f1ng3r"},
+            "models": {"tiny": {"resolved_revision": "rev1"}}}
+
+
+@pytest.fixture(scope="module")
+def exp() -> Experiment:
+    return load_spec(SPEC)
+
+
+@pytest.fixture()
+def uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.chdir(tmp_path)  # the default artifact root ./mlruns lands here
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def context(cell: Cell) -> dict[str, Any]:
+    ids = [f"{cell.question}-{i}" for i in range(cell.k[0])]
+    stages = []
+    for name, k in zip(("vector", "query", "pov"), cell.k, strict=True):
+        stages.append({"name": name, "ids": ids[:k], "texts": [f"text {i}" for i in ids[:k]],
+                       "scores": [1.0 - i / 20 for i in range(k)]})
+    return {"question": cell.question, "pov_set": cell.pov_set, "k": list(cell.k), "stages": stages}
+
+
+def result(cell: Cell, status: str = "finished", cause: str | None = None) -> CellResult:
+    crashed = status == "crashed"
+    return CellResult(
+        cell=cell, status=status,  # type: ignore[arg-type]
+        prompt=f"PROMPT for {cell.id}", context=context(cell),
+        output=None if crashed else f"# Answer\nOUTPUT for {cell.id}",
+        cause=cause, error="RuntimeError: boom" if crashed else None,
+        stderr_tail="Traceback ...\nRuntimeError: boom" if crashed else None,
+        metrics={"latency_s": 1.5, "prompt_tokens": 100.0, "new_tokens": 8.0, "tokens_per_s": 5.3,
+                 "gpu_peak_allocated_mb": 0.0, "gpu_peak_reserved_mb": 0.0, "host_rss_mb": 300.0,
+                 "batch_size": 4.0, "attempts": 1.0, "complexity_words": 250.0},
+        tags={"check.sections": "pass"}, started_at=1_700_000_000.0, ended_at=1_700_000_002.0)
+
+
+def tracker(exp: Experiment, uri: str, **kw: Any) -> Any:
+    from runner.mlflow_tracker import MlflowTracker
+
+    return MlflowTracker(uri, exp.spec.name, **kw)
+
+
+def children(uri: str, parent: str, deleted: bool = False) -> list[Any]:
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(uri)
+    eid = c.get_run(parent).info.experiment_id
+    view = ViewType.ALL if deleted else ViewType.ACTIVE_ONLY
+    return list(c.search_runs([eid], f"tags.`mlflow.parentRunId` = '{parent}'", view, 10_000))
+
+
+def executions(uri: str, exp: Experiment) -> list[Any]:
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(uri)
+    e = c.get_experiment_by_name(exp.spec.name)
+    return list(c.search_runs([e.experiment_id], "tags.`pov.kind` = 'execution'"))
+
+
+def live_by_cell(uri: str, parent: str) -> dict[str, list[Any]]:
+    out: dict[str, list[Any]] = {}
+    for r in children(uri, parent):
+        out.setdefault(r.data.tags["pov.cell_id"], []).append(r)
+    return out
+
+
+def test_schema_of_parent_and_children(exp: Experiment, uri: str, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    cells = expand(exp)
+    t = tracker(exp, uri)
+    assert t.start(exp, cells, MANIFEST) == set()
+    t.log([result(c) for c in cells[:-1]])
+    t.log([result(cells[-1], "crashed", "segfault")])
+    t.finish({"cells_finished": len(cells) - 1, "generate_time_s": 3.0, "state": "finished"})
+
+    c = MlflowClient(uri)
+    parent = c.get_run(t.run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.info.run_name.startswith(f"{exp.spec.name}-")
+    tags, params, metrics = parent.data.tags, parent.data.params, parent.data.metrics
+    assert tags["pov.kind"] == "execution" and tags["pov.state"] == "finished"
+    assert tags["pov.spec_hash"] == exp.spec_hash and tags["pov.spec_name"] == exp.spec.name
+    assert (tags["git.commit"], tags["git.branch"], tags["git.dirty"]) == ("c0ffee", "main", "false")
+    assert tags["corpus.fingerprint"] == "f1ng3r" and tags["gpu.name"] == "none"
+    assert tags["version.mlflow"] == "3" and tags["version.unsloth"] == "not installed"
+    assert params["spec_hash"] == exp.spec_hash
+    assert set(params["axis.template"].split(",")) == {c.template for c in cells}
+    assert params["axis.k"] == cells[0].k_label
+    assert metrics["cells_total"] == len(cells)
+    assert metrics["cells_finished"] == len(cells) - 1 and metrics["cells_crashed"] == 1
+    assert metrics["crashed.segfault"] == 1 and metrics["wall_time_s"] > 0
+    assert metrics["session.generate_time_s"] == 3.0
+    stored = {f.path for f in c.list_artifacts(t.run_id)}
+    assert {"spec.yaml", "manifest.json", "templates"} <= stored
+    assert {f.path for f in c.list_artifacts(t.run_id, "templates")} == {f"templates/{n}.j2" for n in exp.templates}
+
+    kids = live_by_cell(uri, t.run_id)
+    assert set(kids) == {c.id for c in cells} and all(len(v) == 1 for v in kids.values())
+    ok, bad = kids[cells[0].id][0], kids[cells[-1].id][0]
+    assert ok.info.status == "FINISHED" and ok.info.run_name == cells[0].id
+    assert ok.data.tags["pov.status"] == "finished" and "pov.cause" not in ok.data.tags
+    assert ok.data.tags["check.sections"] == "pass" and ok.data.tags["pov.kind"] == "cell"
+    axes = {"model": cells[0].model, "template": cells[0].template, "persona": cells[0].persona,
+            "pov_set": cells[0].pov_set, "question": cells[0].question, "k": cells[0].k_label}
+    assert {k: ok.data.params[k] for k in axes} == axes
+    assert ok.data.params["model_name"] == "builtin:tiny-llama" and ok.data.params["model_revision"] == "rev1"
+    assert ok.data.metrics["latency_s"] == 1.5 and ok.data.metrics["stage1_top_score"] == 1.0
+    assert ok.data.metrics["stage3_mean_score"] == pytest.approx(sum(1 - i / 20 for i in range(5)) / 5)
+    assert bad.info.status == "FAILED"
+    assert bad.data.tags["pov.status"] == "crashed" and bad.data.tags["pov.cause"] == "segfault"
+
+    out = Path(tmp_path / "dl")
+    out.mkdir()
+    ok_files = Path(c.download_artifacts(ok.info.run_id, "", str(out / "ok")))
+    assert sorted(p.name for p in ok_files.iterdir()) == ["context.json", "output.md", "prompt.txt"]
+    assert (ok_files / "output.md").read_text() == f"# Answer\nOUTPUT for {cells[0].id}"
+    assert json.loads((ok_files / "context.json").read_text()) == context(cells[0])
+    bad_files = Path(c.download_artifacts(bad.info.run_id, "", str(out / "bad")))
+    assert sorted(p.name for p in bad_files.iterdir()) == ["context.json", "prompt.txt", "stderr.txt"]
+    assert "RuntimeError: boom" in (bad_files / "stderr.txt").read_text()
+
+
+def test_kill_between_create_and_finish_redoes_the_cell(exp: Experiment, uri: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    cells = expand(exp)
+    t = tracker(exp, uri)
+    t.start(exp, cells, MANIFEST)
+    t.log([result(c) for c in cells[:3]])
+    # A kill after the child is created and logged but before it is set FINISHED: the store is left with
+    # a RUNNING child, exactly as after SIGKILL (the process never gets to run anything else).
+    client = t.client
+    monkeypatch.setattr(client, "set_terminated", lambda *a, **k: (_ for _ in ()).throw(SystemExit("kill")))
+    with pytest.raises(SystemExit):
+        t.log([result(cells[3])])
+    monkeypatch.undo()
+    assert sum(r.info.status == "RUNNING" for r in children(uri, t.run_id)) == 1
+
+    t2 = tracker(exp, uri)
+    skip = t2.start(exp, cells, MANIFEST)
+    assert t2.run_id == t.run_id and t2.resumed
+    assert skip == {c.id for c in cells[:3]}
+    t2.log([result(c) for c in cells if c.id not in skip])
+    t2.finish({})
+    kids = live_by_cell(uri, t.run_id)
+    assert set(kids) == {c.id for c in cells}
+    assert all(len(v) == 1 and v[0].info.status == "FINISHED" for v in kids.values())
+    dead = [r for r in children(uri, t.run_id, deleted=True) if r.info.lifecycle_stage == "deleted"]
+    assert [(r.data.tags["pov.cell_id"], r.info.status, r.data.tags["pov.superseded"]) for r in dead] == [
+        (cells[3].id, "KILLED", "true")]
+    assert len(executions(uri, exp)) == 1
+
+
+def test_crashed_cells_are_kept_unless_retry_crashed(exp: Experiment, uri: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    cells = expand(exp)[:6]
+    t = tracker(exp, uri)
+    t.start(exp, cells, MANIFEST)
+    t.log([result(c) for c in cells[:4]] + [result(c, "crashed", "cuda_oom") for c in cells[4:]])
+    t.finish({})
+    assert MlflowClient(uri).get_run(t.run_id).data.tags["pov.state"] == "finished"
+
+    # Same spec again without --retry-crashed: the execution is complete, so this is a new execution.
+    t2 = tracker(exp, uri)
+    assert t2.start(exp, cells, MANIFEST) == set() and t2.run_id != t.run_id
+    t2.log([result(c) for c in cells])
+    t2.finish({})
+
+    # --retry-crashed reopens the latest execution that has crashes... the newest has none, so use --fresh
+    # to make one that does, then retry it.
+    t3 = tracker(exp, uri)
+    t3.start(exp, cells, MANIFEST, fresh=True)
+    t3.log([result(c) for c in cells[:4]] + [result(c, "crashed", "cuda_oom") for c in cells[4:]])
+    t3.finish({})
+    t4 = tracker(exp, uri)
+    skip = t4.start(exp, cells, MANIFEST, retry_crashed=True)
+    assert t4.run_id == t3.run_id and skip == {c.id for c in cells[:4]}
+    t4.log([result(c) for c in cells[4:]])
+    t4.finish({})
+    run = MlflowClient(uri).get_run(t3.run_id)
+    assert run.data.tags["pov.state"] == "finished" and run.info.status == "FINISHED"
+    assert run.data.metrics["cells_crashed"] == 0 and run.data.metrics["cells_finished"] == len(cells)
+    kids = live_by_cell(uri, t3.run_id)
+    assert all(len(v) == 1 and v[0].data.tags["pov.status"] == "finished" for v in kids.values())
+    superseded = [r for r in children(uri, t3.run_id, deleted=True) if r.info.lifecycle_stage == "deleted"]
+    assert sorted(r.data.tags["pov.cell_id"] for r in superseded) == sorted(c.id for c in cells[4:])
+    assert all(r.data.tags["pov.cause"] == "cuda_oom" for r in superseded)  # the crash record is kept
+
+
+def test_resume_keeps_one_child_when_a_cell_was_logged_twice(exp: Experiment, uri: str) -> None:
+    """A kill between logging a retried cell and superseding its crash leaves two live children."""
+    cells = expand(exp)[:3]
+    t = tracker(exp, uri)
+    t.start(exp, cells, MANIFEST)
+    t.log([result(cells[0], "crashed", "abort"), result(cells[1])])
+    t._live.clear()
+    t.log([result(cells[0])])  # same cell again, as if the crash had not been superseded yet
+    assert len(live_by_cell(uri, t.run_id)[cells[0].id]) == 2
+
+    t2 = tracker(exp, uri)
+    assert t2.start(exp, cells, MANIFEST) == {cells[0].id, cells[1].id}
+    kids = live_by_cell(uri, t.run_id)
+    assert len(kids[cells[0].id]) == 1 and kids[cells[0].id][0].data.tags["pov.status"] == "finished"
+
+
+def test_interrupted_execution_resumes_and_fresh_starts_anew(exp: Experiment, uri: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    cells = expand(exp)[:4]
+    t = tracker(exp, uri)
+    t.start(exp, cells, MANIFEST)
+    t.log([result(cells[0])])
+    t.finish({"state": "interrupted"})
+    run = MlflowClient(uri).get_run(t.run_id)
+    assert run.data.tags["pov.state"] == "interrupted" and run.info.status == "KILLED"
+
+    drifted = {**MANIFEST, "git": {**MANIFEST["git"], "commit": "beef"}}
+    t2 = tracker(exp, uri)
+    assert t2.start(exp, cells, drifted) == {cells[0].id} and t2.run_id == t.run_id
+    assert [d.field for d in t2.drifts] == ["git.commit"]
+    run = MlflowClient(uri).get_run(t.run_id)
+    assert run.data.tags["pov.state"] == "running" and run.data.tags["pov.sessions"] == "2"
+
+    t3 = tracker(exp, uri)
+    assert t3.start(exp, cells, MANIFEST, fresh=True) == set() and t3.run_id != t.run_id
+    assert len(executions(uri, exp)) == 2
+
+
+def test_tracking_uri_order(exp: Experiment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(exp) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp.spec.tracking.uri = "sqlite:///from-spec.db"
+    try:
+        assert resolve_tracking_uri(exp) == "sqlite:///from-spec.db"
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///from-env.db")
+        assert resolve_tracking_uri(exp) == "sqlite:///from-env.db"
+        assert make_tracker(exp, False).tracking_uri == "sqlite:///from-env.db"  # type: ignore[attr-defined]
+    finally:
+        exp.spec.tracking.uri = None
+
+
+def test_no_track_records_nothing(exp: Experiment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    t = make_tracker(exp, True)
+    assert isinstance(t, NullTracker)
+    cells = expand(exp)
+    assert t.start(exp, cells, MANIFEST) == set()
+    t.log([result(cells[0])])
+    t.finish({})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_default_store_is_a_sqlite_db_that_mlflow_reads(exp: Experiment, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    t = make_tracker(exp, False)
+    cells = expand(exp)[:2]
+    t.start(exp, cells, MANIFEST)
+    t.log([result(c) for c in cells])
+    t.finish({})
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        names = {row[0] for row in db.execute("select name from runs")}
+    assert {c.id for c in cells} <= names
