@@ -3,7 +3,7 @@ the notebook's, for a ~1B-parameter Llama-shaped random model in bf16 and in 4-b
 overhead (wall time of run_experiment minus the time inside generate). Skips (exit 0) without CUDA.
 
     python benchmarks/bench_generation.py                  # 64 prompts, 128 new tokens, batch sizes 8 and 32
-    python benchmarks/bench_generation.py --batch-size 8 16 32 64 --skip-4bit
+    python benchmarks/bench_generation.py --batch-size 8 16 32 64 --variants bf16
 
 The prompts are the quickstart's (its templates and personas, every question and POV set), with context
 from the real retriever when it can run here, else from corpus passages of the same size (5 x 180 words).
@@ -131,6 +131,7 @@ def runner_pass(
     done = [r for r in rows if r["status"] == "finished"]
     tokens = sum(r["metrics"]["new_tokens"] for r in done)
     load = max((r["metrics"].get("model_load_s", 0.0) for r in done), default=0.0)
+    worker_start = max((r["metrics"].get("worker_start_s", 0.0) for r in done), default=0.0)
     return {
         "wall_s": summary.wall_time_s,
         "generate_s": summary.generate_time_s,
@@ -141,6 +142,10 @@ def runner_pass(
         "crashed": summary.crashed,
         "prompt_tokens_mean": sum(r["metrics"]["prompt_tokens"] for r in done) / max(len(done), 1),
         "peak_alloc_mb": max((r["metrics"]["gpu_peak_allocated_mb"] for r in done), default=0.0),
+        "phases": {
+            **{k: round(v, 1) for k, v in summary.phases.items()},
+            "worker_start (spawn, imports, load)": round(worker_start, 1),
+        },
         "prompts": [r["prompt"] for r in sorted(rows, key=lambda r: r["cell"]["id"])],
         "source": source,
     }
@@ -221,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--batch-size", type=int, nargs="+", default=[8, 32])
-    parser.add_argument("--skip-4bit", action="store_true")
+    parser.add_argument("--variants", nargs="+", choices=["bf16", "4bit"], default=["bf16", "4bit"])
     parser.add_argument("--skip-baseline", action="store_true", help="runner passes only")
     parser.add_argument("--out", type=Path, default=REPO / ".pov" / "bench", help="where the model is built")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
@@ -233,8 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     gpu = torch.cuda.get_device_name(0)
     model_dir = build_model(args.out)
-    variants: list[tuple[str, str | None]] = [("bf16", None)]
-    if not args.skip_4bit:
+    variants: list[tuple[str, str | None]] = [("bf16", None)] if "bf16" in args.variants else []
+    if "4bit" in args.variants:
         if importlib.util.find_spec("unsloth") is not None:
             variants.append(("4bit-unsloth", "unsloth"))
         elif importlib.util.find_spec("bitsandbytes") is not None:
@@ -289,7 +294,7 @@ def report(rows: list[dict[str, Any]], gpu: str, args: argparse.Namespace) -> No
                 print(
                     f"{variant} {r['mode']}: {speed:.1f}x the one-by-one loop's tokens/s inside generate; "
                     f"runner overhead {r['overhead_s']:.1f} s of {r['wall_s']:.1f} s "
-                    f"(model load {r['load_s']:.1f} s)"
+                    f"(model load {r['load_s']:.1f} s; phases {r.get('phases', {})})"
                 )
     print(line)
 

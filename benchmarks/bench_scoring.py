@@ -1,6 +1,6 @@
 """sexy_scores: the notebook's loop against the numpy and torch paths, and against a bare matrix product.
 
-Run: pytest benchmarks/bench_scoring.py -o python_files='bench_*.py' --benchmark-columns=min,mean,max,rounds
+Run: pytest benchmarks/bench_scoring.py -o python_files='bench_*.py' --benchmark-columns=min,median,mean,max,rounds
 
 Two shapes, both float32 with d = 1024 (Cohere embed v3) and p = 16 POV statements:
 - notebook: 100 questions x 10 documents (the notebook's k2), batched into one call. Targets: >= 100x the loop.
@@ -28,9 +28,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from test_scoring import reference_sexy  # noqa: E402
+from test_scoring import reference_sexy
 
-from runner.scoring import sexy_scores  # noqa: E402
+from runner.scoring import sexy_scores
 
 D, P = 1024, 16
 NOTEBOOK = (100, 10)
@@ -114,11 +114,13 @@ def _fn(entry: str, docs: np.ndarray, povs: np.ndarray) -> Any:
             _on_gpu[id(docs)] = (docs_t.cuda(), povs_t.cuda())
         docs_g, povs_g = _on_gpu[id(docs)]
         flat_g = docs_g.reshape(-1, D)
-        return _synced({
-            "cuda": lambda: sexy_scores(docs_g, povs_g),
-            "cuda-unit": lambda: sexy_scores(docs_g, povs_g, assume_normalized=True),
-            "bare-cuda": lambda: flat_g @ povs_g.T,
-        }[entry])
+        return _synced(
+            {
+                "cuda": lambda: sexy_scores(docs_g, povs_g),
+                "cuda-unit": lambda: sexy_scores(docs_g, povs_g, assume_normalized=True),
+                "bare-cuda": lambda: flat_g @ povs_g.T,
+            }[entry]
+        )
     return {
         "loop": lambda: reference_sexy(docs, povs),
         "numpy": lambda: sexy_scores(docs, povs),
@@ -141,5 +143,40 @@ def test_notebook_shape(benchmark: Any, entry: str, notebook_docs: np.ndarray, p
 def test_large_shape(benchmark: Any, entry: str, large_docs: np.ndarray, povs: np.ndarray) -> None:
     fn = _fn(entry, large_docs, povs)
     name = "large" if LARGE == LARGE_FULL else "large (FALLBACK: not enough free memory)"
-    out = _run(benchmark, f"{name} {_label(LARGE)}", fn, 50 if "cuda" in entry else 7, LARGE)
+    out = _run(benchmark, f"{name} {_label(LARGE)}", fn, 50 if "cuda" in entry else 15, LARGE)
     assert tuple(out.shape) in (LARGE, (LARGE[0] * LARGE[1], P))
+
+
+def interleaved(shape: tuple[int, int], rounds: int, entries: list[str]) -> dict[str, list[float]]:
+    """Every entry once per round, round after round: on a shared machine whose load drifts, this
+    compares entries under the same conditions, which one pytest-benchmark test after another does not."""
+    import time
+
+    docs, povs = _unit_batch(shape, 3), _unit_batch((1, P), 1)[0]
+    fns = {e: _fn(e, docs, povs) for e in entries}
+    times: dict[str, list[float]] = {e: [] for e in entries}
+    for e in entries:  # warm-up
+        fns[e]()
+    for _ in range(rounds):
+        for e in entries:
+            t0 = time.perf_counter()
+            fns[e]()
+            times[e].append(time.perf_counter() - t0)
+    return times
+
+
+if __name__ == "__main__":
+    # python benchmarks/bench_scoring.py [N_QUESTIONS] [ROUNDS]: the large shape, entries interleaved.
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else LARGE[0]
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 15
+    names = [e for e in ENTRIES if e != "loop"]
+    got = interleaved((n, LARGE[1]), rounds, names)
+    base = {"numpy": "bare-numpy", "torch": "bare-torch", "cuda": "bare-cuda"}
+    print(f"{_label((n, LARGE[1]))}, {rounds} interleaved rounds, torch threads {torch.get_num_threads()}")
+    for e in names:
+        bare = base[e.removesuffix("-unit")] if not e.startswith("bare") else e
+        t, b = np.array(got[e]), np.array(got[bare])
+        print(
+            f"{e:>11}: min {t.min() * 1e3:9.2f} ms  median {np.median(t) * 1e3:9.2f} ms  mean {t.mean() * 1e3:9.2f} ms"
+            f"  x bare (min) {t.min() / b.min():.2f}  (median) {np.median(t) / np.median(b):.2f}"
+        )

@@ -89,17 +89,18 @@ def split_paragraphs(text: str) -> list[str]:
 
 _URL = re.compile(r"(?:https?://|www\.)\S+|[\w.+-]+@[\w-]+\.[\w.]+")
 _SEPARATOR = re.compile(r"(?:^|\s)[|•·»](?=\s|$)")
-_CITATION = re.compile(r"^[A-Z][\w'\-]+(?:-[A-Z][\w']+)?,\s+(?:[A-Z]\.\s*)+.{0,200}?\((?:1[89]|20)\d\d[a-z]?\)")
+_CITATION = re.compile(
+    r"^[A-Z][\w'\-]+(?:-[A-Z][\w']+)?,\s+(?:[A-Z]\.\s*)+.{0,200}?\((?:1[89]|20)\d\d[a-z]?\)"
+)
 _WORD = re.compile(r"[A-Za-z']+")
-STOPWORDS = frozenset(
-    """a about above after again against all am an and any are as at be because been before being below
+_STOPWORD_TEXT = """a about above after again against all am an and any are as at be because been before being below
     between both but by can could did do does doing down during each few for from further had has have having
     he her here hers herself him himself his how i if in into is it its itself just me more most my myself no
     nor not now of off on once only or other our ours ourselves out over own same she should so some such than
     that the their theirs them themselves then there these they this those through to too under until up very
     was we were what when where which while who whom why will with would you your yours yourself yourselves
-    also may might must shall upon whose yet""".split()
-)
+    also may might must shall upon whose yet"""
+STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 
 
 def stopword_density(text: str) -> float:
@@ -193,7 +194,9 @@ def chunk_id(source: str, text: str, occurrence: int = 0) -> str:
     return h.hexdigest()[:32]
 
 
-def chunk_file(f: SourceFile, max_words: int, overlap_words: int, drop_boilerplate: bool = False) -> list[Chunk]:
+def chunk_file(
+    f: SourceFile, max_words: int, overlap_words: int, drop_boilerplate: bool = False
+) -> list[Chunk]:
     seen: dict[str, int] = {}
     out = []
     for i, text in enumerate(chunk_text(f.text, max_words, overlap_words, drop_boilerplate)):

@@ -159,8 +159,14 @@ def _check_matrix(spec: Spec, questions: dict[str, Question], c: _Collector) -> 
         _check_rule(fault.match, ("faults", i, "match"), choices, questions, c, full=False)
 
 
-def _check_rule(rule: dict[str, Any], path: PathKey, choices: dict[str, list[str]],
-                questions: dict[str, Question], c: _Collector, full: bool) -> None:
+def _check_rule(
+    rule: dict[str, Any],
+    path: PathKey,
+    choices: dict[str, list[str]],
+    questions: dict[str, Question],
+    c: _Collector,
+    full: bool,
+) -> None:
     if not rule and path[0] != "faults":
         c.at(path, "empty rule: name at least one axis")
     for axis, value in rule.items():
@@ -187,8 +193,15 @@ def _check_rule(rule: dict[str, Any], path: PathKey, choices: dict[str, list[str
             c.at(path, f"an include names every axis but question; missing: {', '.join(missing)}")
 
 
-def resolve(spec: Spec, path: Path, data: dict[str, Any], marks: dict[PathKey, Mark], top: Mark,
-            files: list[Path], root: Path) -> Experiment:
+def resolve(
+    spec: Spec,
+    path: Path,
+    data: dict[str, Any],
+    marks: dict[PathKey, Mark],
+    top: Mark,
+    files: list[Path],
+    root: Path,
+) -> Experiment:
     c = _Collector(data, marks, top)
     if not spec.corpus.path.is_dir():
         c.at(("corpus", "path"), f"corpus folder not found: {_label(spec.corpus.path)}")
@@ -200,14 +213,20 @@ def resolve(spec: Spec, path: Path, data: dict[str, Any], marks: dict[PathKey, M
         from runner.backends import BACKENDS
 
         if model.backend not in BACKENDS:
-            c.at(("models", name, "backend"), f"unknown backend {model.backend!r}{did_you_mean(model.backend, list(BACKENDS))}")
+            c.at(
+                ("models", name, "backend"),
+                f"unknown backend {model.backend!r}{did_you_mean(model.backend, list(BACKENDS))}",
+            )
     for key in ("embedder", "reranker"):
         emb = getattr(spec, key)
         if emb is not None:
             from runner.embedders import PROVIDERS
 
             if emb.provider not in PROVIDERS:
-                c.at((key, "provider"), f"unknown provider {emb.provider!r}{did_you_mean(emb.provider, list(PROVIDERS))}")
+                c.at(
+                    (key, "provider"),
+                    f"unknown provider {emb.provider!r}{did_you_mean(emb.provider, list(PROVIDERS))}",
+                )
     if c.problems:
         raise SpecError(c.problems)
     sources = [*files, *(Path(t.path) for t in templates.values())]

@@ -1,26 +1,29 @@
 """`run_experiment`: retrieval (cached) → prompts → executor → CellResult → tracker and results file.
 
-The parent process is the only writer: workers return JobResults, and this module turns them into
-CellResults (adding retrieval scores, output checks and prompt complexity), logs them to the tracker in
-batches, and appends them to the run directory's results.jsonl.
+The parent process is the only writer: workers return JobResults, runner.assembly turns them into
+CellResults (adding retrieval scores, output checks and prompt complexity), and this module logs them to
+the tracker in batches and appends them to the run directory's results.jsonl.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import statistics
 import time
 import uuid
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.matrix import _matches
-from runner.prompts import compile_template, context_text, render
-from runner.results import CellResult
+from runner.assembly import (
+    Collector,
+    checks_embedder,
+    optional,
+    prepare,
+    retrieval_keys,
+    token_counter,
+)
 from runner.sinks import JsonlSink, run_dir
 from runner.workers import Job, JobResult
 
@@ -29,7 +32,7 @@ if TYPE_CHECKING:
 
     from runner.loader import Experiment
     from runner.matrix import Cell
-    from runner.spec import Fault, Model
+    from runner.spec import Model
     from runner.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -50,6 +53,9 @@ class RunSummary:
     generate_time_s: float = 0.0
     """Time spent inside the backends' generate calls (each batch counted once)."""
     state: str = "running"
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds spent in each step: manifest, models, retrieval, prompts, generation (which includes the
+    workers' start and model load)."""
 
     @property
     def cells_run(self) -> int:
@@ -68,50 +74,8 @@ class RunSummary:
             "results_path": str(self.results_path),
         }
         out.update({f"crashed.{cause}": n for cause, n in sorted(self.crashed_by_cause.items())})
+        out.update({f"phase.{name}_s": secs for name, secs in self.phases.items()})
         return out
-
-
-@dataclass
-class Prepared:
-    """What the parent knows of a cell before it runs."""
-
-    cell: Cell
-    prompt: str
-    context: dict[str, Any]
-    context_texts: list[str]
-    metrics: dict[str, float]
-    fault: str | None = None
-    error: str | None = None
-    """Set when the prompt could not be made; the cell is recorded as crashed without running."""
-
-
-def fault_for(faults: list[Fault], cell: Cell) -> str | None:
-    """The first fault whose `match` fits the cell and whose `rate` picks it (a stable hash of the cell id)."""
-    combo = {
-        "model": cell.model,
-        "template": cell.template,
-        "persona": cell.persona,
-        "pov_set": cell.pov_set,
-        "k": tuple(cell.k),
-        "question": cell.question,
-    }
-    for i, fault in enumerate(faults):
-        if not _matches(fault.match, combo):
-            continue
-        draw = int(hashlib.sha256(f"{cell.id}:{i}".encode()).hexdigest()[:8], 16) / 2**32
-        if draw < fault.rate:
-            return fault.cause
-    return None
-
-
-def _optional(module: str, attr: str) -> Any:
-    """A function from a module that may not exist yet (checks, complexity, manifest, retrieval)."""
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), attr, None)
-    except ImportError:
-        return None
 
 
 def model_revision(model: Model) -> str:
@@ -132,155 +96,27 @@ def model_revision(model: Model) -> str:
         return "unpinned"
 
 
-def _stage_metrics(result: Any) -> dict[str, float]:
-    out: dict[str, float] = {}
-    stages = list(getattr(result, "stages", []) or [])
-    for i, stage in enumerate(stages[:3], 1):
-        scores = list(getattr(stage, "scores", []) or [])
-        if scores:
-            out[f"stage{i}_top_score"] = float(scores[0])
-        if i == 3 and scores:
-            out["stage3_mean_score"] = float(statistics.fmean(scores))
-    return out
+@contextmanager
+def _timed(phases: dict[str, float], name: str) -> Iterator[None]:
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        phases[name] = phases.get(name, 0.0) + time.monotonic() - started
 
 
-def prepare(
-    exp: Experiment,
-    cells: list[Cell],
-    retriever: Any,
-    count_tokens: Callable[[str], Callable[[str], int] | None] | None = None,
-) -> dict[str, Prepared]:
-    """Retrieve the context of every cell (one batched call) and render its prompt."""
-    keys = sorted({(c.question, c.pov_set, tuple(c.k)) for c in cells})
-    retrieved = retriever.retrieve(keys)
-    templates = {
-        name: compile_template(info, str(info.path))
-        for name, info in exp.templates.items()
-        if name in {c.template for c in cells}
-    }
-    measure = _optional("runner.complexity", "measure")
-    out: dict[str, Prepared] = {}
-    for cell in cells:
-        result = retrieved[(cell.question, cell.pov_set, tuple(cell.k))]
-        chunks = list(result.final_chunks())
-        texts = [str(c["text"]) for c in chunks]
-        persona = exp.spec.personas[cell.persona]
-        variables = {
-            "persona": persona,
-            "question": exp.questions[cell.question].text,
-            "question_id": cell.question,
-            "context": context_text(chunks),
-            "chunks": chunks,
-            "pov_set": cell.pov_set,
-            "pov_statements": exp.pov_sets[cell.pov_set],
-        }
-        prep = Prepared(
-            cell, "", result.to_dict(), texts, _stage_metrics(result), fault_for(exp.spec.faults, cell)
-        )
-        try:
-            prep.prompt = render(templates[cell.template], variables)
-        except Exception as e:  # validated templates render; this guards against odd chunk text
-            prep.error = f"prompt did not render: {type(e).__name__}: {e}"
-        if measure is not None and prep.prompt:
-            try:
-                counter = count_tokens(cell.model) if count_tokens else None
-                prep.metrics.update(
-                    measure(prep.prompt, variables["context"], exp.templates[cell.template], persona, counter)
-                )
-            except Exception:
-                log.exception("complexity.measure failed for cell %s", cell.id)
-        out[cell.id] = prep
-    return out
-
-
-class _Collector:
-    """Receives the executor's JobResults and writes CellResults to the tracker and the results file."""
-
-    def __init__(
-        self,
-        exp: Experiment,
-        prepared: dict[str, Prepared],
-        tracker: Tracker,
-        sink: JsonlSink,
-        summary: RunSummary,
-        model_tags: dict[str, dict[str, str]],
-        embed: Any,
-        progress: Any = None,
-        task: Any = None,
-    ) -> None:
-        self.exp, self.prepared, self.tracker, self.sink = exp, prepared, tracker, sink
-        self.summary, self.model_tags, self.embed = summary, model_tags, embed
-        self.progress, self.task = progress, task
-        self.evaluate = _optional("runner.checks", "evaluate")
-        self.causes: Counter[str] = Counter()
-
-    def __call__(self, results: list[JobResult]) -> None:
-        cell_results = [self.cell_result(r) for r in results]
-        # The results file first: it is the record that survives whatever happens to the tracker.
-        self.sink.write(cell_results)
-        for r in cell_results:
-            if r.status == "finished":
-                self.summary.finished += 1
-                # Every cell of a batch carries the batch's latency; sharing it out counts each batch once.
-                self.summary.generate_time_s += r.metrics.get("latency_s", 0.0) / max(
-                    r.metrics.get("batch_size", 1.0), 1.0
-                )
-            else:
-                self.summary.crashed += 1
-                self.causes[r.cause or "exception"] += 1
-        self.summary.crashed_by_cause = dict(self.causes)
-        self.tracker.log(cell_results)
-        if self.progress is not None:
-            crashed = f" [red]{self.summary.crashed} crashed[/red]" if self.summary.crashed else ""
-            self.progress.update(self.task, advance=len(cell_results), description=f"generating{crashed}")
-
-    def cell_result(self, r: JobResult) -> CellResult:
-        prep = self.prepared[r.cell_id]
-        now = time.time()
-        metrics = {**prep.metrics, **r.metrics}
-        tags = dict(self.model_tags.get(prep.cell.model, {}))
-        if self.evaluate is not None:
-            try:
-                m, t = self.evaluate(
-                    r.output if r.status == "finished" else None,
-                    self.exp.templates[prep.cell.template],
-                    prep.context_texts,
-                    self.exp.pov_sets[prep.cell.pov_set],
-                    self.exp.spec.checks,
-                    self.embed,
-                )
-                metrics.update(m)
-                tags.update(t)
-            except Exception:
-                log.exception("checks.evaluate failed for cell %s", r.cell_id)
-        return CellResult(
-            cell=prep.cell,
-            status="finished" if r.status == "finished" else "crashed",
-            prompt=prep.prompt,
-            context=prep.context,
-            output=r.output,
-            cause=r.cause,
-            error=r.error,
-            stderr_tail=r.stderr_tail,
-            metrics=metrics,
-            tags=tags,
-            started_at=r.started_at or now,
-            ended_at=r.ended_at or now,
-        )
-
-
-def _embed_fn(retriever: Any) -> Callable[[list[str]], Any] | None:
-    """The output checks' embedder: the reranker's (it scored the POV stage), through its cache."""
-    reranker = getattr(retriever, "reranker", None)
-    if reranker is not None and hasattr(reranker, "embed"):
-        # One kind for answers, chunks and statements alike: the checks compare them with one another.
-        return lambda texts: reranker.embed(texts, "document")
-    embed = getattr(retriever, "embed", None)
-    return embed if callable(embed) else None
+def _revision(info: Any, model: Model) -> str:
+    """The manifest's hash of the model's files when it has one (the tracker records the same value, and
+    a large model is not hashed twice), else our own."""
+    if isinstance(info, dict):
+        for key in ("files_hash", "resolved_revision"):
+            if info.get(key):
+                return str(info[key])
+    return model_revision(model)
 
 
 def _manifest(exp: Experiment) -> dict[str, Any]:
-    build_manifest = _optional("runner.manifest", "build_manifest")
+    build_manifest = optional("runner.manifest", "build_manifest")
     if build_manifest is None:
         return {}
     try:
@@ -295,27 +131,10 @@ def _default_retriever(exp: Experiment) -> Any:
     corpus writes nothing), and a run must never retrieve from chunks of files edited since."""
     from runner.retrieval import Retriever
 
-    ingest = _optional("runner.store", "ingest")
+    ingest = optional("runner.store", "ingest")
     if ingest is not None:
         ingest(exp)
     return Retriever(exp)
-
-
-def _token_counter(resolved: dict[str, Model]) -> Callable[[str], Callable[[str], int] | None]:
-    cache: dict[str, Callable[[str], int] | None] = {}
-
-    def for_model(key: str) -> Callable[[str], int] | None:
-        if key not in cache:
-            try:
-                from runner.backends.transformers import load_tokenizer
-
-                tok = load_tokenizer(resolved[key])
-                cache[key] = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
-            except Exception:
-                cache[key] = None  # a hub model not cached on this host: complexity counts words only
-        return cache[key]
-
-    return for_model
 
 
 def _progress(console: Console | None, quiet: bool) -> Any:
@@ -361,15 +180,18 @@ def run_experiment(
     started = time.monotonic()
     cells = list(cells)
     console = console or Console(stderr=True, quiet=quiet)
-    manifest = _manifest(exp)
+    phases: dict[str, float] = {}
+    with _timed(phases, "manifest"):
+        manifest = _manifest(exp)
     skip = set(tracker.start(exp, cells, manifest, fresh=fresh, retry_crashed=retry_crashed) or ())
     todo = [c for c in cells if c.id not in skip]
     run_id = getattr(tracker, "run_id", None) or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     sink = JsonlSink(run_dir(exp, str(run_id)))
     summary = RunSummary(exp.spec.name, str(run_id), sink.dir, sink.path, len(cells), len(cells) - len(todo))
+    summary.phases = phases
     try:
         if todo:
-            _run(exp, todo, tracker, executor, console, retriever, sink, summary, quiet)
+            _run(exp, todo, tracker, executor, console, retriever, sink, summary, quiet, manifest)
         summary.state = "finished"
     finally:
         if summary.state != "finished":
@@ -392,19 +214,25 @@ def _run(
     sink: JsonlSink,
     summary: RunSummary,
     quiet: bool,
+    manifest: dict[str, Any],
 ) -> None:
     from runner import tinymodel
 
+    phases = summary.phases
     models = {key: exp.spec.models[key] for key in sorted({c.model for c in todo})}
-    with console.status("preparing models"):
+    with console.status("preparing models"), _timed(phases, "models"):
         resolved = {key: tinymodel.resolve_model(exp, m) for key, m in models.items()}
+        known = manifest.get("models", {}) if isinstance(manifest.get("models"), dict) else {}
         model_tags = {
-            key: {"model_name": models[key].name, "model_revision": model_revision(m)}
+            key: {"model_name": models[key].name, "model_revision": _revision(known.get(key), m)}
             for key, m in resolved.items()
         }
     with console.status(f"retrieving context for {len(todo)} cells"):
-        retriever = retriever if retriever is not None else _default_retriever(exp)
-        prepared = prepare(exp, todo, retriever, _token_counter(resolved))
+        with _timed(phases, "retrieval"):
+            retriever = retriever if retriever is not None else _default_retriever(exp)
+            retrieved = retriever.retrieve(retrieval_keys(todo))
+        with _timed(phases, "prompts"):
+            prepared = prepare(exp, todo, retrieved)
     groups: dict[str, tuple[Model, list[Job]]] = {key: (m, []) for key, m in resolved.items()}
     unrenderable = []
     for prep in prepared.values():
@@ -420,9 +248,11 @@ def _run(
         executor.log_dir = sink.dir / "workers"
     with _progress(console, quiet) as progress:
         task = progress.add_task("generating", total=len(todo))
-        collect = _Collector(
-            exp, prepared, tracker, sink, summary, model_tags, _embed_fn(retriever), progress, task
+        collect = Collector(
+            exp, prepared, tracker, sink, summary, model_tags, checks_embedder(retriever), progress, task
         )
+        collect.count_tokens = token_counter(resolved)
         if unrenderable:
             collect(unrenderable)
-        executor.run(groups, exp.spec.generation, collect)
+        with _timed(phases, "generation"):
+            executor.run(groups, exp.spec.generation, collect)

@@ -45,7 +45,8 @@ class Experiment:
         """Hash of everything that defines results: the resolved spec and the text of the files it names."""
         payload = {
             "spec": portable(
-                self.spec.model_dump(mode="json", exclude={"extends", "description", "tracking", "executor"}), self.root
+                self.spec.model_dump(mode="json", exclude={"extends", "description", "tracking", "executor"}),
+                self.root,
             ),
             "questions": {k: q.text for k, q in self.questions.items()},
             "pov_sets": self.pov_sets,
@@ -128,11 +129,23 @@ def _load_chain(path: Path, seen: list[Path]) -> tuple[dict[str, Any], dict[Path
     label = _label(path)
     loaded = load_yaml(path, label)
     if loaded.data is None:
-        raise SpecError([Problem(label, 1, 0, "", "file is empty: a spec needs at least name, corpus, questions, "
-                                 "pov_sets, personas, templates and models")])
+        raise SpecError(
+            [
+                Problem(
+                    label,
+                    1,
+                    0,
+                    "",
+                    "file is empty: a spec needs at least name, corpus, questions, "
+                    "pov_sets, personas, templates and models",
+                )
+            ]
+        )
     if not isinstance(loaded.data, dict):
         top = loaded.marks.get((), Mark(label, 1, 1))
-        raise SpecError([Problem(label, top.line, top.col, "", "a spec is a mapping of keys (name:, corpus:, ...)")])
+        raise SpecError(
+            [Problem(label, top.line, top.col, "", "a spec is a mapping of keys (name:, corpus:, ...)")]
+        )
     data, marks = loaded.data, loaded.marks
     _resolve_paths(data, path.parent)
     files = [path]
@@ -181,8 +194,15 @@ def apply_overrides(data: dict[str, Any], marks: dict[PathKey, Mark], overrides:
         key, sep, text = item.partition("=")
         label = f"--set #{i} {item!r}"
         if not sep or not key.strip() or any(not p for p in key.split(".")):
-            problems.append(Problem("--set", i, 1, key, f"{label}: expected KEY.PATH=VALUE, "
-                                    "e.g. --set generation.max_new_tokens=256"))
+            problems.append(
+                Problem(
+                    "--set",
+                    i,
+                    1,
+                    key,
+                    f"{label}: expected KEY.PATH=VALUE, e.g. --set generation.max_new_tokens=256",
+                )
+            )
             continue
         try:
             value = parse_yaml(text, "--set").data if text.strip() else ""
@@ -197,16 +217,27 @@ def apply_overrides(data: dict[str, Any], marks: dict[PathKey, Mark], overrides:
             elif isinstance(node, list) and isinstance(part, int) and part < len(node):
                 node = node[part]
             else:
-                problems.append(Problem("--set", i, 1, ".".join(map(str, parts[: j + 1])),
-                                        f"{label}: cannot descend into a {type(node).__name__}"))
+                problems.append(
+                    Problem(
+                        "--set",
+                        i,
+                        1,
+                        ".".join(map(str, parts[: j + 1])),
+                        f"{label}: cannot descend into a {type(node).__name__}",
+                    )
+                )
                 break
         else:
             last = parts[-1]
             value = _resolve_set_paths(parts, value)
-            if isinstance(node, dict) or (isinstance(node, list) and isinstance(last, int) and last < len(node)):
+            if isinstance(node, dict) or (
+                isinstance(node, list) and isinstance(last, int) and last < len(node)
+            ):
                 node[last] = value
             else:
-                problems.append(Problem("--set", i, 1, key, f"{label}: cannot set a key on a {type(node).__name__}"))
+                problems.append(
+                    Problem("--set", i, 1, key, f"{label}: cannot set a key on a {type(node).__name__}")
+                )
                 continue
             for p in [p for p in marks if p[: len(parts)] == tuple(parts)]:
                 del marks[p]
@@ -224,7 +255,9 @@ def _mark_for(loc: Sequence[Any], data: Any, marks: dict[PathKey, Mark], default
         ):
             node = node[part]
             path.append(part)
-        elif isinstance(part, str) and not (isinstance(node, dict) and part not in node and part.isidentifier()):
+        elif isinstance(part, str) and not (
+            isinstance(node, dict) and part not in node and part.isidentifier()
+        ):
             continue  # a pydantic union tag such as 'list[Question]'
         else:
             path.append(part)
@@ -248,8 +281,12 @@ def _known_fields(loc: Sequence[Any]) -> list[str]:
             if isinstance(arg, type) and issubclass(arg, BaseModel):
                 model = arg
                 break
-            if typing.get_origin(arg) is dict and typing.get_args(arg)[1:] and isinstance(
-                    typing.get_args(arg)[1], type) and issubclass(typing.get_args(arg)[1], BaseModel):
+            if (
+                typing.get_origin(arg) is dict
+                and typing.get_args(arg)[1:]
+                and isinstance(typing.get_args(arg)[1], type)
+                and issubclass(typing.get_args(arg)[1], BaseModel)
+            ):
                 model = typing.get_args(arg)[1]
                 break
         else:
@@ -262,7 +299,9 @@ def did_you_mean(value: Any, choices: Sequence[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else f" (declared: {', '.join(choices) or 'none'})"
 
 
-def _validation_problems(err: ValidationError, data: Any, marks: dict[PathKey, Mark], top: Mark) -> list[Problem]:
+def _validation_problems(
+    err: ValidationError, data: Any, marks: dict[PathKey, Mark], top: Mark
+) -> list[Problem]:
     out = []
     for e in err.errors():
         loc = list(e["loc"])

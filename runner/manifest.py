@@ -71,7 +71,11 @@ def build_manifest(exp: Experiment) -> dict[str, Any]:
         "project": {"root": str(exp.root)},
         "git": git_info(exp.path.parent),
         "versions": package_versions(),
-        "platform": {"system": platform.system(), "release": platform.release(), "machine": platform.machine()},
+        "platform": {
+            "system": platform.system(),
+            "release": platform.release(),
+            "machine": platform.machine(),
+        },
         "gpu": gpu_info(),
         "corpus": corpus_info(exp),
         "models": {name: model_info(spec.models[name], exp, cache) for name in used},
@@ -132,8 +136,13 @@ def gpu_info() -> dict[str, Any]:
     names: list[str] = []
     if shutil.which("nvidia-smi"):
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                                 capture_output=True, text=True, timeout=20, check=False).stdout
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=False,
+            ).stdout
             names = [line.strip() for line in out.splitlines() if line.strip()]
         except (OSError, subprocess.TimeoutExpired):
             names = []
@@ -171,9 +180,15 @@ def corpus_info(exp: Experiment) -> dict[str, Any]:
     if root.is_dir():
         for p in corpus_files(exp):
             files[p.relative_to(root).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
-    fingerprint = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16] if files else None
-    return {"path": str(root), "collection": exp.spec.corpus.collection, "fingerprint": fingerprint,
-            "files": files}
+    fingerprint = (
+        hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16] if files else None
+    )
+    return {
+        "path": str(root),
+        "collection": exp.spec.corpus.collection,
+        "fingerprint": fingerprint,
+        "files": files,
+    }
 
 
 class _HashCache:
@@ -251,8 +266,14 @@ def _builtin_folder(model: Model, exp: Experiment) -> Path | None:
 
 def model_info(model: Model, exp: Experiment, cache: _HashCache) -> dict[str, Any]:
     name = model.name
-    info: dict[str, Any] = {"backend": model.backend, "name": name, "revision": model.revision,
-                            "resolved_revision": model.revision, "files_hash": None, "source": "hub"}
+    info: dict[str, Any] = {
+        "backend": model.backend,
+        "name": name,
+        "revision": model.revision,
+        "resolved_revision": model.revision,
+        "files_hash": None,
+        "source": "hub",
+    }
     folder: Path | None
     if name.startswith(BUILTIN_PREFIX):
         info["source"] = "builtin"
@@ -305,8 +326,19 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 # Fields that identify results. Timestamps, paths of the spec and the project, and the per-file corpus map
 # (summarised into the fingerprint's detail) are not drifts by themselves.
-_COMPARED_PREFIXES = ("git.commit", "git.dirty", "git.diff_hash", "versions.", "gpu.name", "corpus.fingerprint",
-                      "corpus.path", "corpus.collection", "models.", "embedders.", "platform.machine")
+_COMPARED_PREFIXES = (
+    "git.commit",
+    "git.dirty",
+    "git.diff_hash",
+    "versions.",
+    "gpu.name",
+    "corpus.fingerprint",
+    "corpus.path",
+    "corpus.collection",
+    "models.",
+    "embedders.",
+    "platform.machine",
+)
 
 
 def compare(old: dict[str, Any], new: dict[str, Any]) -> list[Drift]:
@@ -324,7 +356,9 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> list[Drift]:
             continue  # clean -> dirty is already the git.dirty drift
         detail = ""
         if key == "corpus.fingerprint":
-            detail = _corpus_detail(old.get("corpus", {}).get("files", {}), new.get("corpus", {}).get("files", {}))
+            detail = _corpus_detail(
+                old.get("corpus", {}).get("files", {}), new.get("corpus", {}).get("files", {})
+            )
         drifts.append(Drift(key, a[key], b[key], detail))
     return drifts
 

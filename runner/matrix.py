@@ -26,8 +26,14 @@ class Cell:
     question: str
 
     def axes(self) -> dict[str, Any]:
-        return {"model": self.model, "template": self.template, "persona": self.persona,
-                "pov_set": self.pov_set, "k": list(self.k), "question": self.question}
+        return {
+            "model": self.model,
+            "template": self.template,
+            "persona": self.persona,
+            "pov_set": self.pov_set,
+            "k": list(self.k),
+            "question": self.question,
+        }
 
     @property
     def k_label(self) -> str:
@@ -80,15 +86,19 @@ class CellHasher:
 
     def __init__(self, exp: Experiment) -> None:
         spec = exp.spec
-        self._shared = _digest({
-            "generation": spec.generation.model_dump(mode="json"),
-            "embedder": spec.embedder.model_dump(mode="json", exclude={"batch_size", "device"}),
-            "reranker": spec.effective_reranker.model_dump(mode="json", exclude={"batch_size", "device"}),
-            "collection": spec.corpus.collection,
-            "chunking": spec.corpus.chunking.model_dump(mode="json"),
-        })
+        self._shared = _digest(
+            {
+                "generation": spec.generation.model_dump(mode="json"),
+                "embedder": spec.embedder.model_dump(mode="json", exclude={"batch_size", "device"}),
+                "reranker": spec.effective_reranker.model_dump(mode="json", exclude={"batch_size", "device"}),
+                "collection": spec.corpus.collection,
+                "chunking": spec.corpus.chunking.model_dump(mode="json"),
+            }
+        )
         self._parts = {
-            "model": {k: _digest(portable(m.model_dump(mode="json"), exp.root)) for k, m in spec.models.items()},
+            "model": {
+                k: _digest(portable(m.model_dump(mode="json"), exp.root)) for k, m in spec.models.items()
+            },
             "template": {k: _digest(t.text) for k, t in exp.templates.items()},
             "persona": {k: _digest(v) for k, v in spec.personas.items()},
             "pov_set": {k: _digest(v) for k, v in exp.pov_sets.items()},
@@ -103,8 +113,15 @@ class CellHasher:
             if axis != "k":
                 content.append(self._parts[axis][value])
         cid = hashlib.sha256("\n".join(map(str, content)).encode()).hexdigest()[:12]
-        return Cell(cid, combo["model"], combo["template"], combo["persona"], combo["pov_set"],
-                    tuple(combo["k"]), combo["question"])  # type: ignore[arg-type]
+        return Cell(
+            cid,
+            combo["model"],
+            combo["template"],
+            combo["persona"],
+            combo["pov_set"],
+            tuple(combo["k"]),
+            combo["question"],
+        )  # type: ignore[arg-type]
 
 
 def _digest(obj: Any) -> str:

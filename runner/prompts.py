@@ -72,7 +72,11 @@ def _env() -> Any:
                 raise SecurityError(f"exponent {right} is too large for a template")
             if operator == "*":
                 for seq, n in ((left, right), (right, left)):
-                    if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_REPEAT:
+                    if (
+                        isinstance(seq, (str, list, tuple))
+                        and isinstance(n, int)
+                        and len(seq) * n > MAX_REPEAT
+                    ):
                         raise SecurityError(f"repeating a sequence past {MAX_REPEAT:,} items")
             return super().call_binop(context, operator, left, right)
 
@@ -91,14 +95,23 @@ def parse_header(name: str, path: Path, text: str, label: str) -> TemplateInfo:
     try:
         loaded = parse_yaml(m.group("body"), label)
     except SpecError as e:
-        raise SpecError([Problem(p.file, p.line + offset, p.col, "header", p.message) for p in e.problems]) from None
+        raise SpecError(
+            [Problem(p.file, p.line + offset, p.col, "header", p.message) for p in e.problems]
+        ) from None
     data = loaded.data or {}
     problems: list[Problem] = []
 
     def bad(key: tuple[Any, ...], msg: str) -> None:
         mark = loaded.marks.get(key) or loaded.marks.get(())
-        problems.append(Problem(label, (mark.line if mark else 1) + offset, mark.col if mark else 0,
-                                "header." + ".".join(map(str, key)) if key else "header", msg))
+        problems.append(
+            Problem(
+                label,
+                (mark.line if mark else 1) + offset,
+                mark.col if mark else 0,
+                "header." + ".".join(map(str, key)) if key else "header",
+                msg,
+            )
+        )
 
     if not isinstance(data, dict):
         bad((), "the pov: header must be a mapping with `sections` and `instructions`")
@@ -117,7 +130,8 @@ def parse_header(name: str, path: Path, text: str, label: str) -> TemplateInfo:
             continue
         words = sec.get("words")
         if words is not None and not (
-            isinstance(words, list) and len(words) == 2
+            isinstance(words, list)
+            and len(words) == 2
             and all(isinstance(w, int) and not isinstance(w, bool) for w in words)
             and 0 <= words[0] <= words[1]
         ):
@@ -129,7 +143,9 @@ def parse_header(name: str, path: Path, text: str, label: str) -> TemplateInfo:
         if not isinstance(sec.get("heading", True), bool):
             # bool("no") is True: a quoted value would silently mean the opposite of what was written.
             bad(("sections", i, "heading"), "heading is true or false")
-        sections.append(Section(sec["title"], tuple(words) if words else None, bool(sec.get("heading", True))))
+        sections.append(
+            Section(sec["title"], tuple(words) if words else None, bool(sec.get("heading", True)))
+        )
     instructions = data.get("instructions")
     if instructions is not None and (
         not isinstance(instructions, int) or isinstance(instructions, bool) or instructions < 0
@@ -156,7 +172,10 @@ def render(template: Any, variables: dict[str, Any]) -> str:
 
 def sample_variables() -> dict[str, Any]:
     """Stand-in values of every variable, to render a template once at validation time."""
-    chunks = [{"id": f"chunk{i}", "text": f"Sample chunk {i}.", "score": 1.0 - i / 10, "rank": i + 1} for i in range(3)]
+    chunks = [
+        {"id": f"chunk{i}", "text": f"Sample chunk {i}.", "score": 1.0 - i / 10, "rank": i + 1}
+        for i in range(3)
+    ]
     return {
         "persona": "You are a careful analyst.",
         "question": "What is the sample question?",

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from runner.errors import UserError
+from runner.secrets import redact
 
 if TYPE_CHECKING:
     from runner.loader import Experiment
@@ -92,8 +93,12 @@ def prepare(run_id: str, tracking_uri: str | None = None) -> RerunPlan:
     try:
         run = client.get_run(run_id)
     except MlflowException as e:
-        raise UserError(f"pov rerun: no run {run_id!r} in {uri} ({e.error_code}); set MLFLOW_TRACKING_URI "
-                        "to the store that holds it") from None
+        raise UserError(
+            f"pov rerun: no run {run_id!r} in {redact(uri)} ({e.error_code}); set MLFLOW_TRACKING_URI "
+            "(or --tracking-uri) to the store that holds it"
+        ) from None
+    except Exception as e:  # a server that is down
+        raise UserError(f"pov rerun: cannot read {redact(uri)}: {redact(str(e))[:500]}") from None
     tags = run.data.tags
     if tags.get("pov.kind") == "cell":
         parent = tags.get("mlflow.parentRunId", "?")
@@ -102,8 +107,10 @@ def prepare(run_id: str, tracking_uri: str | None = None) -> RerunPlan:
         raise UserError(f"pov rerun: {run_id} is not a pov-runner execution (no tag pov.kind=execution)")
     stored = {f.path for f in client.list_artifacts(run_id)}
     if not {"spec.yaml", "manifest.json"} <= stored:
-        raise UserError(f"pov rerun: execution {run_id} has no spec.yaml/manifest.json artifacts "
-                        "(it was killed while starting); run its spec with `pov run` instead")
+        raise UserError(
+            f"pov rerun: execution {run_id} has no spec.yaml/manifest.json artifacts "
+            "(it was killed while starting); run its spec with `pov run` instead"
+        )
     old_root = Path(_download_json(client, run_id, "manifest.json").get("project", {}).get("root", "."))
     root = old_root if old_root.is_dir() else project_root(Path.cwd() / "spec.yaml")
     dest = root / ".pov" / "reruns" / run_id
@@ -118,8 +125,17 @@ def prepare(run_id: str, tracking_uri: str | None = None) -> RerunPlan:
     # store, caches and built models.
     exp.root = root
     manifest = build_manifest(exp)
-    return RerunPlan(run_id, uri, run.info.experiment_id, run.info.run_name or run_id, exp, expand(exp),
-                     old_manifest, manifest, compare(old_manifest, manifest))
+    return RerunPlan(
+        run_id,
+        uri,
+        run.info.experiment_id,
+        run.info.run_name or run_id,
+        exp,
+        expand(exp),
+        old_manifest,
+        manifest,
+        compare(old_manifest, manifest),
+    )
 
 
 def _download_json(client: Any, run_id: str, path: str) -> dict[str, Any]:
@@ -151,8 +167,14 @@ def agreement(tracking_uri: str, experiment_id: str, old_run: str, new_run: str)
         out: dict[str, dict[str, str]] = {}
         token = None
         while True:
-            page = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{pid}'",
-                                      ViewType.ACTIVE_ONLY, 10_000, None, token)
+            page = client.search_runs(
+                [experiment_id],
+                f"tags.`mlflow.parentRunId` = '{pid}'",
+                ViewType.ACTIVE_ONLY,
+                10_000,
+                None,
+                token,
+            )
             for r in page:
                 out[r.data.tags.get("pov.cell_id", r.info.run_id)] = r.data.tags
             token = page.token
@@ -163,8 +185,9 @@ def agreement(tracking_uri: str, experiment_id: str, old_run: str, new_run: str)
     result = Agreement()
     for cid in sorted(set(old) & set(new)):
         result.cells += 1
-        same_out = old[cid].get("pov.output_hash") == new[cid].get("pov.output_hash") and \
-            old[cid].get("pov.status") == new[cid].get("pov.status")
+        same_out = old[cid].get("pov.output_hash") == new[cid].get("pov.output_hash") and old[cid].get(
+            "pov.status"
+        ) == new[cid].get("pov.status")
         same_rank = old[cid].get("pov.ranking_hash") == new[cid].get("pov.ranking_hash")
         result.same_output += same_out
         result.same_ranking += same_rank
@@ -181,8 +204,15 @@ class RerunOutcome:
     agreement: Agreement | None
 
 
-def rerun(run_id: str, *, tracking_uri: str | None = None, fresh: bool = False, retry_crashed: bool = False,
-          console: Any = None, say: Any = print) -> RerunOutcome:
+def rerun(
+    run_id: str,
+    *,
+    tracking_uri: str | None = None,
+    fresh: bool = False,
+    retry_crashed: bool = False,
+    console: Any = None,
+    say: Any = print,
+) -> RerunOutcome:
     """Run execution `run_id` again as a new execution linked by `pov.rerun_of`; `say` gets each line."""
     from runner.mlflow_tracker import MlflowTracker
 
@@ -198,12 +228,16 @@ def rerun(run_id: str, *, tracking_uri: str | None = None, fresh: bool = False, 
     agree = None
     if tracker.run_id:
         agree = agreement(plan.tracking_uri, plan.experiment_id, run_id, tracker.run_id)
-        say(f"new execution {tracker.run_id}: outputs identical in {agree.same_output}/{agree.cells} cells, "
-            f"rankings identical in {agree.same_ranking}/{agree.cells}")
+        say(
+            f"new execution {tracker.run_id}: outputs identical in {agree.same_output}/{agree.cells} cells, "
+            f"rankings identical in {agree.same_ranking}/{agree.cells}"
+        )
     return RerunOutcome(plan, tracker.run_id, summary, agree)
 
 
 def _run(plan: RerunPlan, tracker: Any, *, fresh: bool, retry_crashed: bool, console: Any) -> Any:
     from runner.engine import run_experiment
 
-    return run_experiment(plan.exp, plan.cells, tracker, console=console, fresh=fresh, retry_crashed=retry_crashed)
+    return run_experiment(
+        plan.exp, plan.cells, tracker, console=console, fresh=fresh, retry_crashed=retry_crashed
+    )

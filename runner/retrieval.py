@@ -46,7 +46,12 @@ class Stage:
     scores: list[float]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "ids": list(self.ids), "texts": list(self.texts), "scores": list(self.scores)}
+        return {
+            "name": self.name,
+            "ids": list(self.ids),
+            "texts": list(self.texts),
+            "scores": list(self.scores),
+        }
 
 
 @dataclass
@@ -60,24 +65,34 @@ class RetrievalResult:
     def final_chunks(self) -> list[dict[str, Any]]:
         """Stage 3, best first: dicts with `id`, `text`, `score`, `rank` (1-based)."""
         last = self.stages[-1]
-        return [{"id": i, "text": t, "score": s, "rank": r}
-                for r, (i, t, s) in enumerate(zip(last.ids, last.texts, last.scores, strict=True), 1)]
+        return [
+            {"id": i, "text": t, "score": s, "rank": r}
+            for r, (i, t, s) in enumerate(zip(last.ids, last.texts, last.scores, strict=True), 1)
+        ]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"question": self.question, "pov_set": self.pov_set, "k": list(self.k),
-                "stages": [s.to_dict() for s in self.stages]}
+        return {
+            "question": self.question,
+            "pov_set": self.pov_set,
+            "k": list(self.k),
+            "stages": [s.to_dict() for s in self.stages],
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RetrievalResult:
         k = tuple(int(x) for x in d["k"])
         if len(k) != 3:
             raise ValueError(f"k must have three stages, got {d['k']!r}")
-        stages = [Stage(str(s["name"]), list(s["ids"]), list(s["texts"]), [float(x) for x in s["scores"]])
-                  for s in d["stages"]]
+        stages = [
+            Stage(str(s["name"]), list(s["ids"]), list(s["texts"]), [float(x) for x in s["scores"]])
+            for s in d["stages"]
+        ]
         return cls(str(d["question"]), str(d["pov_set"]), k, stages)  # type: ignore[arg-type]
 
 
-def _select(order: list[int], keep: int, ids: list[str], texts: list[str], scores: Any) -> tuple[list[int], Stage]:
+def _select(
+    order: list[int], keep: int, ids: list[str], texts: list[str], scores: Any
+) -> tuple[list[int], Stage]:
     top = order[:keep]
     return top, Stage("", [ids[i] for i in top], [texts[i] for i in top], [float(scores[i]) for i in top])
 
@@ -94,15 +109,19 @@ class Retriever:
         spec = exp.spec
         self.embedder: CachedEmbedder = build_embedder(spec.embedder, exp.state_dir)
         self.reuse_stored = same_embedder(spec.effective_reranker, spec.embedder)
-        self.reranker: CachedEmbedder = (self.embedder if self.reuse_stored
-                                         else build_embedder(spec.effective_reranker, exp.state_dir))
+        self.reranker: CachedEmbedder = (
+            self.embedder if self.reuse_stored else build_embedder(spec.effective_reranker, exp.state_dir)
+        )
         self.warnings: list[str] = []
         self._collection: Any = None
 
     def cache_stats(self) -> dict[str, Any]:
         """Embedding cache hits and misses and provider calls, summed, and per role."""
-        roles = {"embedder": self.embedder} if self.reuse_stored else {"embedder": self.embedder,
-                                                                        "reranker": self.reranker}
+        roles = (
+            {"embedder": self.embedder}
+            if self.reuse_stored
+            else {"embedder": self.embedder, "reranker": self.reranker}
+        )
         per = {name: e.stats() for name, e in roles.items()}
         total = {k: sum(s[k] for s in per.values()) for k in ("hits", "misses", "provider_calls")}
         return {**total, "by_role": per}
@@ -144,8 +163,9 @@ class Retriever:
         else:
             q_rerank = dict(zip(qids, self.reranker.embed(qtexts, "query"), strict=True))
             needed = list(dict.fromkeys(i for q, _, k in wanted for i in hits[q].ids[: k[0]]))
-            doc_vec = dict(zip(needed, self.reranker.embed([texts_by_id[i] for i in needed], "document"),
-                               strict=True))
+            doc_vec = dict(
+                zip(needed, self.reranker.embed([texts_by_id[i] for i in needed], "document"), strict=True)
+            )
 
         stage12: dict[tuple[str, int, int], tuple[Stage, Stage]] = {}
         for q, _, (k1, k2, _) in wanted:
@@ -164,8 +184,11 @@ class Retriever:
         for pov in dict.fromkeys(p for _, p, _ in wanted):
             statements = self.exp.pov_sets[pov]
             pov_vecs = self.reranker.embed(statements, "query")
-            docs = list(dict.fromkeys(i for q, p, (k1, k2, _) in wanted if p == pov
-                                      for i in stage12[(q, k1, k2)][1].ids))
+            docs = list(
+                dict.fromkeys(
+                    i for q, p, (k1, k2, _) in wanted if p == pov for i in stage12[(q, k1, k2)][1].ids
+                )
+            )
             if not docs:
                 pov_scores[pov] = {}
                 continue

@@ -8,13 +8,17 @@ similarities to the POV statements,
 computed with one matrix product for a whole batch (`doc_emb` of shape (..., n, d) is viewed as one
 (N, d) matrix). The POV matrix is small and is normalised up front; the large operand is never copied to
 be normalised: its row norms divide the small (N,) result instead, and with `assume_normalized=True`
-(unit vectors, as every embedder in this package returns) they are not computed at all.
+(unit vectors, as every embedder in this package returns, and what retrieval passes) they are not
+computed at all, which leaves the product alone: for this memory-bound shape that is within a few
+percent of the bare product (see benchmarks/bench_scoring.py). Without it, the norms cost one more pass
+over the operand.
 
 torch is imported only when a tensor is passed, so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, TypeVar
 
 import numpy as np
@@ -52,35 +56,34 @@ def sexy_scores(doc_emb: ArrayT, pov_emb: Any, *, assume_normalized: bool = Fals
     lead, d = docs.shape[:-1], docs.shape[-1]
     flat = docs.reshape(-1, d)  # a view for contiguous input: one (N, d) @ (d, p) product for the batch
     pov_t = np.ascontiguousarray(pov_unit.T.astype(flat.dtype, copy=False))
-    if assume_normalized:
-        sims = flat @ pov_t
-        return np.sqrt(np.einsum("ij,ij->i", sims, sims)).astype(dtype, copy=False).reshape(lead)  # type: ignore[no-any-return]
-    sims, sq_norms = _product_and_norms(flat, pov_t)
+    if not assume_normalized and flat.nbytes >= _TORCH_MIN_BYTES and flat.dtype in (np.float32, np.float64):
+        by_torch = _sexy_numpy_via_torch(flat, povs)
+        if by_torch is not None:
+            return by_torch.astype(dtype, copy=False).reshape(lead)  # type: ignore[return-value]
+    sims = flat @ pov_t
     out = np.sqrt(np.einsum("ij,ij->i", sims, sims))
-    norms = np.sqrt(sq_norms)
-    out = np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
+    if not assume_normalized:
+        norms = np.sqrt(np.einsum("ij,ij->i", flat, flat))  # a second pass over the operand, but no copy
+        out = np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
     return out.astype(dtype, copy=False).reshape(lead)  # type: ignore[return-value]
 
 
-_BLOCK_BYTES = 8 << 20
+_TORCH_MIN_BYTES = 64 << 20
+"""Above this size a numpy batch that needs its norms is handed to torch's CPU kernels, zero-copy. numpy's
+reductions run on one core: on a 16-core machine its norm pass took 3.9x as long as the (multi-threaded)
+product itself, torch's 0.6x. Small batches stay in numpy, where torch's start-up would dominate."""
 
 
-def _product_and_norms(flat: np.ndarray, pov_t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """`flat @ pov_t` and the squared row norms of `flat`, computed block by block so that each block is
-    read from memory once and squared while still in cache. The product of a (N, d) x (d, 16) shape is
-    memory-bound: a second full pass for the norms cost 1.4x the bare product on a 2-core box, blocks of
-    8 MB 1.13x (when the cores are not oversubscribed; under heavy contention, per-block BLAS calls lose)."""
-    n, d = flat.shape
-    rows = max(1, _BLOCK_BYTES // max(1, d * flat.itemsize))
-    if n <= 2 * rows or not flat.flags.c_contiguous:
-        return flat @ pov_t, np.einsum("ij,ij->i", flat, flat)
-    sims = np.empty((n, pov_t.shape[1]), dtype=np.result_type(flat, pov_t))
-    sq = np.empty(n, dtype=flat.dtype)
-    for start in range(0, n, rows):
-        block = flat[start : start + rows]
-        np.matmul(block, pov_t, out=sims[start : start + rows])
-        np.einsum("ij,ij->i", block, block, out=sq[start : start + rows])
-    return sims, sq
+def _sexy_numpy_via_torch(flat: np.ndarray, povs: np.ndarray) -> np.ndarray | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a read-only array: torch warns, and we only read it
+        docs_t = torch.from_numpy(flat)
+    povs_t = torch.from_numpy(np.ascontiguousarray(povs.astype(flat.dtype, copy=False)))
+    return np.asarray(_sexy_torch(docs_t, povs_t, False).numpy())
 
 
 def _sexy_torch(doc_emb: Any, pov_emb: Any, assume_normalized: bool) -> Any:

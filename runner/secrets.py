@@ -20,22 +20,42 @@ from typing import Any
 
 # Name segments (split on `_`, `-`, `.`) that mark a credential. Whole segments, so TOKENIZERS_PARALLELISM
 # and KEYBOARD are not secrets, while CO_API_KEY and GITHUB_TOKEN are.
-_SECRET_SEGMENTS = frozenset({
-    "KEY", "APIKEY", "TOKEN", "SECRET", "SECRETS", "PASSWORD", "PASSWD", "PASS", "PWD", "CREDENTIAL",
-    "CREDENTIALS", "AUTH", "AUTHORIZATION", "BEARER", "PAT", "COOKIE",
-})
+_SECRET_SEGMENTS = frozenset(
+    {
+        "KEY",
+        "APIKEY",
+        "TOKEN",
+        "SECRET",
+        "SECRETS",
+        "PASSWORD",
+        "PASSWD",
+        "PASS",
+        "PWD",
+        "CREDENTIAL",
+        "CREDENTIALS",
+        "AUTH",
+        "AUTHORIZATION",
+        "BEARER",
+        "PAT",
+        "COOKIE",
+    }
+)
 _NOT_SECRET_NAMES = frozenset({"PWD", "OLDPWD", "SSH_AUTH_SOCK", "GPG_AGENT_INFO", "KEYTIMEOUT"})
 _MIN_SECRET_LEN = 6
 """Shorter values (`1`, `true`) would redact ordinary words everywhere; no real key is that short."""
 
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^/@\s:]*):(?P<pw>[^/@\s]+)@")
-_TOKEN_SHAPES = re.compile("|".join((
-    r"\bhf_[A-Za-z0-9]{30,}\b",  # Hugging Face
-    r"\bsk-[A-Za-z0-9_\-]{20,}\b",  # OpenAI-style
-    r"\bgh[pousr]_[A-Za-z0-9]{30,}\b",  # GitHub
-    r"\bAKIA[0-9A-Z]{16}\b",  # AWS access key id
-    r"(?i:\bbearer\s+[A-Za-z0-9._~+/\-]{16,}=*)",
-)))
+_TOKEN_SHAPES = re.compile(
+    "|".join(
+        (
+            r"\bhf_[A-Za-z0-9]{30,}\b",  # Hugging Face
+            r"\bsk-[A-Za-z0-9_\-]{20,}\b",  # OpenAI-style
+            r"\bgh[pousr]_[A-Za-z0-9]{30,}\b",  # GitHub
+            r"\bAKIA[0-9A-Z]{16}\b",  # AWS access key id
+            r"(?i:\bbearer\s+[A-Za-z0-9._~+/\-]{16,}=*)",
+        )
+    )
+)
 
 
 def is_secret_name(name: str) -> bool:
@@ -44,7 +64,9 @@ def is_secret_name(name: str) -> bool:
     if upper in _NOT_SECRET_NAMES:
         return False
     segments = [s for s in re.split(r"[_\-.\s]+", upper) if s]
-    return any(s in _SECRET_SEGMENTS or s.endswith(("APIKEY", "TOKEN", "SECRET", "PASSWORD")) for s in segments)
+    return any(
+        s in _SECRET_SEGMENTS or s.endswith(("APIKEY", "TOKEN", "SECRET", "PASSWORD")) for s in segments
+    )
 
 
 def secret_values(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -52,6 +74,9 @@ def secret_values(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     env = os.environ if environ is None else environ
     found = {v: k for k, v in env.items() if is_secret_name(k) and len(v.strip()) >= _MIN_SECRET_LEN}
     return dict(sorted(found.items(), key=lambda kv: -len(kv[0])))
+
+
+_TOKEN_TRIGGERS = ("hf_", "sk-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "AKIA")
 
 
 def redact(text: str, secrets: Mapping[str, str] | None = None) -> str:
@@ -67,7 +92,10 @@ def redact(text: str, secrets: Mapping[str, str] | None = None) -> str:
                 text = text.replace(form, f"[redacted {name}]")
     if "://" in text:
         text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:[redacted]@", text)
-    return _TOKEN_SHAPES.sub("[redacted token]", text)
+    # The token regex is slow on long texts (prompts, contexts); most hold none of its prefixes.
+    if any(t in text for t in _TOKEN_TRIGGERS) or "bearer" in text.lower():
+        text = _TOKEN_SHAPES.sub("[redacted token]", text)
+    return text
 
 
 def redact_obj(obj: Any, secrets: Mapping[str, str] | None = None) -> Any:

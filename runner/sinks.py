@@ -30,7 +30,12 @@ class JsonlSink:
     def write(self, results: list[CellResult]) -> None:
         if not results:
             return
-        lines = "".join(json.dumps(r.to_dict(), default=str, ensure_ascii=False) + "\n" for r in results)
+        from runner.secrets import redact, secret_values
+
+        secrets = secret_values()  # what MLflow gets is redacted; this file must not hold more
+        lines = "".join(
+            redact(json.dumps(r.to_dict(), default=str, ensure_ascii=False), secrets) + "\n" for r in results
+        )
         with self.path.open("a", encoding="utf-8") as fh:
             fh.write(lines)
             fh.flush()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,13 +93,16 @@ class Store:
                 if u.scheme not in ("http", "https") or not u.hostname:
                     raise UserError(f"corpus.chroma_url {self.url!r}: expected http://host:port")
                 try:
-                    self._client = chromadb.HttpClient(host=u.hostname, port=u.port or 8000,
-                                                       ssl=u.scheme == "https", settings=_settings())
+                    self._client = chromadb.HttpClient(
+                        host=u.hostname, port=u.port or 8000, ssl=u.scheme == "https", settings=_settings()
+                    )
                     self._client.heartbeat()
                 except Exception as e:
-                    raise UserError(f"cannot reach the Chroma server at {self.url} ({e.__class__.__name__}): "
-                                    "start one with `chroma run --path DIR --port N`, or unset "
-                                    "corpus.chroma_url to use the embedded store") from None
+                    raise UserError(
+                        f"cannot reach the Chroma server at {self.url} ({e.__class__.__name__}): "
+                        "start one with `chroma run --path DIR --port N`, or unset "
+                        "corpus.chroma_url to use the embedded store"
+                    ) from None
             else:
                 self.path.mkdir(parents=True, exist_ok=True)
                 self._client = chromadb.PersistentClient(path=str(self.path), settings=_settings())
@@ -124,32 +126,42 @@ class Store:
     def check_embedder(self, meta: dict[str, Any], spec: EmbedderSpec, dim: int | None = None) -> None:
         """UserError unless the collection was built by this embedder (and dimension, when known)."""
         if "pov.model" not in meta:
-            raise UserError(f"collection {self.name!r} at {self.location} was not made by `pov ingest` "
-                            "(no embedder recorded): choose another corpus.collection, or `pov ingest --rebuild`")
+            raise UserError(
+                f"collection {self.name!r} at {self.location} was not made by `pov ingest` "
+                "(no embedder recorded): choose another corpus.collection, or `pov ingest --rebuild`"
+            )
         stored = (meta.get("pov.provider"), meta.get("pov.model"))
         if stored != (spec.provider, spec.model) or (dim is not None and meta.get("pov.dim") != dim):
             got = f"{spec.provider}/{spec.model}" + (f" (dimension {dim})" if dim is not None else "")
-            raise UserError(f"collection {self.name!r} at {self.location} holds embeddings of "
-                            f"{self._describe(meta)}, but the spec's embedder is {got}: use another "
-                            "corpus.collection, or rebuild it with `pov ingest SPEC --rebuild`")
+            raise UserError(
+                f"collection {self.name!r} at {self.location} holds embeddings of "
+                f"{self._describe(meta)}, but the spec's embedder is {got}: use another "
+                "corpus.collection, or rebuild it with `pov ingest SPEC --rebuild`"
+            )
 
     def open_for_query(self, spec: EmbedderSpec) -> tuple[Any, list[str]]:
         """The collection, checked against the embedder, and warnings about its freshness."""
         col = self.collection()
         if col is None or col.count() == 0:
-            raise UserError(f"collection {self.name!r} at {self.location} is empty or missing: "
-                            f"run `pov ingest {self.exp.path}` first")
+            raise UserError(
+                f"collection {self.name!r} at {self.location} is empty or missing: "
+                f"run `pov ingest {self.exp.path}` first"
+            )
         meta = dict(col.metadata or {})
         self.check_embedder(meta, spec)
         warnings = []
         if meta.get("pov.state") != "complete":
-            warnings.append(f"the last ingest into {self.name!r} did not finish: run `pov ingest {self.exp.path}`")
+            warnings.append(
+                f"the last ingest into {self.name!r} did not finish: run `pov ingest {self.exp.path}`"
+            )
         else:
             corpus = self.exp.spec.corpus
             now = corpus_fingerprint(corpus.path, corpus.include, chunking_key(self.exp))
             if now != meta.get("pov.fingerprint"):
-                warnings.append(f"the corpus or its chunking changed since the last ingest into {self.name!r}; "
-                                f"results come from the stored chunks: run `pov ingest {self.exp.path}`")
+                warnings.append(
+                    f"the corpus or its chunking changed since the last ingest into {self.name!r}; "
+                    f"results come from the stored chunks: run `pov ingest {self.exp.path}`"
+                )
         return col, warnings
 
     def query(self, col: Any, embeddings: np.ndarray, n: int) -> list[Hits]:
@@ -158,17 +170,29 @@ class Store:
             return []
         dim = (col.metadata or {}).get("pov.dim")
         if dim is not None and embeddings.shape[1] != dim:
-            raise UserError(f"query embeddings have dimension {embeddings.shape[1]}, collection {self.name!r} "
-                            f"holds dimension {dim}: the embedder changed; `pov ingest SPEC --rebuild`")
-        res = col.query(query_embeddings=np.asarray(embeddings, dtype=np.float32), n_results=n,
-                        include=["embeddings", "documents", "distances"])
+            raise UserError(
+                f"query embeddings have dimension {embeddings.shape[1]}, collection {self.name!r} "
+                f"holds dimension {dim}: the embedder changed; `pov ingest SPEC --rebuild`"
+            )
+        res = col.query(
+            query_embeddings=np.asarray(embeddings, dtype=np.float32),
+            n_results=n,
+            include=["embeddings", "documents", "distances"],
+        )
         out = []
-        for ids, docs, embs, dists in zip(res["ids"], res["documents"], res["embeddings"], res["distances"],
-                                          strict=True):
+        for ids, docs, embs, dists in zip(
+            res["ids"], res["documents"], res["embeddings"], res["distances"], strict=True
+        ):
             # Equal distances come back in an order Chroma does not promise; the id makes it deterministic.
             order = sorted(range(len(ids)), key=lambda i: (dists[i], ids[i]))
-            out.append(Hits([ids[i] for i in order], [docs[i] for i in order],
-                            np.asarray(embs, dtype=np.float32)[order], [1.0 - float(dists[i]) for i in order]))
+            out.append(
+                Hits(
+                    [ids[i] for i in order],
+                    [docs[i] for i in order],
+                    np.asarray(embs, dtype=np.float32)[order],
+                    [1.0 - float(dists[i]) for i in order],
+                )
+            )
         return out
 
     def stored(self, col: Any) -> dict[str, dict[str, Any]]:
@@ -185,7 +209,7 @@ class Store:
             offset += page
 
 
-def _batches(seq: Sequence[Any], size: int) -> list[Sequence[Any]]:
+def _batches(seq: list[Any], size: int) -> list[list[Any]]:
     return [seq[i : i + size] for i in range(0, len(seq), size)]
 
 
@@ -210,14 +234,18 @@ def _file_counts(chunks: dict[str, Chunk], stored: dict[str, dict[str, Any]]) ->
     return counts
 
 
-def ingest(exp: Experiment, *, rebuild: bool = False, strict: bool = False, embedder: Any = None) -> IngestReport:
+def ingest(
+    exp: Experiment, *, rebuild: bool = False, strict: bool = False, embedder: Any = None
+) -> IngestReport:
     """Bring the collection in line with the corpus; see the module docstring."""
     from runner.embedders.base import build_embedder
 
     spec = exp.spec
     corpus = read_corpus(spec.corpus.path, spec.corpus.include)
     if strict and corpus.skipped:
-        raise UserError("files that cannot be ingested (--strict):\n" + "\n".join(f"  {s}" for s in corpus.skipped))
+        raise UserError(
+            "files that cannot be ingested (--strict):\n" + "\n".join(f"  {s}" for s in corpus.skipped)
+        )
     if not corpus.files:
         why = f"; skipped: {', '.join(str(s) for s in corpus.skipped)}" if corpus.skipped else ""
         raise UserError(f"no ingestible files in {spec.corpus.path} matching {spec.corpus.include}{why}")
@@ -249,13 +277,22 @@ def ingest(exp: Experiment, *, rebuild: bool = False, strict: bool = False, embe
     dim = int(vectors.shape[1]) if vectors is not None else meta.get("pov.dim")
     if col is not None and not rebuild and vectors is not None:
         store.check_embedder(meta, spec.embedder, dim)
-    report.chunks = {"added": len(new_ids), "updated": len(changed), "deleted": len(gone_ids),
-                     "unchanged": len(kept) - len(changed)}
+    report.chunks = {
+        "added": len(new_ids),
+        "updated": len(changed),
+        "deleted": len(gone_ids),
+        "unchanged": len(kept) - len(changed),
+    }
     report.files = _file_counts(chunks, stored)
     report.embedding = emb.stats()
 
-    final_meta = {"pov.provider": spec.embedder.provider, "pov.model": spec.embedder.model, "pov.dim": dim,
-                  "pov.chunking": chunking_key(exp), "pov.schema": SCHEMA_VERSION}
+    final_meta = {
+        "pov.provider": spec.embedder.provider,
+        "pov.model": spec.embedder.model,
+        "pov.dim": dim,
+        "pov.chunking": chunking_key(exp),
+        "pov.schema": SCHEMA_VERSION,
+    }
     if col is not None and not rebuild and not (new_ids or gone_ids or changed):
         if meta.get("pov.fingerprint") != fingerprint or meta.get("pov.state") != "complete":
             col.modify(metadata={**final_meta, "pov.fingerprint": fingerprint, "pov.state": "complete"})
@@ -266,15 +303,29 @@ def ingest(exp: Experiment, *, rebuild: bool = False, strict: bool = False, embe
         client.delete_collection(store.name)
         col = None
     if col is None:
-        col = client.create_collection(store.name, configuration={"hnsw": {"space": "cosine"}},
-                                       metadata={**final_meta, "pov.state": "writing"}, embedding_function=None)
+        col = client.create_collection(
+            store.name,
+            configuration={"hnsw": {"space": "cosine"}},
+            metadata={**final_meta, "pov.state": "writing"},
+            embedding_function=None,
+        )
     else:
-        col.modify(metadata={**final_meta, "pov.fingerprint": meta.get("pov.fingerprint", ""), "pov.state": "writing"})
+        col.modify(
+            metadata={
+                **final_meta,
+                "pov.fingerprint": meta.get("pov.fingerprint", ""),
+                "pov.state": "writing",
+            }
+        )
     size = client.get_max_batch_size()
     for part in _batches(list(range(len(new_ids))), size):
         ids = [new_ids[i] for i in part]
-        col.upsert(ids=ids, embeddings=vectors[part[0] : part[-1] + 1],  # type: ignore[index]
-                   documents=[chunks[i].text for i in ids], metadatas=[chunks[i].metadata() for i in ids])
+        col.upsert(
+            ids=ids,
+            embeddings=vectors[part[0] : part[-1] + 1],  # type: ignore[index]
+            documents=[chunks[i].text for i in ids],
+            metadatas=[chunks[i].metadata() for i in ids],
+        )
     for ids in _batches(changed, size):
         col.update(ids=list(ids), metadatas=[chunks[i].metadata() for i in ids])
     for ids in _batches(gone_ids, size):

@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -186,6 +187,24 @@ def _fatal_cuda_error(exc: BaseException) -> bool:
     )
 
 
+def read_tail(path: Path, offset: int, limit: int = STDERR_TAIL_CHARS) -> str:
+    """The end of what was written to `path` after `offset`."""
+    try:
+        with path.open("rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(offset, size - limit * 4))
+            return fh.read().decode("utf-8", errors="replace")[-limit:]
+    except OSError:
+        return ""
+
+
+def file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
 # -- the child process -------------------------------------------------------------------------------------------
 def _redirect_output(path: str) -> None:
     # dup2 onto fds 1 and 2 so that native code (CUDA, faulthandler) writes there too, not only Python.
@@ -275,6 +294,7 @@ def worker_main(
         traceback.print_exc()
         conn.send(("load_failed", *classify_exception(e)))
         return
+    _share_cpu(str(getattr(backend, "device", "cpu")))
     conn.send(("ready", backend.device, backend.info() if hasattr(backend, "info") else {}))
     while True:
         try:
@@ -300,6 +320,16 @@ def worker_main(
         conn.send(("crashed", batch_id, *crash))
         if crash[2]:
             os._exit(3)
+
+
+def _share_cpu(device: str) -> None:
+    """A CPU worker leaves one core to the parent, which embeds answers for the output checks while the
+    next batch generates: with every core taken by both, OpenMP threads spin against each other and
+    generation slows down many times over."""
+    torch = sys.modules.get("torch")
+    cores = os.cpu_count() or 1
+    if torch is not None and device == "cpu" and cores > 1:
+        torch.set_num_threads(min(torch.get_num_threads(), cores - 1))
 
 
 def _release_memory() -> None:

@@ -87,15 +87,29 @@ class _Builder:
         self.count += 1
         if self.count > MAX_NODES:
             raise SpecError(
-                [_problem(self.file, node.start_mark, f"more than {MAX_NODES:,} values once aliases are expanded "
-                          "(an alias bomb?): use fewer anchors")]
+                [
+                    _problem(
+                        self.file,
+                        node.start_mark,
+                        f"more than {MAX_NODES:,} values once aliases are expanded "
+                        "(an alias bomb?): use fewer anchors",
+                    )
+                ]
             )
         self.marks.setdefault(path, Mark(self.file, node.start_mark.line + 1, node.start_mark.column + 1))
         if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_COLLECTION_TAGS:
             # SafeLoader only refuses unknown tags on scalars; a tagged mapping or list would silently
             # become plain data, hiding e.g. `!!python/object/apply:os.system [...]` in a reviewed spec.
-            raise SpecError([_problem(self.file, node.start_mark,
-                                      f"tag {node.tag!r} is not allowed: only plain YAML is allowed", _dotted(path))])
+            raise SpecError(
+                [
+                    _problem(
+                        self.file,
+                        node.start_mark,
+                        f"tag {node.tag!r} is not allowed: only plain YAML is allowed",
+                        _dotted(path),
+                    )
+                ]
+            )
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             merged: dict[Any, Any] = {}
@@ -105,15 +119,32 @@ class _Builder:
                     continue
                 key = self._scalar(key_node, path)
                 if isinstance(key, (list, dict)):
-                    raise SpecError([_problem(self.file, key_node.start_mark, "mapping keys must be plain values",
-                                              _dotted(path))])
+                    raise SpecError(
+                        [
+                            _problem(
+                                self.file,
+                                key_node.start_mark,
+                                "mapping keys must be plain values",
+                                _dotted(path),
+                            )
+                        ]
+                    )
                 if key in out:
                     first = self.marks.get((*path, key))
                     where = f" (first defined on line {first.line})" if first else ""
-                    raise SpecError([_problem(self.file, key_node.start_mark,
-                                              f"duplicate key {key!r}{where}: keep one", _dotted((*path, key)))])
-                self.marks[(*path, key)] = Mark(self.file, key_node.start_mark.line + 1,
-                                                key_node.start_mark.column + 1)
+                    raise SpecError(
+                        [
+                            _problem(
+                                self.file,
+                                key_node.start_mark,
+                                f"duplicate key {key!r}{where}: keep one",
+                                _dotted((*path, key)),
+                            )
+                        ]
+                    )
+                self.marks[(*path, key)] = Mark(
+                    self.file, key_node.start_mark.line + 1, key_node.start_mark.column + 1
+                )
                 out[key] = self.build(value_node, (*path, key))
             # YAML merge semantics: keys written in the mapping win over merged ones.
             return {**{k: v for k, v in merged.items() if k not in out}, **out} if merged else out
@@ -128,8 +159,16 @@ class _Builder:
         sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
         for src in sources:
             if not isinstance(src, yaml.MappingNode):
-                raise SpecError([_problem(self.file, src.start_mark,
-                                          "`<<` merges a mapping or a list of mappings", _dotted(path))])
+                raise SpecError(
+                    [
+                        _problem(
+                            self.file,
+                            src.start_mark,
+                            "`<<` merges a mapping or a list of mappings",
+                            _dotted(path),
+                        )
+                    ]
+                )
             for k, v in self.build(src, path).items():
                 merged.setdefault(k, v)  # of several merged mappings, the first listed wins
 
@@ -139,9 +178,16 @@ class _Builder:
         try:
             return self.loader.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as e:
-            raise SpecError([_problem(self.file, node.start_mark,
-                                      f"{e.problem or 'cannot construct value'}: only plain YAML is allowed",
-                                      _dotted(path))]) from None
+            raise SpecError(
+                [
+                    _problem(
+                        self.file,
+                        node.start_mark,
+                        f"{e.problem or 'cannot construct value'}: only plain YAML is allowed",
+                        _dotted(path),
+                    )
+                ]
+            ) from None
 
 
 def _check_size(root: yaml.Node, file: str) -> None:
@@ -157,8 +203,16 @@ def _check_size(root: yaml.Node, file: str) -> None:
         if key in sizes:
             return sizes[key]
         if key in active or depth > MAX_DEPTH:
-            raise SpecError([_problem(file, node.start_mark, f"nested more than {MAX_DEPTH} levels deep "
-                                      "(or an alias refers to a value that contains it)")])
+            raise SpecError(
+                [
+                    _problem(
+                        file,
+                        node.start_mark,
+                        f"nested more than {MAX_DEPTH} levels deep "
+                        "(or an alias refers to a value that contains it)",
+                    )
+                ]
+            )
         total = 1
         if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
             active.add(key)
@@ -167,8 +221,16 @@ def _check_size(root: yaml.Node, file: str) -> None:
                 total += size(child, depth + 1)
             active.discard(key)
         if total > MAX_NODES:
-            raise SpecError([_problem(file, node.start_mark, f"this value expands to more than {MAX_NODES:,} "
-                                      "values once aliases are expanded (an alias bomb?): use fewer anchors")])
+            raise SpecError(
+                [
+                    _problem(
+                        file,
+                        node.start_mark,
+                        f"this value expands to more than {MAX_NODES:,} "
+                        "values once aliases are expanded (an alias bomb?): use fewer anchors",
+                    )
+                ]
+            )
         sizes[key] = total
         return total
 
@@ -202,8 +264,17 @@ def parse_yaml(text: str, file: str) -> Loaded:
             line = lines[mark.line]
             indent = line[: len(line) - len(line.lstrip(" \t"))]
             if "\t" in indent:
-                raise SpecError([Problem(file, mark.line + 1, indent.index("\t") + 1, "",
-                                         "tab used for indentation: YAML needs spaces")]) from None
+                raise SpecError(
+                    [
+                        Problem(
+                            file,
+                            mark.line + 1,
+                            indent.index("\t") + 1,
+                            "",
+                            "tab used for indentation: YAML needs spaces",
+                        )
+                    ]
+                ) from None
         msg = e.problem or str(e)
         if e.context:
             msg = f"{e.context}, {msg}"
@@ -212,7 +283,9 @@ def parse_yaml(text: str, file: str) -> Loaded:
         raise SpecError([_reader_problem(text, file, e)]) from None
     except RecursionError:
         # PyYAML composes recursively: text nested a few hundred levels deep overflows before _check_size.
-        raise SpecError([Problem(file, 1, 0, "", "nested too deeply to parse: flatten the structure")]) from None
+        raise SpecError(
+            [Problem(file, 1, 0, "", "nested too deeply to parse: flatten the structure")]
+        ) from None
     except yaml.YAMLError as e:  # pragma: no cover - PyYAML marks nearly all of its errors
         raise SpecError([Problem(file, 1, 0, "", f"YAML error: {e}")]) from None
     finally:

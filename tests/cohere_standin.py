@@ -32,7 +32,7 @@ def fake_vector(text: str, input_type: str) -> list[float]:
 class StandIn:
     url: str = ""
     requests: list[dict[str, Any]] = field(default_factory=list)
-    """Each request's JSON body, plus `_auth` = whether an Authorization header was sent."""
+    """Each request's JSON body, plus `_path` (the URL path) and `_failed` (answered with an error)."""
     fail_with: list[int] = field(default_factory=list)
     auth_headers: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -67,18 +67,26 @@ def _handler(state: StandIn) -> type[BaseHTTPRequestHandler]:
             if self.path.rstrip("/") != "/v2/embed":
                 self._send(404, {"message": f"no route {self.path}"})
             elif status == 429:
-                self._send(429, {"message": "You are using a Trial key, which is limited"}, {"retry-after": "0.01"})
+                self._send(
+                    429, {"message": "You are using a Trial key, which is limited"}, {"retry-after": "0.01"}
+                )
             elif status != 200:
                 self._send(status, {"message": f"stand-in error {status}"})
             else:
                 texts = body.get("texts") or []
-                self._send(200, {
-                    "id": hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16],
-                    "embeddings": {"float": [fake_vector(t, body.get("input_type", "")) for t in texts]},
-                    "texts": texts,
-                    "meta": {"api_version": {"version": "2"}, "billed_units": {"input_tokens": len(texts)}},
-                    "response_type": "embeddings_by_type",
-                })
+                self._send(
+                    200,
+                    {
+                        "id": hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16],
+                        "embeddings": {"float": [fake_vector(t, body.get("input_type", "")) for t in texts]},
+                        "texts": texts,
+                        "meta": {
+                            "api_version": {"version": "2"},
+                            "billed_units": {"input_tokens": len(texts)},
+                        },
+                        "response_type": "embeddings_by_type",
+                    },
+                )
 
     return Handler
 

@@ -20,6 +20,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # ---- generation: tiny model, stand-in retriever, small experiments -------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default tiny Llama (seed 0, trained on data/brics), built once per test session."""
@@ -47,12 +48,18 @@ class StubResult:
 
     def final_chunks(self) -> list[dict[str, Any]]:
         last = self.stages[-1]
-        return [{"id": i, "text": t, "score": s, "rank": r + 1}
-                for r, (i, t, s) in enumerate(zip(last.ids, last.texts, last.scores, strict=True))]
+        return [
+            {"id": i, "text": t, "score": s, "rank": r + 1}
+            for r, (i, t, s) in enumerate(zip(last.ids, last.texts, last.scores, strict=True))
+        ]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"question": self.question, "pov_set": self.pov_set, "k": list(self.k),
-                "stages": [vars(s).copy() for s in self.stages]}
+        return {
+            "question": self.question,
+            "pov_set": self.pov_set,
+            "k": list(self.k),
+            "stages": [vars(s).copy() for s in self.stages],
+        }
 
 
 class StubRetriever:
@@ -60,8 +67,9 @@ class StubRetriever:
     `words` caps each chunk (short prompts keep CPU generation fast); `override` maps a question id to the
     text of its only chunk (to make one cell's prompt huge, say)."""
 
-    def __init__(self, corpus: Path = REPO / "data" / "brics", words: int = 30,
-                 override: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, corpus: Path = REPO / "data" / "brics", words: int = 30, override: dict[str, str] | None = None
+    ) -> None:
         paragraphs = []
         for f in sorted(corpus.glob("[0-9]*.md")):
             for i, para in enumerate(re.split(r"\n\s*\n", f.read_text())):
@@ -83,8 +91,14 @@ class StubRetriever:
                 picked = [self.paragraphs[(start + j) % len(self.paragraphs)] for j in range(n)]
                 if q in self.override:
                     picked = [(f"override-{q}", self.override[q])]
-                stages.append(StubStage(name, [p[0] for p in picked], [p[1] for p in picked],
-                                        [1.0 - j / 100 for j in range(len(picked))]))
+                stages.append(
+                    StubStage(
+                        name,
+                        [p[0] for p in picked],
+                        [p[1] for p in picked],
+                        [1.0 - j / 100 for j in range(len(picked))],
+                    )
+                )
             k3 = (int(k[0]), int(k[1]), int(k[2]))
             out[(q, pov, k3)] = StubResult(q, pov, k3, stages)
         return out
@@ -110,8 +124,15 @@ class RecordingTracker:
         self.finished: dict[str, Any] | None = None
         self.run_id = "rec-1"
 
-    def start(self, exp: Any, cells: list[Any], manifest: dict[str, Any], *, fresh: bool = False,
-              retry_crashed: bool = False) -> set[str]:
+    def start(
+        self,
+        exp: Any,
+        cells: list[Any],
+        manifest: dict[str, Any],
+        *,
+        fresh: bool = False,
+        retry_crashed: bool = False,
+    ) -> set[str]:
         self.started = {"cells": len(cells), "fresh": fresh, "retry_crashed": retry_crashed}
         return set(self.skip)
 
@@ -147,23 +168,33 @@ instructions: 1
 """
 
 
-def gen_spec(tmp: Path, model_dir: Path, *, questions: int = 5, personas: int = 2, pov_sets: int = 3,
-             limits: str = "{cell_timeout_s: 5}", extra: str = "") -> Path:
+def gen_spec(
+    tmp: Path,
+    model_dir: Path,
+    *,
+    questions: int = 5,
+    personas: int = 2,
+    pov_sets: int = 3,
+    limits: str = "{cell_timeout_s: 5}",
+    extra: str = "",
+) -> Path:
     """A small spec over the BRICS corpus with the tiny model: questions x personas x POV sets cells."""
     (tmp / "short.j2").write_text(SHORT_TEMPLATE)
-    qs = "\n".join(f"  - {{id: q{i}, text: 'What does question number {i} ask about BRICS?'}}"
-                   for i in range(1, questions + 1))
+    qs = "\n".join(
+        f"  - {{id: q{i}, text: 'What does question number {i} ask about BRICS?'}}"
+        for i in range(1, questions + 1)
+    )
     ps = "\n".join(f"  p{i}: ['Point of view number {i} matters most.']" for i in range(1, pov_sets + 1))
     pe = "\n".join(f"  a{i}: You are analyst number {i}." for i in range(1, personas + 1))
     spec = f"""name: gen-test
-corpus: {{path: {REPO / 'data' / 'brics'}, collection: brics-gen-test}}
+corpus: {{path: {REPO / "data" / "brics"}, collection: brics-gen-test}}
 questions:
 {qs}
 pov_sets:
 {ps}
 personas:
 {pe}
-templates: {{short: {tmp / 'short.j2'}}}
+templates: {{short: {tmp / "short.j2"}}}
 models:
   tiny: {{backend: transformers, name: {model_dir}, max_seq_length: 512, device: cpu}}
 generation: {{max_new_tokens: 4, temperature: 0.0, seed: 0, batch_size: 4}}
@@ -195,8 +226,12 @@ class EchoBackend:
         from runner.backends.base import GenerationOut
 
         words = [p.split()[-3:] for p in prompts]
-        return [GenerationOut(" ".join(reversed(w)), len(p.split()), min(len(w), params.max_new_tokens), 0.001,
-                              1000.0) for p, w in zip(prompts, words, strict=True)]
+        return [
+            GenerationOut(
+                " ".join(reversed(w)), len(p.split()), min(len(w), params.max_new_tokens), 0.001, 1000.0
+            )
+            for p, w in zip(prompts, words, strict=True)
+        ]
 
     def info(self) -> dict[str, float]:
         return {"worker_pid": float(os.getpid())}
@@ -212,6 +247,7 @@ def echo_backend() -> str:
 
 
 # ---- retrieval: BRICS project copies, real MiniLM, free ports ------------------------------------------------
+
 
 def copy_brics_project(dest: Path) -> Path:
     """A copy of experiments/, data/brics and templates/ under `dest` (its own project root, so its state
@@ -250,8 +286,16 @@ def free_port() -> int:
 
 # ---- report: executions logged straight into MLflow per CONTRACTS.md's schema ------------------------------
 
-def log_pov_execution(client: Any, spec_name: str, spec_hash: str, seed: int, rates: dict[str, float],
-                      experiment: str = "report-test", questions: tuple[str, ...] = ("q1", "q2", "q3")) -> str:
+
+def log_pov_execution(
+    client: Any,
+    spec_name: str,
+    spec_hash: str,
+    seed: int,
+    rates: dict[str, float],
+    experiment: str = "report-test",
+    questions: tuple[str, ...] = ("q1", "q2", "q3"),
+) -> str:
     """Parent + one child per cell (CONTRACTS.md), plus runs the report must not count: a superseded
     crash, a KILLED child, and one left RUNNING (no pov.status)."""
     import random
@@ -261,13 +305,29 @@ def log_pov_execution(client: Any, spec_name: str, spec_hash: str, seed: int, ra
     rng = random.Random(seed)
     exp = client.get_experiment_by_name(experiment)
     eid = exp.experiment_id if exp else client.create_experiment(experiment)
-    parent = client.create_run(eid, run_name=f"{spec_name}-2026010{seed}-000000", tags={
-        "pov.kind": "execution", "pov.spec_name": spec_name, "pov.spec_hash": spec_hash, "pov.state": "finished",
-        "git.commit": "0123456789abcdef", "git.branch": "main", "git.dirty": "false", "gpu.name": "none"})
+    parent = client.create_run(
+        eid,
+        run_name=f"{spec_name}-2026010{seed}-000000",
+        tags={
+            "pov.kind": "execution",
+            "pov.spec_name": spec_name,
+            "pov.spec_hash": spec_hash,
+            "pov.state": "finished",
+            "git.commit": "0123456789abcdef",
+            "git.branch": "main",
+            "git.dirty": "false",
+            "gpu.name": "none",
+        },
+    )
     pid = parent.info.run_id
 
-    def child(axes: dict[str, str], status: str | None, cause: str | None, mlstatus: str,
-              extra: dict[str, str] | None = None) -> None:
+    def child(
+        axes: dict[str, str],
+        status: str | None,
+        cause: str | None,
+        mlstatus: str,
+        extra: dict[str, str] | None = None,
+    ) -> None:
         cid = f"{seed}-" + "-".join(axes.values())
         tags = {"mlflow.parentRunId": pid, "pov.kind": "cell", "pov.cell_id": cid, **(extra or {})}
         if status:
@@ -279,11 +339,20 @@ def log_pov_execution(client: Any, spec_name: str, spec_hash: str, seed: int, ra
         metrics = {"complexity_prompt_tokens": tokens, "complexity_sections": 1.0}
         check_tags = []
         if status == "finished":
-            metrics |= {"latency_s": rng.uniform(0.5, 2.0), "prompt_tokens": tokens, "new_tokens": 16,
-                        "tokens_per_s": 30.0, "gpu_peak_allocated_mb": 100.0 + tokens / 10}
+            metrics |= {
+                "latency_s": rng.uniform(0.5, 2.0),
+                "prompt_tokens": tokens,
+                "new_tokens": 16,
+                "tokens_per_s": 30.0,
+                "gpu_peak_allocated_mb": 100.0 + tokens / 10,
+            }
             check_tags = [RunTag("check.sections", rng.choice(["pass", "fail"])), RunTag("check.idk", "pass")]
-        client.log_batch(run.info.run_id, metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()],
-                         params=[Param(k, v) for k, v in {"cell_id": cid, **axes}.items()], tags=check_tags)
+        client.log_batch(
+            run.info.run_id,
+            metrics=[Metric(k, float(v), 0, 0) for k, v in metrics.items()],
+            params=[Param(k, v) for k, v in {"cell_id": cid, **axes}.items()],
+            tags=check_tags,
+        )
         client.set_terminated(run.info.run_id, mlstatus)
 
     i = 0
@@ -292,17 +361,26 @@ def log_pov_execution(client: Any, spec_name: str, spec_hash: str, seed: int, ra
             for persona in ("professor", "assistant"):
                 for k in ("15-10-5", "15-10-3"):
                     for q in questions:
-                        axes = {"template": template, "model": model, "persona": persona, "k": k,
-                                "pov_set": "gs", "question": q}
+                        axes = {
+                            "template": template,
+                            "model": model,
+                            "persona": persona,
+                            "k": k,
+                            "pov_set": "gs",
+                            "question": q,
+                        }
                         i += 1
                         if i % 11 == 0:  # a crash that was retried: superseded, then redone below
                             child(axes, "crashed", "timeout", "FAILED", {"pov.superseded": "true"})
                         if i % 13 == 0:  # killed mid-cell
                             child(axes, "crashed", "killed", "KILLED")
                         crashed = rng.random() < rate
-                        child(axes, "crashed" if crashed else "finished",
-                              rng.choice(["exception", "segfault"]) if crashed else None,
-                              "FAILED" if crashed else "FINISHED")
+                        child(
+                            axes,
+                            "crashed" if crashed else "finished",
+                            rng.choice(["exception", "segfault"]) if crashed else None,
+                            "FAILED" if crashed else "FINISHED",
+                        )
                         if i == 5:
                             child(axes, None, None, "RUNNING")  # left behind by a kill, never finished
     client.set_terminated(pid, "FINISHED")

@@ -29,14 +29,28 @@ def chroma_cli() -> str:
 def chroma_server(tmp_path: Path) -> Iterator[str]:
     port = free_port()
     log = (tmp_path / "chroma.log").open("w")
-    proc = subprocess.Popen([chroma_cli(), "run", "--path", str(tmp_path / "server-data"), "--host", "127.0.0.1",
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            chroma_cli(),
+            "run",
+            "--path",
+            str(tmp_path / "server-data"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"chroma run exited with {proc.returncode}: {(tmp_path / 'chroma.log').read_text()}")
+                pytest.fail(
+                    f"chroma run exited with {proc.returncode}: {(tmp_path / 'chroma.log').read_text()}"
+                )
             try:
                 with urllib.request.urlopen(f"{url}/api/v2/heartbeat", timeout=1) as resp:
                     if resp.status == 200:
@@ -80,6 +94,8 @@ def test_http_store_gives_the_same_rankings_as_embedded(brics_project: Path, chr
 
 
 def test_unreachable_server_is_a_user_error(brics_project: Path) -> None:
-    exp = load_spec(brics_project / "experiments" / "base.yaml", [f"corpus.chroma_url=http://127.0.0.1:{free_port()}"])
-    with pytest.raises(UserError, match="cannot reach the Chroma server at http://127.0.0.1"):
+    exp = load_spec(
+        brics_project / "experiments" / "base.yaml", [f"corpus.chroma_url=http://127.0.0.1:{free_port()}"]
+    )
+    with pytest.raises(UserError, match=r"cannot reach the Chroma server at http://127\.0\.0\.1"):
         ingest(exp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ def test_long_paragraph_is_cut_into_overlapping_windows() -> None:
     chunks = chunk_text(text, max_words=100, overlap_words=20)
     toks = [c.split() for c in chunks]
     assert all(len(t) <= 100 for t in toks)
-    for a, b in zip(toks, toks[1:], strict=False):
+    for a, b in itertools.pairwise(toks):
         assert a[-20:] == b[:20]
     rebuilt = toks[0] + [w for t in toks[1:] for w in t[20:]]
     assert rebuilt == text.split()
@@ -65,7 +66,9 @@ def test_overlap_must_be_smaller_than_max() -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(1, 300), min_size=1, max_size=12), st.integers(10, 200), st.integers(0, 9))
-def test_chunks_respect_max_words_and_lose_no_word(sizes: list[int], max_words: int, overlap_tenths: int) -> None:
+def test_chunks_respect_max_words_and_lose_no_word(
+    sizes: list[int], max_words: int, overlap_tenths: int
+) -> None:
     overlap = max_words * overlap_tenths // 10
     text = "\n\n".join(words(n, f"p{i}_") for i, n in enumerate(sizes))
     chunks = chunk_text(text, max_words, overlap)
@@ -145,23 +148,32 @@ def test_fingerprint_follows_files_and_chunking(tmp_path: Path) -> None:
     assert corpus_fingerprint(tmp_path, ["*.md"], "c1") != fp2
 
 
-@pytest.mark.parametrize(("text", "reason"), [
-    ("Related: A (https://x.example/a) | B (https://x.example/b) | C (https://x.example/c)", "links"),
-    ("Home | About | Topics | Markets | Events | Contact", "menu"),
-    ("© 2025 Example Forum. All rights reserved.", "footer"),
-    ("Castellanos, R. (2023). Clubs and Coalitions. Journal of Things, 18(2), pp. 101-129.", "reference entry"),
-    ("Topics: Economy, Trade, Security, Energy, Currencies, Development.", "word list"),
-])
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("Related: A (https://x.example/a) | B (https://x.example/b) | C (https://x.example/c)", "links"),
+        ("Home | About | Topics | Markets | Events | Contact", "menu"),
+        ("© 2025 Example Forum. All rights reserved.", "footer"),
+        (
+            "Castellanos, R. (2023). Clubs and Coalitions. Journal of Things, 18(2), pp. 101-129.",
+            "reference entry",
+        ),
+        ("Topics: Economy, Trade, Security, Energy, Currencies, Development.", "word list"),
+    ],
+)
 def test_boilerplate_paragraphs_are_recognised(text: str, reason: str) -> None:
     assert boilerplate_reason(text) == reason
 
 
-@pytest.mark.parametrize("text", [
-    "The G7 was slow to take BRICS seriously, and its early response was to ignore the group.",
-    "We use cookies to improve your experience, and you can change that at any time.",
-    "Japan sits awkwardly on the fault line of the new world economy; see https://example.org for more.",
-    "BRICS grew.",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The G7 was slow to take BRICS seriously, and its early response was to ignore the group.",
+        "We use cookies to improve your experience, and you can change that at any time.",
+        "Japan sits awkwardly on the fault line of the new world economy; see https://example.org for more.",
+        "BRICS grew.",
+    ],
+)
 def test_prose_is_not_boilerplate(text: str) -> None:
     assert boilerplate_reason(text) is None
 
@@ -187,6 +199,8 @@ def test_short_leftover_chunks_are_dropped_only_with_the_filter() -> None:
 
 
 def test_word_list_rule_spares_languages_without_english_stopwords() -> None:
-    german = ("Die Erweiterung der Gruppe veränderte die Wahrnehmung fast über Nacht. Ägypten, Äthiopien, "
-              "Iran und die Vereinigten Arabischen Emirate nahmen Anfang 2024 ihre Plätze ein.")
+    german = (
+        "Die Erweiterung der Gruppe veränderte die Wahrnehmung fast über Nacht. Ägypten, Äthiopien, "
+        "Iran und die Vereinigten Arabischen Emirate nahmen Anfang 2024 ihre Plätze ein."
+    )
     assert chunk_text(german, 180, 30, drop_boilerplate=True) == [german]

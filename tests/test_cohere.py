@@ -46,10 +46,12 @@ def test_batches_of_at_most_96_with_the_right_input_type(standin: StandIn, api_k
     assert all(r["embedding_types"] == ["float"] and r["model"] == "embed-english-v3.0" for r in reqs)
     assert all(r["_path"] == "/v2/embed" for r in reqs)
     assert all(h == f"Bearer {api_key}" for h in standin.auth_headers)
-    np.testing.assert_allclose(got, normalize_rows(np.array([fake_vector(t, "search_document") for t in docs])),
-                               atol=1e-6)
-    np.testing.assert_allclose(got_q, normalize_rows(np.array([fake_vector(t, "search_query") for t in queries])),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        got, normalize_rows(np.array([fake_vector(t, "search_document") for t in docs])), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        got_q, normalize_rows(np.array([fake_vector(t, "search_query") for t in queries])), atol=1e-6
+    )
     assert emb.calls == 4 and emb.retries == 0
 
 
@@ -73,10 +75,12 @@ def test_retries_give_up_with_a_clear_error(standin: StandIn, api_key: str) -> N
     assert len(standin.requests) == 3
 
 
-@pytest.mark.parametrize(("status", "message"), [(401, "refused the API key in CO_API_KEY"),
-                                                 (400, "rejected the embed request")])
-def test_client_errors_are_user_errors_without_retry(standin: StandIn, api_key: str, status: int,
-                                                     message: str) -> None:
+@pytest.mark.parametrize(
+    ("status", "message"), [(401, "refused the API key in CO_API_KEY"), (400, "rejected the embed request")]
+)
+def test_client_errors_are_user_errors_without_retry(
+    standin: StandIn, api_key: str, status: int, message: str
+) -> None:
     emb = CohereEmbedder(SPEC, sleep=lambda s: pytest.fail("no retry expected"))
     standin.fail_with[:] = [status]
     with pytest.raises(UserError, match=message) as err:
@@ -90,8 +94,9 @@ def test_missing_key_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
         CohereEmbedder(SPEC)
 
 
-def test_missing_key_through_the_cli_exits_2(monkeypatch: pytest.MonkeyPatch, brics_project: Path,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_key_through_the_cli_exits_2(
+    monkeypatch: pytest.MonkeyPatch, brics_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from runner.cli import main
 
     monkeypatch.delenv("CO_API_KEY", raising=False)
@@ -104,8 +109,12 @@ def test_missing_key_through_the_cli_exits_2(monkeypatch: pytest.MonkeyPatch, br
 
 
 def test_retrieval_with_a_cohere_reranker_end_to_end_never_leaks_the_key(
-        standin: StandIn, api_key: str, brics_project: Path, capsys: pytest.CaptureFixture[str],
-        caplog: pytest.LogCaptureFixture) -> None:
+    standin: StandIn,
+    api_key: str,
+    brics_project: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """seed_replica: MiniLM in Chroma, Cohere for both reranks; through the CLI, a 429 on the first call."""
     from runner.cli import main
 
@@ -114,8 +123,26 @@ def test_retrieval_with_a_cohere_reranker_end_to_end_never_leaks_the_key(
     assert main(["ingest", str(spec)]) == 0
     ingest_out, ingest_err = capsys.readouterr()
     standin.fail_with[:] = [429]
-    assert main(["retrieve", str(spec), "--json", "--question", "japan-alliances", "--question",
-                 "g7-response", "--pov-set", "security", "--pov-set", "global_south", "--k", "15,10,5"]) == 0
+    assert (
+        main(
+            [
+                "retrieve",
+                str(spec),
+                "--json",
+                "--question",
+                "japan-alliances",
+                "--question",
+                "g7-response",
+                "--pov-set",
+                "security",
+                "--pov-set",
+                "global_south",
+                "--k",
+                "15,10,5",
+            ]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
     results = [json.loads(line) for line in out.splitlines()]
     assert len(results) == 4 and all(len(r["stages"][2]["ids"]) == 5 for r in results)

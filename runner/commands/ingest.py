@@ -18,10 +18,14 @@ from runner.commands import add_spec_arguments
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_spec_arguments(parser)
-    parser.add_argument("--rebuild", action="store_true",
-                        help="drop the collection and ingest from scratch (e.g. after changing the embedder)")
-    parser.add_argument("--strict", action="store_true",
-                        help="refuse to ingest when any file is empty, binary or not UTF-8")
+    parser.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="drop the collection and ingest from scratch (e.g. after changing the embedder)",
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="refuse to ingest when any file is empty, binary or not UTF-8"
+    )
     parser.add_argument("--json", action="store_true", help="print the counts as one JSON object")
 
 
@@ -36,10 +40,18 @@ def main(args: argparse.Namespace) -> int:
     for rel in report.no_chunks:
         sys.stderr.write(f"note: {rel}: no chunks (every paragraph is boilerplate or too short)\n")
     if args.json:
-        print(json.dumps({"collection": report.collection, "location": report.location,
-                          "chunks": report.chunks, "files": report.files,
-                          "skipped": [{"file": s.rel, "reason": s.reason} for s in report.skipped],
-                          "embedding": report.embedding}))
+        print(
+            json.dumps(
+                {
+                    "collection": report.collection,
+                    "location": report.location,
+                    "chunks": report.chunks,
+                    "files": report.files,
+                    "skipped": [{"file": s.rel, "reason": s.reason} for s in report.skipped],
+                    "embedding": report.embedding,
+                }
+            )
+        )
         return 0
 
     def fmt(counts: dict[str, int]) -> str:

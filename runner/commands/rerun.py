@@ -11,10 +11,17 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_id", metavar="RUN_ID", help="MLflow run id of a past execution (a parent run)")
-    parser.add_argument("--tracking-uri", metavar="URI",
-                        help="MLflow store holding the run (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    parser.add_argument("--fresh", action="store_true", help="start a new rerun rather than resume a killed one")
-    parser.add_argument("--retry-crashed", action="store_true", help="run again the cells that crashed in the rerun")
+    parser.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow store holding the run (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="start a new rerun rather than resume a killed one"
+    )
+    parser.add_argument(
+        "--retry-crashed", action="store_true", help="run again the cells that crashed in the rerun"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -25,10 +32,18 @@ def main(args: argparse.Namespace) -> int:
 
     err = Console(stderr=True, quiet=args.quiet)
     # Plain print: one line per drift, never re-wrapped, so it can be grepped.
-    outcome = rerun(args.run_id, tracking_uri=args.tracking_uri, fresh=args.fresh,
-                    retry_crashed=args.retry_crashed, console=err, say=lambda line: print(line, flush=True))
+    outcome = rerun(
+        args.run_id,
+        tracking_uri=args.tracking_uri,
+        fresh=args.fresh,
+        retry_crashed=args.retry_crashed,
+        console=err,
+        say=lambda line: print(line, flush=True),
+    )
     summary = outcome.summary
     causes = ", ".join(f"{c} {n}" for c, n in sorted(getattr(summary, "crashed_by_cause", {}).items()))
-    print(f"{getattr(summary, 'finished', 0)} finished, {getattr(summary, 'crashed', 0)} crashed"
-          f"{f' ({causes})' if causes else ''}, {getattr(summary, 'cells_skipped', 0)} already done")
+    print(
+        f"{getattr(summary, 'finished', 0)} finished, {getattr(summary, 'crashed', 0)} crashed"
+        f"{f' ({causes})' if causes else ''}, {getattr(summary, 'cells_skipped', 0)} already done"
+    )
     return 0

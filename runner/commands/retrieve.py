@@ -36,8 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=70, help="characters of each chunk's first line shown")
 
 
-def select_keys(exp: Any, questions: list[str] | None, pov_sets: list[str] | None,
-                k: tuple[int, int, int] | None) -> list[tuple[str, str, tuple[int, int, int]]]:
+def select_keys(
+    exp: Any, questions: list[str] | None, pov_sets: list[str] | None, k: tuple[int, int, int] | None
+) -> list[tuple[str, str, tuple[int, int, int]]]:
     from runner.matrix import expand
 
     cells = expand(exp)
@@ -68,8 +69,12 @@ def _table(result: Any, question_text: str, sources: dict[str, str], width: int)
     # Chunks that reached stage 3 first (in its order), then the rest of stage 2, then of stage 1.
     rows = list(dict.fromkeys([*result.stages[2].ids, *result.stages[1].ids, *result.stages[0].ids]))
     k = "-".join(map(str, result.k))
-    table = Table(title=f"{result.question} · {result.pov_set} · k={k}", caption=question_text,
-                  caption_justify="left", expand=True)
+    table = Table(
+        title=f"{result.question} · {result.pov_set} · k={k}",
+        caption=question_text,
+        caption_justify="left",
+        expand=True,
+    )
     for name in ("vector", "query", "pov"):
         table.add_column(f"# {name}", justify="right", no_wrap=True, min_width=8)
     table.add_column("chunk", no_wrap=True, min_width=8)
@@ -95,8 +100,10 @@ def main(args: argparse.Namespace) -> int:
     for w in retriever.warnings:
         sys.stderr.write(f"warning: {w}\n")
     stats = retriever.cache_stats()
-    summary = (f"embedding cache: {stats['hits']} hits, {stats['misses']} misses, "
-               f"{stats['provider_calls']} provider calls")
+    summary = (
+        f"embedding cache: {stats['hits']} hits, {stats['misses']} misses, "
+        f"{stats['provider_calls']} provider calls"
+    )
     if args.json:
         for key in keys:
             sys.stdout.write(json.dumps(results[key].to_dict()) + "\n")
@@ -108,7 +115,9 @@ def main(args: argparse.Namespace) -> int:
     col = retriever.store.collection()
     ids = list(dict.fromkeys(i for r in results.values() for i in r.stages[0].ids))
     got = col.get(ids=ids, include=["metadatas"]) if col is not None and ids else {"ids": [], "metadatas": []}
-    sources = {i: str((m or {}).get("source", "")) for i, m in zip(got["ids"], got["metadatas"] or [], strict=False)}
+    sources = {
+        i: str((m or {}).get("source", "")) for i, m in zip(got["ids"], got["metadatas"] or [], strict=False)
+    }
     for key in keys:
         console.print(_table(results[key], exp.questions[key[0]].text, sources, args.width))
     console.print(summary)

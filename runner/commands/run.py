@@ -102,6 +102,11 @@ def main(args: argparse.Namespace) -> int:
     out.print(
         f"wall time {_duration(summary.wall_time_s)} (inside generate {_duration(summary.generate_time_s)})"
     )
+    if summary.cells_run == 0 and summary.cells_skipped:
+        out.print(
+            "nothing to do: every cell is recorded in this spec's latest execution "
+            "(--retry-crashed runs its crashed cells again, --fresh starts a new execution)"
+        )
     out.print(f"results: {summary.results_path}")
     run_id = getattr(tracker, "run_id", None)
     if run_id:

@@ -66,8 +66,14 @@ def same_embedder(a: EmbedderSpec, b: EmbedderSpec) -> bool:
 class CachedEmbedder:
     """An `Embedder` that consults the cache first; see the module docstring."""
 
-    def __init__(self, provider: str, model: str, namespace: str, factory: Callable[[], Provider],
-                 cache: EmbeddingCache | None) -> None:
+    def __init__(
+        self,
+        provider: str,
+        model: str,
+        namespace: str,
+        factory: Callable[[], Provider],
+        cache: EmbeddingCache | None,
+    ) -> None:
         self.provider, self.model, self.namespace = provider, model, namespace
         self._factory = factory
         self._inner: Provider | None = None
@@ -104,7 +110,9 @@ class CachedEmbedder:
         if missing:
             vecs = normalize_rows(self._provider().embed([unique[s] for s in missing], kind))
             if vecs.shape[0] != len(missing):
-                raise RuntimeError(f"{self.provider} returned {vecs.shape[0]} embeddings for {len(missing)} texts")
+                raise RuntimeError(
+                    f"{self.provider} returned {vecs.shape[0]} embeddings for {len(missing)} texts"
+                )
             new = dict(zip(missing, vecs, strict=True))
             if self.cache is not None:
                 self.cache.put_many(self.provider, self.namespace, kind, new.items())
@@ -115,8 +123,10 @@ class CachedEmbedder:
             return np.zeros((0, self.dim or 0), dtype=np.float32)
         out = np.stack([found[s] for s in shas]).astype(np.float32, copy=False)
         if self.dim is not None and out.shape[1] != self.dim:
-            raise RuntimeError(f"{self.provider}/{self.model} returned dimension {out.shape[1]}, "
-                               f"earlier {self.dim}: clear {self.cache.path if self.cache else 'the cache'}")
+            raise RuntimeError(
+                f"{self.provider}/{self.model} returned dimension {out.shape[1]}, "
+                f"earlier {self.dim}: clear {self.cache.path if self.cache else 'the cache'}"
+            )
         self.dim = out.shape[1]
         return out
 

@@ -58,9 +58,13 @@ def load_model(path: str, device: str) -> Any:
     try:
         return SentenceTransformer(path, device=device)
     except (OSError, ValueError) as e:
-        hint = ("it is not a local folder, and the Hugging Face hub is offline (HF_HUB_OFFLINE=1): "
-                "download it elsewhere and give its folder as embedder.model")
-        raise UserError(f"cannot load sentence-transformers model {path!r}: {hint} ({e.__class__.__name__})") from None
+        hint = (
+            "it is not a local folder, and the Hugging Face hub is offline (HF_HUB_OFFLINE=1): "
+            "download it elsewhere and give its folder as embedder.model"
+        )
+        raise UserError(
+            f"cannot load sentence-transformers model {path!r}: {hint} ({e.__class__.__name__})"
+        ) from None
 
 
 class SentenceTransformerEmbedder:
@@ -82,8 +86,10 @@ class SentenceTransformerEmbedder:
         if kind == "query" and self.query_prompt is not None:
             if self.query_prompt not in prompts:
                 known = ", ".join(sorted(prompts)) or "none"
-                raise UserError(f"embedder.query_prompt {self.query_prompt!r} is not a prompt of model "
-                                f"{self.model!r} (its prompts: {known})")
+                raise UserError(
+                    f"embedder.query_prompt {self.query_prompt!r} is not a prompt of model "
+                    f"{self.model!r} (its prompts: {known})"
+                )
             return self.query_prompt
         return kind if prompts.get(kind) else None
 
@@ -93,7 +99,13 @@ class SentenceTransformerEmbedder:
         model = self.st_model
         if not texts:
             return np.zeros((0, model.get_sentence_embedding_dimension() or 0), dtype=np.float32)
-        out = model.encode(texts, batch_size=self.batch_size, prompt_name=self.prompt_name(kind),
-                           normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+        out = model.encode(
+            texts,
+            batch_size=self.batch_size,
+            prompt_name=self.prompt_name(kind),
+            normalize_embeddings=True,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
         self.calls += math.ceil(len(texts) / self.batch_size)
         return normalize_rows(out)

@@ -7,15 +7,18 @@ one whose model fails to load takes its whole group down with it, since every jo
 
 from __future__ import annotations
 
+import queue
+import re
+import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from runner.workers import Job, JobResult, LoadFailed, WorkerCrash
 
 if TYPE_CHECKING:
-    from runner.spec import Generation, Limits
+    from runner.spec import Generation, Limits, Model
 
 
 class Worker(Protocol):
@@ -72,6 +75,7 @@ def run_group(
     """Run every job of one model group on `worker`, emitting results batch by batch."""
     pending: deque[tuple[list[Job], int]] = deque((b, 1) for b in make_batches(jobs, params.batch_size))
     last_crash: WorkerCrash | None = None
+    started: dict[str, float] = {}
     while pending and not should_stop():
         if not worker.alive:
             if last_crash is not None:
@@ -84,7 +88,7 @@ def run_group(
                     return
                 budget.used += 1
             try:
-                worker.start()
+                started = worker.start()
             except LoadFailed as failed:
                 note = f"model failed to load: {failed.error}"
                 emit([crashed_result(j, failed, a, 0, note) for batch, a in pending for j in batch])
@@ -105,4 +109,88 @@ def run_group(
             continue
         for r in results:
             r.metrics["attempts"] = float(attempt)
+            if "worker_start_s" in started:
+                r.metrics["worker_start_s"] = started["worker_start_s"]
         emit(results)
+
+
+class SlotPool:
+    """Worker slots in threads, taking model groups from one queue; results reach `on_result` in the caller's
+    thread only, so the tracker and the progress bar never see two threads. Shared by the local and Ray
+    executors, which differ only in how a slot makes its worker."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.workers: list[Any] = []
+        self.restarts = 0
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def run(
+        self,
+        groups: dict[str, tuple[Model, list[Job]]],
+        n_slots: int,
+        make_worker: Callable[[int, str, Model], Any],
+        params: Generation,
+        on_result: Callable[[list[JobResult]], None],
+    ) -> None:
+        from runner.workers import Stopped
+
+        work: queue.Queue[tuple[str, Model, list[Job]]] = queue.Queue()
+        for key, (model, jobs) in groups.items():
+            if jobs:
+                work.put((key, model, jobs))
+        results: queue.Queue[list[JobResult]] = queue.Queue()
+        errors: list[BaseException] = []
+        self.stop.clear()
+
+        def slot_main(index: int) -> None:
+            budget = RestartBudget(self.limits.max_worker_restarts)
+            while not self.stop.is_set():
+                try:
+                    key, model, jobs = work.get_nowait()
+                except queue.Empty:
+                    return
+                worker = make_worker(index, re.sub(r"[^A-Za-z0-9_.-]", "_", key), model)
+                with self._lock:
+                    self.workers.append(worker)
+                try:
+                    run_group(worker, jobs, params, self.limits, results.put, budget, self.stop.is_set)
+                except Stopped:
+                    return
+                except BaseException as e:  # a bug here must not hang the run: hand it to the caller
+                    errors.append(e)
+                    self.stop.set()
+                    return
+                finally:
+                    worker.stop()
+                    with self._lock:
+                        self.restarts += max(0, worker.starts - 1)
+
+        threads = [
+            threading.Thread(target=slot_main, args=(i,), name=f"pov-slot-{i}", daemon=True)
+            for i in range(n_slots)
+        ]
+        for t in threads:
+            t.start()
+        try:
+            while any(t.is_alive() for t in threads) or not results.empty():
+                try:
+                    batch = results.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                on_result(batch)
+        except BaseException:
+            self.shutdown()
+            raise
+        finally:
+            for t in threads:
+                t.join(timeout=30)
+        if errors:
+            raise errors[0]
+
+    def shutdown(self) -> None:
+        """Stop every worker now (Ctrl-C, or an error in the caller)."""
+        self.stop.set()
+        for worker in list(self.workers):
+            worker.terminate()

@@ -9,17 +9,14 @@ the progress bar never see two threads.
 from __future__ import annotations
 
 import os
-import queue
-import re
 import tempfile
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runner.executors.driver import RestartBudget, run_group
+from runner.executors.driver import SlotPool
 from runner.executors.process import ProcessWorker
-from runner.workers import JobResult, Stopped
+from runner.workers import JobResult
 
 if TYPE_CHECKING:
     from runner.spec import Generation, Limits, Model
@@ -51,9 +48,7 @@ class LocalExecutor:
         from runner.spec import Limits
 
         self.gpus, self.limits, self.log_dir = gpus, limits or Limits(), log_dir
-        self.workers: list[ProcessWorker] = []
-        self.restarts = 0
-        self._stop = threading.Event()
+        self._pool = SlotPool(self.limits)
 
     def slots(self) -> list[tuple[str, str | None]]:
         """(device, CUDA_VISIBLE_DEVICES for its worker) per worker slot. A worker sees only its own GPU,
@@ -75,70 +70,29 @@ class LocalExecutor:
 
     def run(self, groups: Groups, params: Generation, on_result: Callable[[list[JobResult]], None]) -> None:
         log_dir = self.log_dir or Path(tempfile.mkdtemp(prefix="pov-workers-"))
-        work: queue.Queue[tuple[str, Model, list[Job]]] = queue.Queue()
-        for key, (model, jobs) in groups.items():
-            if jobs:
-                work.put((key, model, jobs))
-        results: queue.Queue[list[JobResult]] = queue.Queue()
-        errors: list[BaseException] = []
-        lock = threading.Lock()
-        self._stop.clear()
+        slots = self.slots()
 
-        def slot_main(index: int, device: str, cuda_visible: str | None) -> None:
-            budget = RestartBudget(self.limits.max_worker_restarts)
-            while not self._stop.is_set():
-                try:
-                    key, model, jobs = work.get_nowait()
-                except queue.Empty:
-                    return
-                safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
-                worker = ProcessWorker(
-                    model,
-                    device,
-                    self.limits,
-                    log_dir / f"worker{index}-{safe}.log",
-                    cuda_visible=cuda_visible,
-                    should_stop=self._stop.is_set,
-                )
-                with lock:
-                    self.workers.append(worker)
-                try:
-                    run_group(worker, jobs, params, self.limits, results.put, budget, self._stop.is_set)
-                except Stopped:
-                    return
-                except BaseException as e:  # a bug here must not hang the run: report it to the caller
-                    errors.append(e)
-                    self._stop.set()
-                    return
-                finally:
-                    worker.stop()
-                    with lock:
-                        self.restarts += worker.starts - 1 if worker.starts else 0
+        def make_worker(index: int, key: str, model: Model) -> ProcessWorker:
+            device, cuda_visible = slots[index]
+            return ProcessWorker(
+                model,
+                device,
+                self.limits,
+                log_dir / f"worker{index}-{key}.log",
+                cuda_visible=cuda_visible,
+                should_stop=self._pool.stop.is_set,
+            )
 
-        threads = [
-            threading.Thread(target=slot_main, args=(i, dev, vis), name=f"pov-slot-{i}", daemon=True)
-            for i, (dev, vis) in enumerate(self.slots())
-        ]
-        for t in threads:
-            t.start()
-        try:
-            while any(t.is_alive() for t in threads) or not results.empty():
-                try:
-                    batch = results.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                on_result(batch)
-        except BaseException:
-            self.shutdown()
-            raise
-        finally:
-            for t in threads:
-                t.join(timeout=30)
-        if errors:
-            raise errors[0]
+        self._pool.run(groups, len(slots), make_worker, params, on_result)
+
+    @property
+    def workers(self) -> list[ProcessWorker]:
+        return self._pool.workers
+
+    @property
+    def restarts(self) -> int:
+        return self._pool.restarts
 
     def shutdown(self) -> None:
         """Stop every worker now (Ctrl-C, or an error in the caller)."""
-        self._stop.set()
-        for worker in list(self.workers):
-            worker.terminate()
+        self._pool.shutdown()

@@ -4,7 +4,6 @@ with a deadline, and turn its death into a crash cause with the tail of its stde
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from pathlib import Path
@@ -12,36 +11,19 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from runner.workers import (
     LOAD_TIMEOUT_S,
-    STDERR_TAIL_CHARS,
     Job,
     JobResult,
     LoadFailed,
     Stopped,
     WorkerCrash,
     classify_exit,
+    file_size,
+    read_tail,
     worker_main,
 )
 
 if TYPE_CHECKING:
     from runner.spec import Generation, Limits, Model
-
-
-def read_tail(path: Path, offset: int, limit: int = STDERR_TAIL_CHARS) -> str:
-    """The end of what was written to `path` after `offset`."""
-    try:
-        with path.open("rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            fh.seek(max(offset, size - limit * 4))
-            return fh.read().decode("utf-8", errors="replace")[-limit:]
-    except OSError:
-        return ""
-
-
-def file_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 class ProcessWorker:
@@ -110,6 +92,7 @@ class ProcessWorker:
             _end(spare)
             self.proc, self.conn = self._spawn()
         self.starts += 1
+        started = time.monotonic()
         if self._want_spare:
             # The next spare imports while this one loads the model, so it is ready for the next crash.
             self._spare = self._spawn()
@@ -125,7 +108,9 @@ class ProcessWorker:
         if msg[0] != "ready":
             self.kill()
             raise LoadFailed(msg[1], msg[2], read_tail(self.stderr_path, offset), worker_alive=False)
-        self.device, self.info = msg[1], msg[2]
+        self.device = msg[1]
+        # Spawn, imports and model load, as the parent waited for them.
+        self.info = {**msg[2], "worker_start_s": time.monotonic() - started}
         return self.info
 
     def run_batch(self, jobs: list[Job], params: Generation, timeout_s: float) -> list[JobResult]:

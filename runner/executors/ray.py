@@ -16,24 +16,22 @@ Batching, crash isolation and restarts are the same code as the local executor's
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-import queue
 import re
 import sys
 import tempfile
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.executors.driver import RestartBudget, run_group
+from runner.executors.driver import SlotPool
 from runner.workers import (
     LOAD_TIMEOUT_S,
     Job,
     JobResult,
     LoadFailed,
-    Stopped,
     WorkerCrash,
     classify_exception,
     file_size,
@@ -115,14 +113,17 @@ def death_cause(message: str, stderr_tail: str) -> str:
 class RayWorker:
     """The driver's handle on one actor slot; implements executors.driver.Worker."""
 
-    def __init__(self, ray: Any, model: Model, limits: Limits, config: Executor, log_path: Path,
-                 gpus_per_actor: float) -> None:
+    def __init__(
+        self, ray: Any, model: Model, limits: Limits, config: Executor, log_path: Path, gpus_per_actor: float
+    ) -> None:
         self.ray, self.model, self.limits, self.config = ray, model, limits, config
         self.log_path, self.gpus_per_actor = log_path, gpus_per_actor
         self.actor: Any = None
         self.info: dict[str, float] = {}
         self.device = "cpu"
         self.starts = 0
+        self.pid: int | None = None
+        self.in_flight = False
 
     @property
     def alive(self) -> bool:
@@ -132,50 +133,60 @@ class RayWorker:
         ray = self.ray
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         offset = file_size(self.log_path)
-        remote = ray.remote(GenerationActor).options(num_gpus=self.gpus_per_actor, num_cpus=1, max_restarts=0,
-                                                     max_task_retries=0)
-        self.actor = remote.remote(self.model.model_dump(mode="json"), self.limits.gpu_memory_gb, str(self.log_path))
+        remote = ray.remote(GenerationActor).options(
+            num_gpus=self.gpus_per_actor, num_cpus=1, max_restarts=0, max_task_retries=0
+        )
+        self.actor = remote.remote(
+            self.model.model_dump(mode="json"), self.limits.gpu_memory_gb, str(self.log_path)
+        )
         self.starts += 1
         try:
-            self.device, self.info, _pid = ray.get(self.actor.ready.remote(), timeout=LOAD_TIMEOUT_S)
+            self.device, self.info, self.pid = ray.get(self.actor.ready.remote(), timeout=LOAD_TIMEOUT_S)
         except Exception as e:
             tail = read_tail(self.log_path, offset)
             self.kill()
             cause = death_cause(str(e), tail) if _is_death(ray, e) else classify_exception(_root(ray, e))[0]
-            raise LoadFailed(cause, f"{type(e).__name__}: {_first_line(e)}", tail, worker_alive=False) from None
+            raise LoadFailed(
+                cause, f"{type(e).__name__}: {_first_line(e)}", tail, worker_alive=False
+            ) from None
         return self.info
 
     def run_batch(self, jobs: list[Job], params: Generation, timeout_s: float) -> list[JobResult]:
         ray = self.ray
         offset = file_size(self.log_path)
         ref = self.actor.run_batch.remote(jobs, params.model_dump(mode="json"))
+        self.in_flight = True
         try:
             results: list[JobResult] = ray.get(ref, timeout=timeout_s)
             return results
         except ray.exceptions.GetTimeoutError:
             self.kill()
-            raise WorkerCrash("timeout", f"no answer within {timeout_s:.0f} s (limits.cell_timeout_s x batch); "
-                              "actor killed", read_tail(self.log_path, offset), worker_alive=False) from None
+            raise WorkerCrash(
+                "timeout",
+                f"no answer within {timeout_s:.0f} s (limits.cell_timeout_s x batch); actor killed",
+                read_tail(self.log_path, offset),
+                worker_alive=False,
+            ) from None
         except ray.exceptions.RayTaskError as e:
             cause, error = classify_exception(_root(ray, e))
-            return_alive = True
-            if _is_death(ray, e):
-                return_alive = False
-            raise WorkerCrash(cause, error, read_tail(self.log_path, offset), worker_alive=return_alive) from None
+            raise WorkerCrash(
+                cause, error, read_tail(self.log_path, offset), worker_alive=not _is_death(ray, e)
+            ) from None
         except Exception as e:
             if not _is_death(ray, e):
                 raise
             tail = read_tail(self.log_path, offset)
             self.kill()
-            raise WorkerCrash(death_cause(str(e), tail), f"{type(e).__name__}: {_first_line(e)}", tail,
-                              worker_alive=False) from None
+            raise WorkerCrash(
+                death_cause(str(e), tail), f"{type(e).__name__}: {_first_line(e)}", tail, worker_alive=False
+            ) from None
+        finally:
+            self.in_flight = False
 
     def kill(self) -> None:
         if self.actor is not None:
-            try:
+            with contextlib.suppress(Exception):  # already dead
                 self.ray.kill(self.actor, no_restart=True)
-            except Exception:
-                pass  # already dead
             self.actor = None
 
     stop = kill
@@ -184,9 +195,21 @@ class RayWorker:
 
 def _is_death(ray: Any, e: BaseException) -> bool:
     ex = ray.exceptions
-    kinds = tuple(k for k in (getattr(ex, n, None) for n in (
-        "ActorDiedError", "ActorUnavailableError", "WorkerCrashedError", "OutOfMemoryError",
-        "NodeDiedError", "LocalRayletDiedError")) if k is not None)
+    kinds = tuple(
+        k
+        for k in (
+            getattr(ex, n, None)
+            for n in (
+                "ActorDiedError",
+                "ActorUnavailableError",
+                "WorkerCrashedError",
+                "OutOfMemoryError",
+                "NodeDiedError",
+                "LocalRayletDiedError",
+            )
+        )
+        if k is not None
+    )
     return isinstance(e, kinds)
 
 
@@ -204,14 +227,13 @@ def _first_line(e: BaseException) -> str:
 class RayExecutor:
     name = "ray"
 
-    def __init__(self, config: Executor | None = None, limits: Limits | None = None, *,
-                 log_dir: Path | None = None) -> None:
+    def __init__(
+        self, config: Executor | None = None, limits: Limits | None = None, *, log_dir: Path | None = None
+    ) -> None:
         from runner.spec import Executor, Limits
 
         self.config, self.limits, self.log_dir = config or Executor(kind="ray"), limits or Limits(), log_dir
-        self.workers: list[RayWorker] = []
-        self.restarts = 0
-        self._stop = threading.Event()
+        self._pool = SlotPool(self.limits)
         self._owns_ray = False
 
     def _ray(self) -> Any:
@@ -223,8 +245,13 @@ class RayExecutor:
             raise UserError("the ray executor needs Ray: pip install 'pov-runner[ray]'") from None
         if not ray.is_initialized():
             # `auto` joins a cluster started with `ray start --head`; no address starts a local Ray here.
-            ray.init(address=self.config.address, include_dashboard=False, log_to_driver=False,
-                     ignore_reinit_error=True, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+            ray.init(
+                address=self.config.address,
+                include_dashboard=False,
+                log_to_driver=False,
+                ignore_reinit_error=True,
+                runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}},
+            )
             self._owns_ray = True
         return ray
 
@@ -245,65 +272,27 @@ class RayExecutor:
     def run(self, groups: Groups, params: Generation, on_result: Callable[[list[JobResult]], None]) -> None:
         ray = self._ray()
         log_dir = self.log_dir or Path(tempfile.mkdtemp(prefix="pov-ray-"))
-        work: queue.Queue[tuple[str, Model, list[Job]]] = queue.Queue()
-        for key, (model, jobs) in groups.items():
-            if jobs:
-                work.put((key, model, jobs))
-        n_slots, per_actor = self.slot_plan(ray, max(1, work.qsize()))
-        results: queue.Queue[list[JobResult]] = queue.Queue()
-        errors: list[BaseException] = []
-        lock = threading.Lock()
-        self._stop.clear()
+        n_slots, per_actor = self.slot_plan(ray, max(1, sum(1 for _, jobs in groups.values() if jobs)))
 
-        def slot_main(index: int) -> None:
-            budget = RestartBudget(self.limits.max_worker_restarts)
-            while not self._stop.is_set():
-                try:
-                    key, model, jobs = work.get_nowait()
-                except queue.Empty:
-                    return
-                safe = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
-                worker = RayWorker(ray, model, self.limits, self.config, log_dir / f"actor{index}-{safe}.log",
-                                   per_actor)
-                with lock:
-                    self.workers.append(worker)
-                try:
-                    run_group(worker, jobs, params, self.limits, results.put, budget, self._stop.is_set)
-                except Stopped:
-                    return
-                except BaseException as e:  # a bug here must not hang the run: hand it to the caller
-                    errors.append(e)
-                    self._stop.set()
-                    return
-                finally:
-                    worker.kill()
-                    with lock:
-                        self.restarts += max(0, worker.starts - 1)
+        def make_worker(index: int, key: str, model: Model) -> RayWorker:
+            return RayWorker(
+                ray, model, self.limits, self.config, log_dir / f"actor{index}-{key}.log", per_actor
+            )
 
-        threads = [threading.Thread(target=slot_main, args=(i,), name=f"pov-ray-slot-{i}", daemon=True)
-                   for i in range(n_slots)]
-        for t in threads:
-            t.start()
         try:
-            while any(t.is_alive() for t in threads) or not results.empty():
-                try:
-                    batch = results.get(timeout=0.1)
-                except queue.Empty:
-                    continue
-                on_result(batch)
-        except BaseException:
-            self.shutdown()
-            raise
+            self._pool.run(groups, n_slots, make_worker, params, on_result)
         finally:
-            for t in threads:
-                t.join(timeout=30)
             if self._owns_ray:
                 ray.shutdown()
                 self._owns_ray = False
-        if errors:
-            raise errors[0]
+
+    @property
+    def workers(self) -> list[RayWorker]:
+        return self._pool.workers
+
+    @property
+    def restarts(self) -> int:
+        return self._pool.restarts
 
     def shutdown(self) -> None:
-        self._stop.set()
-        for worker in list(self.workers):
-            worker.kill()
+        self._pool.shutdown()
