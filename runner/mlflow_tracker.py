@@ -179,8 +179,8 @@ class MlflowTracker:
                 return run
         # Every execution of this spec is complete: continue the latest one, which has nothing left to do
         # unless cells were added (a run with --limit) or crashes are retried. Redoing hours of GPU work
-        # takes asking for it (--fresh).
-        return runs[0] if runs else None
+        # takes asking for it (--fresh). A rerun is asked for explicitly: each is a new execution.
+        return runs[0] if runs and not self.rerun_of else None
 
     def _parent_params(self, exp: Experiment, cells: list[Cell]) -> list[Any]:
         from mlflow.entities import Param
