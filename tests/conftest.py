@@ -385,3 +385,26 @@ def log_pov_execution(
                             child(axes, None, None, "RUNNING")  # left behind by a kill, never finished
     client.set_terminated(pid, "FINISHED")
     return pid
+
+
+# ---- servers started by tests ---------------------------------------------------------------------------------
+
+
+def wait_until_answers(proc: Any, url: str, log: Path, what: str, timeout_s: float) -> None:
+    """Poll `url` until it answers 200; fail with the server's log if it exits or stays silent."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not answer within {timeout_s:.0f} s:\n{log.read_text()}")
+        time.sleep(0.2)

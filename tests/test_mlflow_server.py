@@ -8,12 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import wait_until_answers
 
 from runner.loader import Experiment, load_spec
 from runner.matrix import Cell, expand
@@ -65,21 +64,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"mlflow server exited with {proc.returncode}:\n{(tmp / 'server.log').read_text()}"
-                )
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not answer:\n{(tmp / 'server.log').read_text()}")
-            time.sleep(0.3)
+        wait_until_answers(proc, f"{url}/health", tmp / "server.log", "mlflow server", 120)
         yield url
     finally:
         # The server starts uvicorn and a job runner as children; its session holds them all.

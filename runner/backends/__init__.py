@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 BACKENDS: dict[str, str] = {
@@ -12,5 +11,6 @@ BACKENDS: dict[str, str] = {
 
 
 def backend_class(name: str) -> Any:
-    module, _, attr = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    from runner.registry import load
+
+    return load(BACKENDS, name)

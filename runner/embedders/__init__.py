@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 PROVIDERS: dict[str, str] = {
@@ -12,5 +11,6 @@ PROVIDERS: dict[str, str] = {
 
 
 def provider_class(name: str) -> Any:
-    module, _, attr = PROVIDERS[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    from runner.registry import load
+
+    return load(PROVIDERS, name)

@@ -7,7 +7,6 @@ maps a model key to `(Model, [Job])` and `on_result` receives lists of `JobResul
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -20,8 +19,9 @@ EXECUTORS: dict[str, str] = {
 
 
 def executor_class(name: str) -> Any:
-    module, _, attr = EXECUTORS[name].partition(":")
-    return getattr(importlib.import_module(module), attr)
+    from runner.registry import load
+
+    return load(EXECUTORS, name)
 
 
 def make_executor(
