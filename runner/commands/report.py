@@ -13,19 +13,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from runner.commands import add_spec_arguments
 from runner.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", nargs="?", metavar="SPEC", help="experiment YAML file (its latest execution)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a spec field, as for `pov run` (the spec's name and hash pick the run)",
-    )
+    add_spec_arguments(parser, optional_help="experiment YAML file (its latest execution)")
     parser.add_argument("--run", metavar="RUN_ID", help="MLflow run id of an execution (instead of SPEC)")
     parser.add_argument("--compare", metavar="RUN_ID", help="a second execution to put side by side")
     parser.add_argument("--out", metavar="DIR", type=Path, help="output folder (default report/<run id>/)")

@@ -194,3 +194,21 @@ class SlotPool:
         self.stop.set()
         for worker in list(self.workers):
             worker.terminate()
+
+
+class PooledExecutor:
+    """What the local and Ray executors share: their workers, restart count and shutdown live in a SlotPool."""
+
+    _pool: SlotPool
+
+    @property
+    def workers(self) -> list[Any]:
+        return self._pool.workers
+
+    @property
+    def restarts(self) -> int:
+        return self._pool.restarts
+
+    def shutdown(self) -> None:
+        """Stop every worker now (Ctrl-C, or an error in the caller)."""
+        self._pool.shutdown()

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runner.executors.driver import SlotPool
+from runner.executors.driver import PooledExecutor, SlotPool
 from runner.executors.process import ProcessWorker
 from runner.workers import JobResult
 
@@ -39,7 +39,7 @@ def visible_gpus() -> list[str]:
         return []
 
 
-class LocalExecutor:
+class LocalExecutor(PooledExecutor):
     name = "local"
 
     def __init__(
@@ -84,15 +84,3 @@ class LocalExecutor:
             )
 
         self._pool.run(groups, len(slots), make_worker, params, on_result)
-
-    @property
-    def workers(self) -> list[ProcessWorker]:
-        return self._pool.workers
-
-    @property
-    def restarts(self) -> int:
-        return self._pool.restarts
-
-    def shutdown(self) -> None:
-        """Stop every worker now (Ctrl-C, or an error in the caller)."""
-        self._pool.shutdown()

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.executors.driver import SlotPool
+from runner.executors.driver import PooledExecutor, SlotPool
 from runner.workers import (
     LOAD_TIMEOUT_S,
     Job,
@@ -224,7 +224,7 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0][:500] if text else type(e).__name__
 
 
-class RayExecutor:
+class RayExecutor(PooledExecutor):
     name = "ray"
 
     def __init__(
@@ -285,14 +285,3 @@ class RayExecutor:
             if self._owns_ray:
                 ray.shutdown()
                 self._owns_ray = False
-
-    @property
-    def workers(self) -> list[RayWorker]:
-        return self._pool.workers
-
-    @property
-    def restarts(self) -> int:
-        return self._pool.restarts
-
-    def shutdown(self) -> None:
-        self._pool.shutdown()
