@@ -7,10 +7,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import statistics
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.matrix import _matches
@@ -149,6 +151,37 @@ class Collector:
         self.measure = optional("runner.complexity", "measure")
         self.count_tokens: Callable[[str], Callable[[str], int] | None] = lambda model: None
         self.causes: Counter[str] = Counter()
+        self._complexity: dict[str, dict[str, float]] = {}
+
+    def _measure(self, prep: Any) -> dict[str, float]:
+        if self.measure is None or not prep.prompt:
+            return {}
+        try:
+            v = prep.variables
+            return dict(
+                self.measure(
+                    prep.prompt,
+                    v["context"],
+                    self.exp.templates[prep.cell.template],
+                    v["persona"],
+                    self.count_tokens(prep.cell.model),
+                )
+            )
+        except Exception:
+            log.exception("complexity.measure failed for cell %s", prep.cell.id)
+            return {}
+
+    def precompute(self) -> None:
+        """Measure every prompt's complexity in a thread, while the workers generate, so that the last
+        batch's results (which nothing else overlaps) need no tokenizing; a cell it has not reached yet
+        is measured when its result arrives."""
+
+        def work() -> None:
+            for cell_id, prep in list(self.prepared.items()):
+                if cell_id not in self._complexity:
+                    self._complexity[cell_id] = self._measure(prep)
+
+        threading.Thread(target=work, name="pov-complexity", daemon=True).start()
 
     def __call__(self, results: list[JobResult]) -> None:
         cell_results = [self.cell_result(r) for r in results]
@@ -175,21 +208,8 @@ class Collector:
         now = time.time()
         metrics = {**prep.metrics, **r.metrics}
         tags = dict(self.model_tags.get(prep.cell.model, {}))
-        if self.measure is not None and prep.prompt:
-            # Here rather than before the run: the parent does this while the worker generates.
-            try:
-                v = prep.variables
-                metrics.update(
-                    self.measure(
-                        prep.prompt,
-                        v["context"],
-                        self.exp.templates[prep.cell.template],
-                        v["persona"],
-                        self.count_tokens(prep.cell.model),
-                    )
-                )
-            except Exception:
-                log.exception("complexity.measure failed for cell %s", r.cell_id)
+        measured = self._complexity.get(r.cell_id)
+        metrics.update(measured if measured is not None else self._measure(prep))
         if self.evaluate is not None:
             try:
                 m, t = self.evaluate(
@@ -230,18 +250,58 @@ def checks_embedder(retriever: Any) -> Callable[[list[str]], Any] | None:
     return embed if callable(embed) else None
 
 
+def _tokenizer_file(model: Model) -> str | None:
+    """The model's tokenizer.json: in its local folder, or in the Hugging Face cache (never downloaded)."""
+    local = Path(model.name) / "tokenizer.json"
+    if local.is_file():
+        return str(local)
+    if Path(model.name).is_dir():
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(model.name, "tokenizer.json", revision=model.revision)
+    except Exception:
+        return None
+    return found if isinstance(found, str) else None
+
+
 def token_counter(resolved: dict[str, Model]) -> Callable[[str], Callable[[str], int] | None]:
+    """Per model key, a function counting a text's tokens with the model's tokenizer (None: count words).
+
+    From tokenizer.json through the `tokenizers` library when the model has one: the same counts as its
+    fast tokenizer in transformers, without importing transformers in this process (seconds, which would
+    delay the first results). Else the tokenizer through transformers."""
     cache: dict[str, Callable[[str], int] | None] = {}
 
     def for_model(key: str) -> Callable[[str], int] | None:
         if key not in cache:
-            try:
-                from runner.backends.transformers import load_tokenizer
-
-                tok = load_tokenizer(resolved[key])
-                cache[key] = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
-            except Exception:
-                cache[key] = None  # a hub model not cached on this host: complexity counts words only
+            cache[key] = _counter(resolved[key])
         return cache[key]
 
     return for_model
+
+
+def _counter(model: Model) -> Callable[[str], int] | None:
+    path = _tokenizer_file(model)
+    if path is not None:
+        try:
+            from tokenizers import Tokenizer
+
+            fast = Tokenizer.from_file(path)
+            return lambda text: len(fast.encode(text, add_special_tokens=False).ids)
+        except Exception:
+            log.debug("tokenizers could not read %s; trying transformers", path, exc_info=True)
+    try:
+        from runner.backends.transformers import load_tokenizer
+
+        tok = load_tokenizer(model)
+        lock = threading.Lock()  # a transformers tokenizer changes its settings per call: one call at a time
+
+        def count(text: str) -> int:
+            with lock:
+                return len(tok(text, add_special_tokens=False)["input_ids"])
+
+        return count
+    except Exception:
+        return None  # a hub model not cached on this host: complexity counts words only

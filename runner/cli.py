@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from runner import __version__
-from runner.errors import UserError
+from runner.errors import RunAborted, UserError
 
 # Each command lives in runner/commands/<name>.py with add_arguments(parser) and main(args) -> int.
 # Those modules import only light things at the top, so `pov --help` stays fast.
@@ -22,6 +22,7 @@ COMMANDS = {
     "rerun": "run a past run again, naming what changed since",
     "report": "crash rate against prompt complexity, latency, checks",
     "models": "build local models (a tiny random Llama for offline use)",
+    "serve": "keep generation workers loaded between runs",
 }
 
 
@@ -51,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return int(args._module.main(args) or 0)
-    except UserError as e:
+    except (UserError, RunAborted) as e:
         sys.stderr.write(f"{e}\n")
         return e.exit_code
     except BrokenPipeError:

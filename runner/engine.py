@@ -222,9 +222,46 @@ def _run(
     models = {key: exp.spec.models[key] for key in sorted({c.model for c in todo})}
     with console.status("preparing models"), _timed(phases, "models"):
         resolved = {key: tinymodel.resolve_model(exp, m) for key, m in models.items()}
+        if executor is None:
+            from runner.executors import make_executor
+
+            executor = make_executor(exp.spec, state_dir=exp.state_dir)
+        describe = getattr(executor, "describe", None)
+        if describe is not None:
+            console.print(f"generation: {describe()}")
+        if getattr(executor, "log_dir", False) is None:
+            executor.log_dir = sink.dir / "workers"
+    try:
+        prestart = getattr(executor, "prestart", None)
+        if prestart is not None:
+            # Workers import and load their models while this process retrieves and renders prompts.
+            prestart(resolved)
+        _generate(exp, todo, tracker, executor, console, retriever, sink, summary, quiet, manifest, resolved)
+    except BaseException:
+        shutdown = getattr(executor, "shutdown", None)
+        if shutdown is not None:  # workers begun for this run must not outlive it
+            shutdown()
+        raise
+
+
+def _generate(
+    exp: Experiment,
+    todo: list[Cell],
+    tracker: Tracker,
+    executor: Any,
+    console: Console,
+    retriever: Any,
+    sink: JsonlSink,
+    summary: RunSummary,
+    quiet: bool,
+    manifest: dict[str, Any],
+    resolved: dict[str, Model],
+) -> None:
+    phases = summary.phases
+    with _timed(phases, "models"):
         known = manifest.get("models", {}) if isinstance(manifest.get("models"), dict) else {}
         model_tags = {
-            key: {"model_name": models[key].name, "model_revision": _revision(known.get(key), m)}
+            key: {"model_name": exp.spec.models[key].name, "model_revision": _revision(known.get(key), m)}
             for key, m in resolved.items()
         }
     with console.status(f"retrieving context for {len(todo)} cells"):
@@ -240,18 +277,13 @@ def _run(
             unrenderable.append(JobResult(prep.cell.id, "crashed", cause="exception", error=prep.error))
         else:
             groups[prep.cell.model][1].append(Job(prep.cell.id, prep.prompt, prep.fault))
-    if executor is None:
-        from runner.executors import make_executor
-
-        executor = make_executor(exp.spec)
-    if getattr(executor, "log_dir", False) is None:
-        executor.log_dir = sink.dir / "workers"
     with _progress(console, quiet) as progress:
         task = progress.add_task("generating", total=len(todo))
         collect = Collector(
             exp, prepared, tracker, sink, summary, model_tags, checks_embedder(retriever), progress, task
         )
         collect.count_tokens = token_counter(resolved)
+        collect.precompute()
         if unrenderable:
             collect(unrenderable)
         with _timed(phases, "generation"):

@@ -33,3 +33,10 @@ class SpecError(UserError):
     def __init__(self, problems: Iterable[Problem]) -> None:
         self.problems = sorted(set(problems), key=lambda p: (p.file, p.line, p.col, p.path, p.message))
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class RunAborted(Exception):
+    """A run stopped by something outside it (its `pov serve` ended): the CLI prints the message, no traceback,
+    and exits 1; the cells not recorded are resumed by the next `pov run`."""
+
+    exit_code = 1

@@ -185,8 +185,9 @@ class Tracking(Strict):
 
 
 class Executor(Strict):
-    kind: Literal["local", "ray"] = "local"
-    """`local` (one worker process per GPU) or `ray` (Ray actors)."""
+    kind: Literal["local", "ray", "serve"] = "local"
+    """`local` (one worker process per GPU; the project's `pov serve` instead when one is running and no
+    `gpus` are named), `ray` (Ray actors) or `serve` (only the project's `pov serve`)."""
     gpus: list[int] | None = None
     """GPU indices for the local executor; default all visible, else the CPU."""
     address: str | None = None

@@ -146,7 +146,11 @@ class TransformersBackend:
 
         budget = prompt_budget(self.spec, params)
         bos = self.tokenizer.bos_token_id
-        rows = [truncate_left(self.encode(p), budget, bos) for p in prompts]
+        # One call for the batch: the Rust tokenizer encodes it in parallel.
+        encoded = self.tokenizer(
+            [self.render(p) for p in prompts], add_special_tokens=not self.use_chat_template
+        )
+        rows = [truncate_left(list(ids), budget, bos) for ids in encoded["input_ids"]]
         width = max(len(ids) for ids, _ in rows)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -171,15 +175,15 @@ class TransformersBackend:
         if on_gpu:
             torch.cuda.synchronize(self.device)
         latency = time.perf_counter() - started
-        results = []
-        for i, (ids, truncated) in enumerate(rows):
-            new = out[i, width:].tolist()
-            n = next((j + 1 for j, t in enumerate(new) if t in self.eos_ids), len(new))
-            text = self.tokenizer.decode(new[:n], skip_special_tokens=True)
-            results.append(
-                GenerationOut(text, len(ids), n, latency, n / latency if latency > 0 else 0.0, truncated)
-            )
-        return results
+        answers = out[:, width:].tolist()  # one copy from the device for the whole batch
+        lengths = [next((j + 1 for j, t in enumerate(new) if t in self.eos_ids), len(new)) for new in answers]
+        texts = self.tokenizer.batch_decode(
+            [new[:n] for new, n in zip(answers, lengths, strict=True)], skip_special_tokens=True
+        )
+        return [
+            GenerationOut(text, len(ids), n, latency, n / latency if latency > 0 else 0.0, truncated)
+            for text, n, (ids, truncated) in zip(texts, lengths, rows, strict=True)
+        ]
 
     def info(self) -> dict[str, float]:
         footprint = (

@@ -42,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--retry-crashed", action="store_true", help="run again the cells that crashed before"
     )
     parser.add_argument(
-        "--executor", choices=["local", "ray"], help="where generation runs (default: the spec's)"
+        "--executor",
+        choices=["local", "ray", "serve"],
+        help="where generation runs (default: the spec's; a running `pov serve` when the spec says local)",
     )
     parser.add_argument("--address", metavar="ADDR", help="Ray cluster address (auto, ray://host:10001)")
     parser.add_argument(
@@ -87,10 +89,23 @@ def main(args: argparse.Namespace) -> int:
     cells = expand(exp)
     if args.limit:
         cells = cells[: args.limit]
+    executor = None
+    if args.executor == "local":
+        from runner.executors import make_executor
+
+        # Named on the command line: local workers even when a `pov serve` is running.
+        executor = make_executor(exp.spec, auto_serve=False)
     tracker = _tracker(exp, args.no_track)
     err = Console(stderr=True, quiet=args.quiet)
     summary = run_experiment(
-        exp, cells, tracker, console=err, fresh=args.fresh, retry_crashed=args.retry_crashed, quiet=args.quiet
+        exp,
+        cells,
+        tracker,
+        executor=executor,
+        console=err,
+        fresh=args.fresh,
+        retry_crashed=args.retry_crashed,
+        quiet=args.quiet,
     )
     out = Console(highlight=False, soft_wrap=True)
     causes = ", ".join(f"{c} {n}" for c, n in sorted(summary.crashed_by_cause.items()))

@@ -109,15 +109,31 @@ def run_group(
             continue
         for r in results:
             r.metrics["attempts"] = float(attempt)
-            if "worker_start_s" in started:
-                r.metrics["worker_start_s"] = started["worker_start_s"]
+            for key in ("worker_start_s", "worker_boot_s"):
+                if key in started:
+                    r.metrics[key] = started[key]
         emit(results)
 
 
+def worker_identity(model: Model, limits: Limits) -> str:
+    """What makes a loaded worker reusable for a group: the same model settings and the same memory cap."""
+    import json
+
+    return json.dumps([model.model_dump(mode="json"), limits.gpu_memory_gb], sort_keys=True)
+
+
+def safe_name(key: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", key)
+
+
 class SlotPool:
-    """Worker slots in threads, taking model groups from one queue; results reach `on_result` in the caller's
+    """Worker slots in threads, taking model groups from one list; results reach `on_result` in the caller's
     thread only, so the tracker and the progress bar never see two threads. Shared by the local and Ray
-    executors, which differ only in how a slot makes its worker."""
+    executors (which differ only in how a slot makes its worker) and by `pov serve`.
+
+    A slot holds its worker between groups only when it can serve the next one (same identity); it prefers
+    the group its worker already loaded. With `keep_workers` the last worker of each slot stays loaded after
+    `run` returns, for the next run (`pov serve`); `prestart` begins loading workers before `run` is called."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
@@ -125,6 +141,42 @@ class SlotPool:
         self.restarts = 0
         self.stop = threading.Event()
         self._lock = threading.Lock()
+        self.held: dict[int, tuple[str, Any]] = {}
+        """Per slot: the identity and handle of the worker it holds (loaded, loading, or kept warm)."""
+
+    def prestart(
+        self, models: list[tuple[str, Model]], n_slots: int, make_worker: Callable[[int, str, Model], Any]
+    ) -> None:
+        """Begin loading the first models (one per free slot) now, so that imports and the model load
+        overlap with the run's own preparation (manifest, ingest, retrieval, prompts)."""
+        wanted = {worker_identity(m, self.limits) for _, m in models}
+        for index, (ident, _) in list(self.held.items()):
+            if ident not in wanted:  # kept warm for a model this run does not use: free its device
+                self._drop(index)
+        free = [i for i in range(n_slots) if i not in self.held]
+        loaded = {ident for ident, _ in self.held.values()}
+        todo = [(k, m) for k, m in models if worker_identity(m, self.limits) not in loaded]
+        for index, (key, model) in zip(free, todo, strict=False):
+            worker = make_worker(index, safe_name(key), model)
+            begin = getattr(worker, "begin", None)
+            if begin is not None:
+                begin()
+            self._hold(index, worker_identity(model, self.limits), worker)
+
+    def _hold(self, index: int, ident: str, worker: Any) -> None:
+        with self._lock:
+            self.held[index] = (ident, worker)
+            if worker not in self.workers:
+                self.workers.append(worker)
+
+    def _drop(self, index: int) -> None:
+        with self._lock:
+            held = self.held.pop(index, None)
+        if held is not None:
+            held[1].stop()
+            with self._lock:
+                if held[1] in self.workers:
+                    self.workers.remove(held[1])
 
     def run(
         self,
@@ -133,27 +185,53 @@ class SlotPool:
         make_worker: Callable[[int, str, Model], Any],
         params: Generation,
         on_result: Callable[[list[JobResult]], None],
+        *,
+        keep_workers: bool = False,
     ) -> None:
         from runner.workers import Stopped
 
-        work: queue.Queue[tuple[str, Model, list[Job]]] = queue.Queue()
-        for key, (model, jobs) in groups.items():
-            if jobs:
-                work.put((key, model, jobs))
+        work = [(key, model, jobs) for key, (model, jobs) in groups.items() if jobs]
+        # A slot that ends puts an empty list, so the loop below notices at once, not at its next timeout.
         results: queue.Queue[list[JobResult]] = queue.Queue()
         errors: list[BaseException] = []
         self.stop.clear()
 
+        def take(index: int) -> tuple[str, Model, list[Job]] | None:
+            with self._lock:
+                if not work:
+                    return None
+                mine = self.held.get(index, ("", None))[0]
+                others = {ident for i, (ident, _) in self.held.items() if i != index}
+                idents = [worker_identity(m, self.limits) for _, m, _ in work]
+                # Own model first; then one no other slot holds loaded; else the first waiting.
+                pick = next((i for i, ident in enumerate(idents) if ident == mine), None)
+                if pick is None:
+                    pick = next((i for i, ident in enumerate(idents) if ident not in others), 0)
+                return work.pop(pick)
+
         def slot_main(index: int) -> None:
+            try:
+                slot_loop(index)
+            finally:
+                results.put([])
+
+        def slot_loop(index: int) -> None:
             budget = RestartBudget(self.limits.max_worker_restarts)
             while not self.stop.is_set():
-                try:
-                    key, model, jobs = work.get_nowait()
-                except queue.Empty:
+                item = take(index)
+                if item is None:
                     return
-                worker = make_worker(index, re.sub(r"[^A-Za-z0-9_.-]", "_", key), model)
-                with self._lock:
-                    self.workers.append(worker)
+                key, model, jobs = item
+                ident = worker_identity(model, self.limits)
+                held = self.held.get(index)
+                if held is not None and held[0] == ident:
+                    worker = held[1]
+                    worker.limits = self.limits  # the same cap; this run's timeouts
+                else:
+                    self._drop(index)  # free the device for the next model
+                    worker = make_worker(index, safe_name(key), model)
+                    self._hold(index, ident, worker)
+                used = budget.used
                 try:
                     run_group(worker, jobs, params, self.limits, results.put, budget, self.stop.is_set)
                 except Stopped:
@@ -163,9 +241,10 @@ class SlotPool:
                     self.stop.set()
                     return
                 finally:
-                    worker.stop()
                     with self._lock:
-                        self.restarts += max(0, worker.starts - 1)
+                        self.restarts += budget.used - used
+                    if not (keep_workers and worker.alive):
+                        self._drop(index)
 
         threads = [
             threading.Thread(target=slot_main, args=(i,), name=f"pov-slot-{i}", daemon=True)
@@ -179,19 +258,25 @@ class SlotPool:
                     batch = results.get(timeout=0.1)
                 except queue.Empty:
                     continue
-                on_result(batch)
+                if batch:
+                    on_result(batch)
         except BaseException:
             self.shutdown()
             raise
         finally:
             for t in threads:
                 t.join(timeout=30)
+            if not keep_workers:
+                for index in list(self.held):  # prestarted for a group that turned out to have no work
+                    self._drop(index)
         if errors:
             raise errors[0]
 
     def shutdown(self) -> None:
         """Stop every worker now (Ctrl-C, or an error in the caller)."""
         self.stop.set()
+        with self._lock:
+            self.held.clear()
         for worker in list(self.workers):
             worker.terminate()
 

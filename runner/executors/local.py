@@ -68,8 +68,7 @@ class LocalExecutor(PooledExecutor):
             return [("cpu", "" if self.gpus == [] else None)]
         return [("cuda:0", gpu) for gpu in chosen]
 
-    def run(self, groups: Groups, params: Generation, on_result: Callable[[list[JobResult]], None]) -> None:
-        log_dir = self.log_dir or Path(tempfile.mkdtemp(prefix="pov-workers-"))
+    def _make_worker(self, log_dir: Path) -> Callable[[int, str, Model], ProcessWorker]:
         slots = self.slots()
 
         def make_worker(index: int, key: str, model: Model) -> ProcessWorker:
@@ -83,4 +82,30 @@ class LocalExecutor(PooledExecutor):
                 should_stop=self._pool.stop.is_set,
             )
 
-        self._pool.run(groups, len(slots), make_worker, params, on_result)
+        return make_worker
+
+    def _log_dir(self) -> Path:
+        if self.log_dir is None:
+            self.log_dir = Path(tempfile.mkdtemp(prefix="pov-workers-"))
+        return self.log_dir
+
+    def prestart(self, models: dict[str, Model]) -> None:
+        """Begin loading the run's first models now (one per device), while the run prepares its prompts."""
+        self._pool.prestart(sorted(models.items()), len(self.slots()), self._make_worker(self._log_dir()))
+
+    def run(
+        self,
+        groups: Groups,
+        params: Generation,
+        on_result: Callable[[list[JobResult]], None],
+        *,
+        keep_workers: bool = False,
+    ) -> None:
+        self._pool.run(
+            groups,
+            len(self.slots()),
+            self._make_worker(self._log_dir()),
+            params,
+            on_result,
+            keep_workers=keep_workers,
+        )

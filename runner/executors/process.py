@@ -54,11 +54,14 @@ class ProcessWorker:
         self._batch = 0
         self._spare: tuple[Any, Any] | None = None
         self._want_spare = False
+        self._loading: tuple[int, float] | None = None
+        """(stderr offset, monotonic time) of a start begun and not yet waited for."""
         self._lock = threading.RLock()
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.is_alive()
+        """Loaded and running: a worker still loading (begun, not started) is not alive yet."""
+        return self.proc is not None and self._loading is None and self.proc.is_alive()
 
     def _spawn(self) -> tuple[Any, Any]:
         import multiprocessing as mp
@@ -82,7 +85,11 @@ class ProcessWorker:
         child_conn.close()  # so that the child's death reads as end-of-file here
         return proc, parent_conn
 
-    def start(self) -> dict[str, float]:
+    def begin(self) -> None:
+        """Start the worker without waiting for it: spawn (or take the spare) and ask it to load the model.
+        The run prepares its prompts meanwhile; `start` waits for the model."""
+        if self._loading is not None:
+            return
         self.stderr_path.parent.mkdir(parents=True, exist_ok=True)
         offset = file_size(self.stderr_path)
         spare, self._spare = self._spare, None
@@ -92,12 +99,19 @@ class ProcessWorker:
             _end(spare)
             self.proc, self.conn = self._spawn()
         self.starts += 1
-        started = time.monotonic()
+        self._loading = (offset, time.monotonic())
         if self._want_spare:
             # The next spare imports while this one loads the model, so it is ready for the next crash.
             self._spare = self._spawn()
-        try:
+        with contextlib.suppress(OSError, ValueError):  # dead already: start() reads why
             self.conn.send(("load",))  # read by the child once its imports are done
+
+    def start(self) -> dict[str, float]:
+        self.begin()
+        assert self._loading is not None
+        (offset, booted), self._loading = self._loading, None
+        waited = time.monotonic()
+        try:
             msg: tuple[Any, ...] = ("warm",)
             while msg[0] == "warm":
                 msg = self._wait(max(LOAD_TIMEOUT_S, self.limits.cell_timeout_s), offset, "loading the model")
@@ -109,8 +123,10 @@ class ProcessWorker:
             self.kill()
             raise LoadFailed(msg[1], msg[2], read_tail(self.stderr_path, offset), worker_alive=False)
         self.device = msg[1]
-        # Spawn, imports and model load, as the parent waited for them.
-        self.info = {**msg[2], "worker_start_s": time.monotonic() - started}
+        now = time.monotonic()
+        # worker_start_s: what the run waited for (spawn, imports, model load not hidden behind its own
+        # preparation); worker_boot_s: the whole start, from spawn to a loaded model.
+        self.info = {**msg[2], "worker_start_s": now - waited, "worker_boot_s": now - booted}
         return self.info
 
     def run_batch(self, jobs: list[Job], params: Generation, timeout_s: float) -> list[JobResult]:
@@ -180,11 +196,12 @@ class ProcessWorker:
             if self.proc is not None and self.proc.is_alive():
                 self.proc.kill()
                 self.proc.join(10)
+            self._loading = None
             self._close()
 
     def stop(self) -> None:
         """Ask the worker to exit (it frees its GPU), killing it if it does not; end the spare."""
-        if self.alive:
+        if self.proc is not None and self.proc.is_alive() and self._loading is None:
             try:
                 self.conn.send(("stop",))
                 self.proc.join(30)
