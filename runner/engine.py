@@ -236,55 +236,38 @@ def _run(
         if prestart is not None:
             # Workers import and load their models while this process retrieves and renders prompts.
             prestart(resolved)
-        _generate(exp, todo, tracker, executor, console, retriever, sink, summary, quiet, manifest, resolved)
+        with _timed(phases, "models"):
+            known = manifest.get("models", {}) if isinstance(manifest.get("models"), dict) else {}
+            model_tags = {
+                key: {"model_name": exp.spec.models[key].name, "model_revision": _revision(known.get(key), m)}
+                for key, m in resolved.items()
+            }
+        with console.status(f"retrieving context for {len(todo)} cells"):
+            with _timed(phases, "retrieval"):
+                retriever = retriever if retriever is not None else _default_retriever(exp)
+                retrieved = retriever.retrieve(retrieval_keys(todo))
+            with _timed(phases, "prompts"):
+                prepared = prepare(exp, todo, retrieved)
+        groups: dict[str, tuple[Model, list[Job]]] = {key: (m, []) for key, m in resolved.items()}
+        unrenderable = []
+        for prep in prepared.values():
+            if prep.error:
+                unrenderable.append(JobResult(prep.cell.id, "crashed", cause="exception", error=prep.error))
+            else:
+                groups[prep.cell.model][1].append(Job(prep.cell.id, prep.prompt, prep.fault))
+        with _progress(console, quiet) as progress:
+            task = progress.add_task("generating", total=len(todo))
+            collect = Collector(
+                exp, prepared, tracker, sink, summary, model_tags, checks_embedder(retriever), progress, task
+            )
+            collect.count_tokens = token_counter(resolved)
+            collect.precompute()
+            if unrenderable:
+                collect(unrenderable)
+            with _timed(phases, "generation"):
+                executor.run(groups, exp.spec.generation, collect)
     except BaseException:
         shutdown = getattr(executor, "shutdown", None)
         if shutdown is not None:  # workers begun for this run must not outlive it
             shutdown()
         raise
-
-
-def _generate(
-    exp: Experiment,
-    todo: list[Cell],
-    tracker: Tracker,
-    executor: Any,
-    console: Console,
-    retriever: Any,
-    sink: JsonlSink,
-    summary: RunSummary,
-    quiet: bool,
-    manifest: dict[str, Any],
-    resolved: dict[str, Model],
-) -> None:
-    phases = summary.phases
-    with _timed(phases, "models"):
-        known = manifest.get("models", {}) if isinstance(manifest.get("models"), dict) else {}
-        model_tags = {
-            key: {"model_name": exp.spec.models[key].name, "model_revision": _revision(known.get(key), m)}
-            for key, m in resolved.items()
-        }
-    with console.status(f"retrieving context for {len(todo)} cells"):
-        with _timed(phases, "retrieval"):
-            retriever = retriever if retriever is not None else _default_retriever(exp)
-            retrieved = retriever.retrieve(retrieval_keys(todo))
-        with _timed(phases, "prompts"):
-            prepared = prepare(exp, todo, retrieved)
-    groups: dict[str, tuple[Model, list[Job]]] = {key: (m, []) for key, m in resolved.items()}
-    unrenderable = []
-    for prep in prepared.values():
-        if prep.error:
-            unrenderable.append(JobResult(prep.cell.id, "crashed", cause="exception", error=prep.error))
-        else:
-            groups[prep.cell.model][1].append(Job(prep.cell.id, prep.prompt, prep.fault))
-    with _progress(console, quiet) as progress:
-        task = progress.add_task("generating", total=len(todo))
-        collect = Collector(
-            exp, prepared, tracker, sink, summary, model_tags, checks_embedder(retriever), progress, task
-        )
-        collect.count_tokens = token_counter(resolved)
-        collect.precompute()
-        if unrenderable:
-            collect(unrenderable)
-        with _timed(phases, "generation"):
-            executor.run(groups, exp.spec.generation, collect)

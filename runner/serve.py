@@ -216,12 +216,8 @@ class Server:
         else:
             conn.send(("error", f"unknown request {kind!r}"))
 
-    def _set_limits(self, limits_data: dict[str, Any]) -> Limits:
-        from runner.spec import Limits
-
-        limits = Limits.model_validate(limits_data)
+    def _set_limits(self, limits: Limits) -> None:
         self.executor.limits = self.executor._pool.limits = limits
-        return limits
 
     def _preload(self, models: dict[str, Any], limits_data: dict[str, Any]) -> None:
         from runner.spec import Limits, Model
@@ -236,7 +232,7 @@ class Server:
         here and tried again by the run that needs it, which records the failure."""
         from runner.workers import WorkerCrash
 
-        self._set_limits(limits.model_dump(mode="json"))
+        self._set_limits(limits)
         self.executor.prestart(models)
         for _, worker in list(self.executor._pool.held.values()):
             if worker.alive:
@@ -254,9 +250,9 @@ class Server:
         params_data: dict[str, Any],
         limits: dict[str, Any],
     ) -> None:
-        from runner.spec import Generation, Model
+        from runner.spec import Generation, Limits, Model
 
-        self._set_limits(limits)
+        self._set_limits(Limits.model_validate(limits))
         groups = {key: (Model.model_validate(m), jobs) for key, (m, jobs) in groups_data.items()}
         pool = self.executor._pool
         client_gone = threading.Event()

@@ -10,7 +10,7 @@ from typing import Any
 from runner.commands import add_spec_arguments
 
 
-def _gpu_list(text: str) -> list[int]:
+def gpu_list(text: str) -> list[int]:
     try:
         gpus = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--address", metavar="ADDR", help="Ray cluster address (auto, ray://host:10001)")
     parser.add_argument(
-        "--gpus", type=_gpu_list, metavar="0,1", help="GPU indices to use (default: all visible)"
+        "--gpus", type=gpu_list, metavar="0,1", help="GPU indices to use (default: all visible)"
     )
     parser.add_argument(
         "--limit", type=_positive, metavar="N", help="run only the first N cells (to try a spec)"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.commands import add_spec_arguments
+from runner.commands.run import gpu_list
 
 
 def _minutes(text: str) -> float:
@@ -36,7 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_spec_arguments(
         parser, optional_help="a spec whose models to load now (else the first run loads its own)"
     )
-    parser.add_argument("--gpus", metavar="0,1", help="GPU indices to serve (default: all visible)")
+    parser.add_argument(
+        "--gpus", type=gpu_list, metavar="0,1", help="GPU indices to serve (default: all visible)"
+    )
     parser.add_argument(
         "--idle-timeout", type=_minutes, default=60.0, metavar="MIN", help="stop after MIN idle minutes (60)"
     )
@@ -62,24 +65,9 @@ def _state_dir(args: argparse.Namespace) -> tuple[Path, Any]:
     return (exp.state_dir if exp is not None and args.project is None else root / ".pov"), exp
 
 
-def _gpus(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    from runner.errors import UserError
-
-    try:
-        gpus = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"--gpus: expected GPU indices like 0,1, got {text!r}") from None
-    if not gpus or any(g < 0 for g in gpus):
-        raise UserError(f"--gpus: expected GPU indices like 0,1, got {text!r}")
-    return gpus
-
-
 def main(args: argparse.Namespace) -> int:
     from runner import serve
 
-    gpus = _gpus(args.gpus)
     state_dir, exp = _state_dir(args)
     if args.status or args.stop:
         answer = serve.request(state_dir, ("shutdown",) if args.stop else ("status",))
@@ -91,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
         else:
             print(json.dumps(answer[1], indent=2))
         return 0
-    server = serve.Server(state_dir, gpus, args.idle_timeout * 60)
+    server = serve.Server(state_dir, args.gpus, args.idle_timeout * 60)
 
     def ready(srv: serve.Server) -> None:
         if exp is not None:
