@@ -9,6 +9,11 @@ kernel keeps its model). The one-by-one loop is timed from a loaded model too.
 
     python benchmarks/bench_generation.py                  # 64 prompts, 128 new tokens, batch sizes 8 and 32
     python benchmarks/bench_generation.py --batch-size 8 16 32 64 --variants bf16 --cold-batch-size
+    python benchmarks/bench_generation.py --skip-baseline --repeat 3 --json out.json   # overhead only
+
+Each runner pass says where its overhead went, from the workers' own clocks: before the first batch (the
+run's preparation, and in a cold pass the worker's imports and load), in the backend outside
+`model.generate` (template, tokenizer, padding, decoding), between batches, and after the last batch.
 
 The prompts are the quickstart's (its templates and personas, every question and POV set), with context
 from the real retriever when it can run here, else from corpus passages of the same size (5 x 180 words).
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import sys
 import time
@@ -136,7 +142,21 @@ def runner_pass(
         assert isinstance(executor, ServeExecutor), "pov serve is not running"
     else:
         executor = LocalExecutor([0], exp.spec.limits)
+    profiler = None
+    if args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
+    began = time.time()
     summary = run_experiment(exp, cells, NullTracker(), executor=executor, retriever=retriever, quiet=True)
+    ended = time.time()
+    if profiler is not None:
+        import pstats
+
+        profiler.disable()
+        print(f"--- profile of this process, {'warm' if warm else 'cold'} bs={batch_size} ---")
+        pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
     rows = list(read_results(summary.results_path).values())
     done = [r for r in rows if r["status"] == "finished"]
     tokens = sum(r["metrics"]["new_tokens"] for r in done)
@@ -153,6 +173,7 @@ def runner_pass(
         "crashed": summary.crashed,
         "prompt_tokens_mean": sum(r["metrics"]["prompt_tokens"] for r in done) / max(len(done), 1),
         "peak_alloc_mb": max((r["metrics"]["gpu_peak_allocated_mb"] for r in done), default=0.0),
+        "overhead": overhead_breakdown(done, began, ended),
         "phases": {
             **{k: round(v, 2) for k, v in summary.phases.items()},
             "worker boot (spawn, imports, load)": round(booted, 1),
@@ -160,6 +181,20 @@ def runner_pass(
         },
         "prompts": [r["prompt"] for r in sorted(rows, key=lambda r: r["cell"]["id"])],
         "source": source,
+    }
+
+
+def overhead_breakdown(done: list[dict[str, Any]], began: float, ended: float) -> dict[str, float]:
+    """Where the seconds outside `model.generate` went, from the batches' own clocks (workers stamp each
+    batch's start and end around the backend's generate call; latency_s is model.generate alone)."""
+    batches = sorted({(r["started_at"], r["ended_at"], r["metrics"]["latency_s"]) for r in done})
+    if not batches:
+        return {}
+    return {
+        "before first batch": round(batches[0][0] - began, 3),
+        "in backend, outside model.generate": round(sum(e - s - lat for s, e, lat in batches), 3),
+        "between batches": round(sum(max(0.0, b[0] - a[1]) for a, b in itertools.pairwise(batches)), 3),
+        "after last batch": round(ended - max(e for _, e, _ in batches), 3),
     }
 
 
@@ -279,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-baseline", action="store_true", help="runner passes only")
     parser.add_argument("--out", type=Path, default=REPO / ".pov" / "bench", help="where the model is built")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument("--profile", action="store_true", help="print a cProfile of each runner pass")
+    parser.add_argument("--repeat", type=int, default=1, help="warm passes per batch size")
     args = parser.parse_args(argv)
     import torch
 
@@ -310,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.batch_size:
             server = start_server(model_dir, args, backend_4bit)
             try:
-                for bs in args.batch_size:
+                for bs in [b for b in args.batch_size for _ in range(args.repeat)]:
                     r = runner_pass(model_dir, args, bs, backend_4bit, warm=True)
                     prompts = r.pop("prompts")
                     rows.append({"variant": label, "mode": f"warm bs={bs}", **r})
@@ -332,33 +369,38 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(rows: list[dict[str, Any]], gpu: str, args: argparse.Namespace) -> None:
-    line = "=" * 118
+    line = "=" * 124
     print(
         f"\n{line}\nbench_generation  GPU: {gpu}  model: Llama {DIMS}  "
         f"{args.prompts} prompts x {args.new_tokens} new tokens (min = max)\n{line}"
     )
     print(
-        f"{'variant':<14}{'mode':<16}{'wall s':>9}{'generate s':>12}{'overhead s':>12}{'load s':>9}"
-        f"{'tok/s wall':>12}{'tok/s gen':>11}{'prompt tok':>12}{'peak MiB':>11}"
+        f"{'variant':<14}{'mode':<16}{'wall s':>9}{'generate s':>12}{'overhead s':>12}{'% of gen':>10}"
+        f"{'load s':>8}{'tok/s wall':>12}{'tok/s gen':>11}{'prompt tok':>12}{'peak MiB':>10}"
     )
     for r in rows:
+        runner = r["mode"] != "one-by-one"
+        share = f"{100 * r['overhead_s'] / r['generate_s']:.1f}" if runner else "-"
         print(
-            f"{r['variant']:<14}{r['mode']:<16}{r['wall_s']:>9.1f}{r['generate_s']:>12.1f}"
-            f"{r.get('overhead_s', 0.0):>12.1f}{r.get('load_s', 0.0):>9.1f}{r['tokens'] / r['wall_s']:>12.0f}"
-            f"{r['tokens'] / r['generate_s']:>11.0f}{r.get('prompt_tokens_mean', 0.0):>12.0f}"
-            f"{r['peak_alloc_mb']:>11.0f}"
+            f"{r['variant']:<14}{r['mode']:<16}{r['wall_s']:>9.1f}{r['generate_s']:>12.2f}"
+            f"{r.get('overhead_s', 0.0):>12.2f}{share:>10}{r.get('load_s', 0.0):>8.1f}"
+            f"{r['tokens'] / r['wall_s']:>12.0f}{r['tokens'] / r['generate_s']:>11.0f}"
+            f"{r.get('prompt_tokens_mean', 0.0):>12.0f}{r['peak_alloc_mb']:>10.0f}"
         )
-    for variant in dict.fromkeys(r["variant"] for r in rows):
-        base = [r for r in rows if r["variant"] == variant and r["mode"] == "one-by-one"]
-        for r in rows:
-            if r["variant"] == variant and r["mode"] != "one-by-one" and base:
-                speed = (r["tokens"] / r["generate_s"]) / (base[0]["tokens"] / base[0]["generate_s"])
-                print(
-                    f"{variant} {r['mode']}: {speed:.1f}x the one-by-one loop's tokens/s inside generate; "
-                    f"runner overhead {r['overhead_s']:.2f} s of {r['wall_s']:.1f} s "
-                    f"= {100 * r['overhead_s'] / r['generate_s']:.1f}% of generate time "
-                    f"(model load {r['load_s']:.1f} s; phases {r.get('phases', {})})"
-                )
+    print(line)
+    for r in rows:
+        if r["mode"] == "one-by-one":
+            continue
+        base = [b for b in rows if b["variant"] == r["variant"] and b["mode"] == "one-by-one"]
+        speed = ""
+        if base:
+            ratio = (r["tokens"] / r["generate_s"]) / (base[0]["tokens"] / base[0]["generate_s"])
+            speed = f"{ratio:.1f}x the one-by-one loop's tokens/s inside generate; "
+        print(
+            f"{r['variant']} {r['mode']}: {speed}runner overhead {r['overhead_s']:.2f} s "
+            f"= {100 * r['overhead_s'] / r['generate_s']:.1f}% of generate time; where: {r.get('overhead', {})}; "
+            f"phases: {r.get('phases', {})}"
+        )
     print(line)
 
 

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -310,10 +309,15 @@ class MlflowTracker:
         if not results:
             return
         secrets = secret_values()
-        if self._scratch is None:
-            self._scratch = Path(tempfile.mkdtemp(prefix="pov-cell-"))
-        for result in results:
-            self._log_cell(pid, result, secrets)
+        # A scratch folder per call, removed on the way out: a run that stops without `finish` (an
+        # exception in the caller, a test's interrupted run) leaves nothing behind in the temp folder.
+        with tempfile.TemporaryDirectory(prefix="pov-cell-") as scratch:
+            self._scratch = Path(scratch)
+            try:
+                for result in results:
+                    self._log_cell(pid, result, secrets)
+            finally:
+                self._scratch = None
         self._log_progress()
 
     def _log_cell(self, pid: str, r: CellResult, secrets: dict[str, str]) -> None:
@@ -412,6 +416,3 @@ class MlflowTracker:
         state = "finished" if complete else "interrupted"
         self.client.set_tag(pid, "pov.state", state)
         self.client.set_terminated(pid, "FINISHED" if complete else "KILLED")
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
-            self._scratch = None

@@ -230,10 +230,13 @@ class Server:
     def preload(self, models: dict[str, Model], limits: Limits) -> None:
         """Load these models now (one per slot) and wait for them; a model that fails to load is reported
         here and tried again by the run that needs it, which records the failure."""
+        from runner.manifest import cache_folder_hashes
         from runner.workers import WorkerCrash
 
         self._set_limits(limits)
         self.executor.prestart(models)
+        # While the workers import and load: the manifest's hash of each local model, for the first run.
+        cache_folder_hashes(self.state_dir, [Path(m.name) for m in models.values()])
         for _, worker in list(self.executor._pool.held.values()):
             if worker.alive:
                 continue

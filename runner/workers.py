@@ -12,18 +12,20 @@ that runs past its deadline is `timeout` and its worker is killed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
     from runner.backends.base import Backend
+    from runner.prefetch import Prefetcher
     from runner.spec import Generation
 
 STDERR_TAIL_CHARS = 8000
@@ -100,9 +102,18 @@ def host_peak_rss_mb() -> float:
     return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def serve_batch(backend: Backend, jobs: list[Job], params: Generation) -> list[JobResult]:
+def serve_batch(
+    backend: Backend,
+    jobs: list[Job],
+    params: Generation,
+    prefetch: Prefetcher | None = None,
+    ahead: list[Job] | None = None,
+) -> list[JobResult]:
     """Generate one batch and measure it. Raises whatever the backend (or an injected fault) raises; the
-    caller classifies it with `classify_exception`. Shared by the process worker and the Ray actor."""
+    caller classifies it with `classify_exception`. Shared by the process worker and the Ray actor.
+
+    With a `prefetch`, the batch's inputs may already be encoded, and `ahead` (the batch the driver will
+    send next) is encoded in a thread while this one generates."""
     faulty = next((j for j in jobs if j.fault), None)
     if faulty is not None:
         inject_fault(str(faulty.fault), faulty.cell_id)
@@ -112,7 +123,13 @@ def serve_batch(backend: Backend, jobs: list[Job], params: Generation) -> list[J
 
         torch.cuda.reset_peak_memory_stats(device)
     started = time.time()
-    outs = backend.generate([j.prompt for j in jobs], params)
+    encoded = prefetch.encode(jobs, params) if prefetch is not None else None
+    if prefetch is not None:
+        prefetch.start(ahead, params)
+    if encoded is not None:
+        outs = backend.generate_encoded(encoded)  # type: ignore[attr-defined]
+    else:
+        outs = backend.generate([j.prompt for j in jobs], params)
     ended = time.time()
     alloc = reserved = 0.0
     if device is not None:
@@ -260,6 +277,10 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
     if cuda_visible is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible  # before anything imports torch
+    if device != "cpu":
+        # Unsloth turns the tokenizer's threads off unless told otherwise; on a GPU worker the CPU cores
+        # are idle, and a batch's first tokenization is on the critical path (runner.prefetch hides the rest).
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
     from runner.spec import Generation, Model
 
     model = Model.model_validate(model_data)
@@ -280,9 +301,9 @@ def worker_main(
     conn.send(("warm",))
     try:
         if conn.recv()[0] != "load":
-            return
+            _exit_now(0)
     except (EOFError, OSError):
-        return
+        _exit_now(0)
     print(
         f"pov worker {os.getpid()}: loading {model.name} ({model.backend}) on {device or 'auto'}",
         file=sys.stderr,
@@ -295,18 +316,21 @@ def worker_main(
         conn.send(("load_failed", *classify_exception(e)))
         return
     _share_cpu(str(getattr(backend, "device", "cpu")))
+    from runner.prefetch import Prefetcher
+
+    prefetch = Prefetcher(backend)
     conn.send(("ready", backend.device, backend.info() if hasattr(backend, "info") else {}))
     while True:
         try:
             msg = conn.recv()
         except (EOFError, OSError):
-            return  # the parent is gone
+            _exit_now(0)  # the parent is gone
         if msg[0] == "stop":
-            return
-        _, batch_id, jobs, params_data = msg
+            _exit_now(0)
+        _, batch_id, jobs, params_data, ahead = msg
         crash: tuple[str, str, bool] | None = None
         try:
-            results = serve_batch(backend, jobs, Generation.model_validate(params_data))
+            results = serve_batch(backend, jobs, Generation.model_validate(params_data), prefetch, ahead)
         except Exception as e:
             traceback.print_exc()
             sys.stderr.flush()
@@ -320,6 +344,21 @@ def worker_main(
         conn.send(("crashed", batch_id, *crash))
         if crash[2]:
             os._exit(3)
+
+
+def _exit_now(status: int) -> NoReturn:
+    """End the worker without the interpreter's teardown: its only state is the loaded model, and unloading
+    the libraries (torch, CUDA, Unsloth's hooks) took 2 to 3 s on the GPU machine, which a run that stops
+    its workers at the end waited for. The driver frees the process's GPU memory."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with contextlib.suppress(Exception):  # a failed cleanup must not keep the worker alive
+        from multiprocessing import util
+
+        # Unlink the semaphores that libraries made here: else the parent's resource tracker prints a
+        # "leaked semaphore" warning when `pov run` exits.
+        util._run_finalizers(0)  # type: ignore[attr-defined]
+    os._exit(status)
 
 
 def _share_cpu(device: str) -> None:

@@ -4,6 +4,7 @@ Also the local executor's early start of its workers, which overlaps a run's pre
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
 import re
@@ -86,6 +87,11 @@ def _run(exp: Any, executor: Any = None) -> tuple[Any, dict[str, Any]]:
 def test_runs_share_one_loaded_worker_and_answer_as_a_local_run(served: dict[str, Any]) -> None:
     exp = load_spec(served["spec"])
     assert isinstance(make_executor(exp.spec, state_dir=exp.state_dir), ServeExecutor), "found by itself"
+    # The server hashed the model's files for the runs' manifests while its worker loaded.
+    cache = served["state"] / "cache" / "file_hashes.json"
+    _wait(cache.exists, 60, "the model's file hashes")
+    files = {str(p.resolve()) for p in Path(exp.spec.models["tiny"].name).rglob("*") if p.is_file()}
+    assert files and files <= set(json.loads(cache.read_text()))
     first, results1 = _run(exp)
     second, results2 = _run(exp)
     assert first.finished == second.finished == len(expand(exp)) == 6

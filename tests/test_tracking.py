@@ -178,8 +178,13 @@ def test_schema_of_parent_and_children(exp: Experiment, uri: str, tmp_path: Path
 
 
 def test_kill_between_create_and_finish_redoes_the_cell(
-    exp: Experiment, uri: str, monkeypatch: pytest.MonkeyPatch
+    exp: Experiment, uri: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    import tempfile
+
+    scratch_root = tmp_path / "tmp"
+    scratch_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_root))
     cells = expand(exp)
     t = tracker(exp, uri)
     t.start(exp, cells, MANIFEST)
@@ -190,6 +195,7 @@ def test_kill_between_create_and_finish_redoes_the_cell(
     monkeypatch.setattr(client, "set_terminated", lambda *a, **k: (_ for _ in ()).throw(SystemExit("kill")))
     with pytest.raises(SystemExit):
         t.log([result(cells[3])])
+    assert not list(scratch_root.iterdir())  # the cell's scratch files went with the failed call
     monkeypatch.undo()
     assert sum(r.info.status == "RUNNING" for r in children(uri, t.run_id)) == 1
 
@@ -396,3 +402,31 @@ def test_compare_ignores_fields_an_older_manifest_lacks() -> None:
         "gpu": {"name": "H100"},
     }
     assert [(d.field, d.old, d.new) for d in compare(old, new)] == [("versions.torch", "2.1", "2.2")]
+
+
+def test_package_versions_match_each_packages_metadata() -> None:
+    import importlib.metadata
+
+    from runner.manifest import package_versions
+
+    versions = package_versions()
+    for pkg in ("torch", "transformers", "numpy", "mlflow", "pov-runner", "unsloth"):
+        try:
+            expected: str | None = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            expected = None
+        assert versions[pkg] == expected, pkg
+
+
+def test_gpu_names_come_from_the_driver_in_bus_order(tmp_path: Path) -> None:
+    from runner.manifest import _driver_gpu_names
+
+    for bus, model in (("0000:41:00.0", "NVIDIA H200"), ("0000:06:00.0", "NVIDIA H100 80GB HBM3")):
+        (tmp_path / bus).mkdir()
+        (tmp_path / bus / "information").write_text(
+            f"Model: \t\t {model}\nIRQ:   \t\t 41\nBus Type: \t PCIe\n"
+        )
+    assert _driver_gpu_names(tmp_path) == ["NVIDIA H100 80GB HBM3", "NVIDIA H200"]
+    (tmp_path / "0000:99:00.0").mkdir()  # a GPU whose file cannot be read: the caller asks nvidia-smi
+    assert _driver_gpu_names(tmp_path) == []
+    assert _driver_gpu_names(tmp_path / "absent") == []

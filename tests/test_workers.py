@@ -123,6 +123,7 @@ class ScriptedWorker:
         self.fail_load = fail_load
         self.starts = 0
         self.batches: list[list[str]] = []
+        self.hints: list[list[str] | None] = []
 
     @property
     def alive(self) -> bool:
@@ -135,8 +136,11 @@ class ScriptedWorker:
         self._alive = True
         return {}
 
-    def run_batch(self, jobs: list[Job], params: Generation, timeout_s: float) -> list[JobResult]:
+    def run_batch(
+        self, jobs: list[Job], params: Generation, timeout_s: float, ahead: list[Job] | None = None
+    ) -> list[JobResult]:
         self.batches.append([j.cell_id for j in jobs])
+        self.hints.append([j.cell_id for j in ahead] if ahead else None)
         for j in jobs:
             if j.fault:
                 dies = j.fault in ("segfault", "killed", "abort", "timeout")
@@ -183,6 +187,19 @@ def test_a_crashed_batch_is_retried_one_job_at_a_time() -> None:
     assert [len(b) for b in worker.batches] == [4, 1, 1, 1, 1, 4, 1, 1, 1, 1]
     # One restart after each death: the batch's and the single retry's.
     assert worker.starts == 3
+    # Each batch told the worker what was queued next; the crash then put the isolated retries first.
+    assert worker.hints[0] == worker.batches[5]
+    assert worker.hints[1:4] == worker.batches[2:5] and worker.hints[4] == worker.batches[5]
+    assert worker.hints[-1] is None
+
+
+def test_each_batch_carries_the_next_one_as_a_hint() -> None:
+    worker = ScriptedWorker()
+    out = _drive(worker, [Job(f"c{i}", "p" * (i + 1)) for i in range(7)])
+    assert len(out) == 7 and {r.status for r in out.values()} == {"finished"}
+    batches = [["c0", "c1", "c2", "c3"], ["c4", "c5", "c6"]]
+    assert worker.batches == batches  # PARAMS.batch_size is 4
+    assert worker.hints == [batches[1], None]
 
 
 def test_restarts_are_bounded_and_the_rest_is_marked_not_run() -> None:
@@ -266,7 +283,9 @@ def test_an_exception_leaves_the_worker_serving(tmp_path: Path, echo_backend: st
         assert worker.run_batch([Job("ok", "g h i")], PARAMS, 30)[0].output == "i h g"
         assert worker.starts == 1
     finally:
+        proc = worker.proc
         worker.stop()
+    assert proc.exitcode == 0  # it left when asked (without the interpreter's teardown), not killed
 
 
 def test_a_model_that_fails_to_load(tmp_path: Path) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from runner.backends.base import GenerationOut, prompt_budget, truncate_left
@@ -47,11 +49,26 @@ def pick_dtype(name: str, device: str) -> Any:
     return torch.float32
 
 
+@dataclass
+class EncodedBatch:
+    """A batch ready for the model: left-padded ids and mask on the CPU, and each prompt's kept ids."""
+
+    input_ids: Any
+    mask: Any
+    rows: list[tuple[list[int], bool]]
+    """Per prompt: the ids fed to the model and whether the prompt lost its beginning."""
+    width: int
+    params: GenerationParams
+
+
 class TransformersBackend:
     """Loads the model once; `generate` answers a batch of prompts in one `model.generate` call."""
 
     def __init__(self, model: Model, device: str | None = None) -> None:
         self.spec = model
+        # A transformers tokenizer changes its settings per call, and runner.prefetch encodes the next
+        # batch in a thread while this one decodes.
+        self._tokenizer_lock = threading.Lock()
         self.device = pick_device(model.device, device)
         self.dtype = pick_dtype(model.dtype, self.device)
         started = time.perf_counter()
@@ -118,11 +135,13 @@ class TransformersBackend:
 
     def encode(self, prompt: str) -> list[int]:
         # A chat template writes its own BOS; adding special tokens again would double it.
-        ids = self.tokenizer(self.render(prompt), add_special_tokens=not self.use_chat_template)["input_ids"]
-        return list(ids)
+        with self._tokenizer_lock:
+            ids = self.tokenizer(self.render(prompt), add_special_tokens=not self.use_chat_template)
+        return list(ids["input_ids"])
 
     def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        with self._tokenizer_lock:
+            return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     # -- generation ------------------------------------------------------------------------------------------
     def _generation_config(self, params: GenerationParams) -> Any:
@@ -142,23 +161,34 @@ class TransformersBackend:
         return GenerationConfig(**kwargs)
 
     def generate(self, prompts: list[str], params: GenerationParams) -> list[GenerationOut]:
+        return self.generate_encoded(self.encode_batch(prompts, params))
+
+    def encode_batch(self, prompts: list[str], params: GenerationParams) -> EncodedBatch:
+        """Template, tokenizer and left-padded tensors on the CPU: all of a batch's work before the model,
+        so that runner.prefetch can do it for the next batch while this one generates."""
         import torch
 
         budget = prompt_budget(self.spec, params)
         bos = self.tokenizer.bos_token_id
-        # One call for the batch: the Rust tokenizer encodes it in parallel.
-        encoded = self.tokenizer(
-            [self.render(p) for p in prompts], add_special_tokens=not self.use_chat_template
-        )
+        with self._tokenizer_lock:
+            # One call for the batch: the Rust tokenizer encodes it without holding the GIL.
+            encoded = self.tokenizer(
+                [self.render(p) for p in prompts], add_special_tokens=not self.use_chat_template
+            )
         rows = [truncate_left(list(ids), budget, bos) for ids in encoded["input_ids"]]
         width = max(len(ids) for ids, _ in rows)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, (ids, _) in enumerate(rows):
             if ids:
                 input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
                 mask[i, width - len(ids) :] = 1
+        return EncodedBatch(input_ids, mask, rows, width, params)
+
+    def generate_encoded(self, batch: EncodedBatch) -> list[GenerationOut]:
+        import torch
+
+        params, width = batch.params, batch.width
         config = self._generation_config(params)
         if params.temperature > 0:
             # Seeded per batch: the same batch with the same seed samples the same tokens.
@@ -166,7 +196,7 @@ class TransformersBackend:
             if torch.cuda.is_available():
                 torch.cuda.manual_seed_all(params.seed)
         on_gpu = self.device.startswith("cuda")
-        input_ids, mask = input_ids.to(self.model.device), mask.to(self.model.device)
+        input_ids, mask = batch.input_ids.to(self.model.device), batch.mask.to(self.model.device)
         if on_gpu:
             torch.cuda.synchronize(self.device)
         started = time.perf_counter()
@@ -177,12 +207,13 @@ class TransformersBackend:
         latency = time.perf_counter() - started
         answers = out[:, width:].tolist()  # one copy from the device for the whole batch
         lengths = [next((j + 1 for j, t in enumerate(new) if t in self.eos_ids), len(new)) for new in answers]
-        texts = self.tokenizer.batch_decode(
-            [new[:n] for new, n in zip(answers, lengths, strict=True)], skip_special_tokens=True
-        )
+        with self._tokenizer_lock:
+            texts = self.tokenizer.batch_decode(
+                [new[:n] for new, n in zip(answers, lengths, strict=True)], skip_special_tokens=True
+            )
         return [
             GenerationOut(text, len(ids), n, latency, n / latency if latency > 0 else 0.0, truncated)
-            for text, n, (ids, truncated) in zip(texts, lengths, rows, strict=True)
+            for text, n, (ids, truncated) in zip(texts, lengths, batch.rows, strict=True)
         ]
 
     def info(self) -> dict[str, float]:

@@ -31,8 +31,11 @@ class Worker(Protocol):
         """Load the model; raise LoadFailed if it does not load."""
         ...
 
-    def run_batch(self, jobs: list[Job], params: Generation, timeout_s: float) -> list[JobResult]:
-        """Answer a batch; raise WorkerCrash when it does not come back."""
+    def run_batch(
+        self, jobs: list[Job], params: Generation, timeout_s: float, ahead: list[Job] | None = None
+    ) -> list[JobResult]:
+        """Answer a batch; raise WorkerCrash when it does not come back. `ahead` is the batch that will
+        probably come next (runner.prefetch encodes it meanwhile); a hint that changes no result."""
         ...
 
 
@@ -94,8 +97,9 @@ def run_group(
                 emit([crashed_result(j, failed, a, 0, note) for batch, a in pending for j in batch])
                 return
         batch, attempt = pending.popleft()
+        ahead = pending[0][0] if pending else None
         try:
-            results = worker.run_batch(batch, params, limits.cell_timeout_s * len(batch))
+            results = worker.run_batch(batch, params, limits.cell_timeout_s * len(batch), ahead)
         except WorkerCrash as crash:
             if should_stop():
                 return  # the run is stopping and killed the worker: its jobs stay pending

@@ -129,20 +129,24 @@ class ProcessWorker:
         self.info = {**msg[2], "worker_start_s": now - waited, "worker_boot_s": now - booted}
         return self.info
 
-    def run_batch(self, jobs: list[Job], params: Generation, timeout_s: float) -> list[JobResult]:
+    def run_batch(
+        self, jobs: list[Job], params: Generation, timeout_s: float, ahead: list[Job] | None = None
+    ) -> list[JobResult]:
         try:
-            return self._run_batch(jobs, params, timeout_s)
+            return self._run_batch(jobs, params, timeout_s, ahead)
         except WorkerCrash as crash:
             if not crash.worker_alive and not self._want_spare:
                 self._want_spare = True
                 self._spare = self._spawn()  # imports while the crash is handled
             raise
 
-    def _run_batch(self, jobs: list[Job], params: Generation, timeout_s: float) -> list[JobResult]:
+    def _run_batch(
+        self, jobs: list[Job], params: Generation, timeout_s: float, ahead: list[Job] | None
+    ) -> list[JobResult]:
         self._batch += 1
         offset = file_size(self.stderr_path)
         try:
-            self.conn.send(("batch", self._batch, jobs, params.model_dump(mode="json")))
+            self.conn.send(("batch", self._batch, jobs, params.model_dump(mode="json"), ahead))
         except (OSError, ValueError):
             self._raise_dead(offset)
         msg = self._wait(timeout_s, offset, f"a batch of {len(jobs)}")

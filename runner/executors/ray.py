@@ -75,18 +75,25 @@ class GenerationActor:
         if device.startswith("cuda"):
             _cap_gpu_memory(gpu_memory_gb, device)
         self.backend = backend_cls(model, device)
+        from runner.prefetch import Prefetcher
+
+        self.prefetch = Prefetcher(self.backend)
         print(f"pov ray actor {os.getpid()}: loaded {model.name} on {device}", file=sys.stderr, flush=True)
 
     def ready(self) -> tuple[str, dict[str, float], int]:
         info = self.backend.info() if hasattr(self.backend, "info") else {}
         return str(getattr(self.backend, "device", "cpu")), info, os.getpid()
 
-    def run_batch(self, jobs: list[Job], params_data: dict[str, Any]) -> list[JobResult]:
+    def run_batch(
+        self, jobs: list[Job], params_data: dict[str, Any], ahead: list[Job] | None = None
+    ) -> list[JobResult]:
         from runner.spec import Generation
         from runner.workers import _release_memory, serve_batch
 
         try:
-            return serve_batch(self.backend, jobs, Generation.model_validate(params_data))
+            return serve_batch(
+                self.backend, jobs, Generation.model_validate(params_data), self.prefetch, ahead
+            )
         except Exception:
             import traceback
 
@@ -151,10 +158,12 @@ class RayWorker:
             ) from None
         return self.info
 
-    def run_batch(self, jobs: list[Job], params: Generation, timeout_s: float) -> list[JobResult]:
+    def run_batch(
+        self, jobs: list[Job], params: Generation, timeout_s: float, ahead: list[Job] | None = None
+    ) -> list[JobResult]:
         ray = self.ray
         offset = file_size(self.log_path)
-        ref = self.actor.run_batch.remote(jobs, params.model_dump(mode="json"))
+        ref = self.actor.run_batch.remote(jobs, params.model_dump(mode="json"), ahead)
         self.in_flight = True
         try:
             results: list[JobResult] = ray.get(ref, timeout=timeout_s)
