@@ -101,7 +101,7 @@ def _version(pkg: str) -> str | None:
     except importlib.metadata.PackageNotFoundError:
         return None
     # An installed wheel's folder is named `<name>-<version>.dist-info`: reading the version there skips
-    # parsing its METADATA (transformers' holds its whole README), a tenth of a second per run in all.
+    # parsing its METADATA (transformers' holds its whole README): tens of milliseconds per run in all.
     folder = getattr(getattr(dist, "_path", None), "name", "")
     if folder.endswith(".dist-info") and folder.count("-") == 1:
         return str(folder[: -len(".dist-info")].split("-")[1])

@@ -123,8 +123,9 @@ def serve_batch(
 
         torch.cuda.reset_peak_memory_stats(device)
     started = time.time()
-    encoded = prefetch.encode(jobs, params) if prefetch is not None else None
+    encoded = None
     if prefetch is not None:
+        encoded = prefetch.encode(jobs, params)
         prefetch.start(ahead, params)
     if encoded is not None:
         outs = backend.generate_encoded(encoded)  # type: ignore[attr-defined]
@@ -343,7 +344,7 @@ def worker_main(
         _release_memory()
         conn.send(("crashed", batch_id, *crash))
         if crash[2]:
-            os._exit(3)
+            _exit_now(3)
 
 
 def _exit_now(status: int) -> NoReturn:
