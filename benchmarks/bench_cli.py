@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from runner.errors import SpecError
-from runner.yamlio import parse_yaml
+from runner.spec.safe_yaml import parse_yaml
 
 REPO = Path(__file__).resolve().parent.parent
 ROUNDS = 5

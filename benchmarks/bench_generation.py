@@ -17,7 +17,7 @@ run's preparation, and in a cold pass the worker's imports and load), in the bac
 
 The prompts are the quickstart's (its templates and personas, every question and POV set), with context
 from the real retriever when it can run here, else from corpus passages of the same size (5 x 180 words).
-The model is built once by runner.tinymodel (hidden 2048, 16 layers, 32 heads, MLP 8192, vocab 32000) into
+The model is built once by runner.generation.tinymodel (hidden 2048, 16 layers, 32 heads, MLP 8192, vocab 32000) into
 .pov/bench/. Every answer is exactly --new-tokens long (min_new_tokens = max_new_tokens), so both sides do
 the same work. 4-bit uses Unsloth when it is installed, else transformers with bitsandbytes.
 
@@ -40,7 +40,7 @@ DIMS = {"hidden": 2048, "layers": 16, "heads": 32, "intermediate": 8192, "vocab"
 
 
 def build_model(out_root: Path) -> Path:
-    from runner.tinymodel import TinyDims, build_tiny
+    from runner.generation.tinymodel import TinyDims, build_tiny
 
     dest = out_root / "llama-1b-bf16"
     if not (dest / "config.json").exists():
@@ -51,7 +51,7 @@ def build_model(out_root: Path) -> Path:
 
 
 class PassageRetriever:
-    """Stand-in for runner.retrieval when Chroma or the embedder cannot run here: the same shapes (k3
+    """Stand-in for runner.retrieval.retriever when Chroma or the embedder cannot run here: the same shapes (k3
     passages of up to 180 words), chosen by a hash of the key."""
 
     def __init__(self, words: int = 180) -> None:
@@ -106,7 +106,7 @@ def overrides(model_dir: Path, args: argparse.Namespace, batch_size: int, four_b
 
 
 def experiment(model_dir: Path, args: argparse.Namespace, batch_size: int, four_bit: str | None) -> Any:
-    from runner.loader import load_spec
+    from runner.spec import load_spec
 
     return load_spec(
         REPO / "experiments" / "quickstart.yaml", overrides(model_dir, args, batch_size, four_bit)
@@ -115,10 +115,10 @@ def experiment(model_dir: Path, args: argparse.Namespace, batch_size: int, four_
 
 def pick_retriever(exp: Any) -> tuple[Any, str]:
     try:
-        from runner.engine import _default_retriever
+        from runner.run.engine import _default_retriever
 
         retriever = _default_retriever(exp)
-        return retriever, "runner.retrieval (Chroma + MiniLM)"
+        return retriever, "runner.retrieval.retriever (Chroma + MiniLM)"
     except Exception as e:  # no chromadb / no embedder weights on this host
         return PassageRetriever(), f"corpus passages (real retrieval unavailable: {type(e).__name__})"
 
@@ -126,13 +126,13 @@ def pick_retriever(exp: Any) -> tuple[Any, str]:
 def runner_pass(
     model_dir: Path, args: argparse.Namespace, batch_size: int, four_bit: str | None, warm: bool
 ) -> dict[str, Any]:
-    from runner.engine import run_experiment
-    from runner.executors import make_executor
-    from runner.executors.local import LocalExecutor
-    from runner.executors.serve import ServeExecutor
-    from runner.matrix import expand
-    from runner.sinks import read_results
-    from runner.tracking import NullTracker
+    from runner.run.engine import run_experiment
+    from runner.generation.executors import make_executor
+    from runner.generation.executors.local import LocalExecutor
+    from runner.generation.executors.serve_client import ServeExecutor
+    from runner.spec import expand
+    from runner.run.sinks import read_results
+    from runner.tracking.client import NullTracker
 
     exp = experiment(model_dir, args, batch_size, four_bit)
     cells = expand(exp)[: args.prompts]
@@ -202,7 +202,7 @@ def start_server(model_dir: Path, args: argparse.Namespace, four_bit: str | None
     """`pov serve` with the benchmark's model loaded; returns once the model is in GPU memory."""
     import subprocess
 
-    from runner import serve
+    from runner.generation import server_info as serve
 
     exp = experiment(model_dir, args, 1, four_bit)
     command = [sys.executable, "-m", "runner.cli", "serve", str(exp.path), "--idle-timeout", "60"]
@@ -225,7 +225,7 @@ def start_server(model_dir: Path, args: argparse.Namespace, four_bit: str | None
 
 
 def stop_server(handle: Any) -> None:
-    from runner import serve
+    from runner.generation import server_info as serve
 
     proc, state_dir = handle
     serve.request(state_dir, ("shutdown",))

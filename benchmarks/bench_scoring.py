@@ -1,4 +1,4 @@
-"""sexy_scores: the notebook's loop against the numpy and torch paths, and against a bare matrix product.
+"""pov_scores: the notebook's loop against the numpy and torch paths, and against a bare matrix product.
 
 Run: pytest benchmarks/bench_scoring.py -o python_files='bench_*.py' --benchmark-columns=min,median,mean,max,rounds
 
@@ -10,7 +10,7 @@ Two shapes, both float32 with d = 1024 (Cohere embed v3) and p = 16 POV statemen
   product `(N*64, 1024) @ (1024, 16)`, the roofline for this memory-bound shape. The loop is not timed at
   the large shape: at ~4 us per pair, 20 million pairs would take minutes per round.
 
-Entries: `loop` (the notebook's calculate_similarity/calc_sexyscore, in tests/test_scoring.py),
+Entries: `loop` (the notebook's calculate_similarity/loop_pov_score, in tests/test_scoring.py),
 `numpy` (default: checks nothing, divides by the document norms, computed in the same blocked pass),
 `numpy-unit` (assume_normalized=True, what retrieval uses), `torch` and `torch-unit` (CPU tensors sharing
 the numpy memory), and `bare-numpy` / `bare-torch` (the product alone); with CUDA also `cuda`, `cuda-unit`
@@ -28,9 +28,9 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from test_scoring import reference_sexy
+from test_scoring import reference_pov
 
-from runner.scoring import sexy_scores
+from runner.retrieval.scoring import pov_scores
 
 D, P = 1024, 16
 NOTEBOOK = (100, 10)
@@ -116,17 +116,17 @@ def _fn(entry: str, docs: np.ndarray, povs: np.ndarray) -> Any:
         flat_g = docs_g.reshape(-1, D)
         return _synced(
             {
-                "cuda": lambda: sexy_scores(docs_g, povs_g),
-                "cuda-unit": lambda: sexy_scores(docs_g, povs_g, assume_normalized=True),
+                "cuda": lambda: pov_scores(docs_g, povs_g),
+                "cuda-unit": lambda: pov_scores(docs_g, povs_g, assume_normalized=True),
                 "bare-cuda": lambda: flat_g @ povs_g.T,
             }[entry]
         )
     return {
-        "loop": lambda: reference_sexy(docs, povs),
-        "numpy": lambda: sexy_scores(docs, povs),
-        "numpy-unit": lambda: sexy_scores(docs, povs, assume_normalized=True),
-        "torch": lambda: sexy_scores(docs_t, povs_t),
-        "torch-unit": lambda: sexy_scores(docs_t, povs_t, assume_normalized=True),
+        "loop": lambda: reference_pov(docs, povs),
+        "numpy": lambda: pov_scores(docs, povs),
+        "numpy-unit": lambda: pov_scores(docs, povs, assume_normalized=True),
+        "torch": lambda: pov_scores(docs_t, povs_t),
+        "torch-unit": lambda: pov_scores(docs_t, povs_t, assume_normalized=True),
         "bare-numpy": lambda: flat @ povs.T,
         "bare-torch": lambda: flat_t @ povs_t.T,
     }[entry]

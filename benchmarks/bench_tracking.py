@@ -29,9 +29,9 @@ MANIFEST = {
 def _results(n: int) -> list[Any]:
     from dataclasses import replace
 
-    from runner.loader import load_spec
-    from runner.matrix import expand
-    from runner.results import CellResult
+    from runner.spec import load_spec
+    from runner.spec import expand
+    from runner.run.results import CellResult
 
     exp = load_spec(ROOT / "experiments" / "quickstart.yaml")
     base = expand(exp)
@@ -83,7 +83,7 @@ def _results(n: int) -> list[Any]:
 
 def prepare(n: int, workdir: Path) -> tuple[Any, Any, list[Any]]:
     """A tracker on a fresh store whose schema is already created (MLflow's migrations are not timed)."""
-    from runner.mlflow_tracker import MlflowTracker
+    from runner.tracking.mlflow_tracker import MlflowTracker
 
     results, exp = _results(n)  # type: ignore[misc]
     tracker = MlflowTracker(f"sqlite:///{workdir}/mlflow.db", "bench")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import difflib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -40,3 +42,9 @@ class RunAborted(Exception):
     and exits 1; the cells not recorded are resumed by the next `pov run`."""
 
     exit_code = 1
+
+
+def did_you_mean(value: Any, choices: Sequence[str]) -> str:
+    """A hint for a misspelt name: the closest of `choices`, else the list of them."""
+    close = difflib.get_close_matches(str(value), list(choices), n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else f" (declared: {', '.join(choices) or 'none'})"

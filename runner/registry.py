@@ -1,11 +1,91 @@
-"""Named plug-ins as `module:attr` strings, imported only when first used (so `pov --help` stays light)."""
+"""Plug-ins by name: generation backends, embedding providers and executors.
+
+Each entry says where its implementation lives (`module:attr`) and which extra of pov-runner installs what
+it imports. Nothing is imported until a plug-in is picked, so `pov --help` and spec validation stay light,
+and the spec layer can check a name without importing the layers that implement it. Adding a plug-in is
+one file (the implementation) and one line here.
+"""
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
+from runner.errors import UserError, did_you_mean
 
-def load(table: dict[str, str], name: str) -> Any:
-    module, _, attr = table[name].partition(":")
+
+@dataclass(frozen=True)
+class Plugin:
+    """Where one named implementation lives."""
+
+    target: str
+    """`package.module:attribute`."""
+    extra: str | None = None
+    """The pov-runner extra that installs what it imports (`pip install 'pov-runner[EXTRA]'`)."""
+
+
+class Registry:
+    """Named plug-ins of one kind, imported on first use."""
+
+    def __init__(self, kind: str, plugins: dict[str, Plugin]) -> None:
+        self.kind = kind
+        self._plugins = dict(plugins)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._plugins
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._plugins)
+
+    def names(self) -> list[str]:
+        return list(self._plugins)
+
+    def load(self, name: str) -> Any:
+        """The implementation registered as `name`; a `module:attr` path is loaded as given (plug-ins
+        outside this package, test doubles). A missing dependency names the `pip install` that adds it."""
+        if ":" in name:
+            return _import(name)
+        plugin = self._plugins.get(name)
+        if plugin is None:
+            raise UserError(f"unknown {self.kind} {name!r}{did_you_mean(name, self.names())}")
+        try:
+            return _import(plugin.target)
+        except ModuleNotFoundError as e:
+            missing = (e.name or "").split(".")[0]
+            if not missing or missing == "runner":
+                raise
+            install = f"pip install 'pov-runner[{plugin.extra}]'" if plugin.extra else f"pip install {missing}"
+            raise UserError(f"the {self.kind} {name!r} needs the {missing!r} package: {install}") from None
+
+
+def _import(target: str) -> Any:
+    module, _, attr = target.partition(":")
     return getattr(importlib.import_module(module), attr)
+
+
+BACKENDS = Registry(
+    "generation backend",
+    {
+        "transformers": Plugin("runner.generation.backends.transformers:TransformersBackend"),
+        "unsloth": Plugin("runner.generation.backends.unsloth:UnslothBackend", extra="gpu"),
+    },
+)
+EMBEDDERS = Registry(
+    "embedding provider",
+    {
+        "sentence-transformers": Plugin(
+            "runner.retrieval.embedders.sentence_transformers:SentenceTransformerEmbedder"
+        ),
+        "cohere": Plugin("runner.retrieval.embedders.cohere:CohereEmbedder", extra="cohere"),
+    },
+)
+EXECUTORS = Registry(
+    "executor",
+    {
+        "local": Plugin("runner.generation.executors.local:LocalExecutor"),
+        "ray": Plugin("runner.generation.executors.ray:RayExecutor", extra="ray"),
+        "serve": Plugin("runner.generation.executors.serve_client:ServeExecutor"),
+    },
+)

@@ -6,11 +6,12 @@ import hashlib
 import os
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from runner.retrieval import RetrievalResult, Stage
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -24,46 +25,14 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default tiny Llama (seed 0, trained on data/brics), built once per test session."""
-    from runner.tinymodel import build_tiny
+    from runner.generation.tinymodel import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("tiny-llama") / "model", seed=0)
 
 
-@dataclass
-class StubStage:
-    name: str
-    ids: list[str]
-    texts: list[str]
-    scores: list[float]
-
-
-@dataclass
-class StubResult:
-    """Shaped like runner.retrieval.RetrievalResult (CONTRACTS.md)."""
-
-    question: str
-    pov_set: str
-    k: tuple[int, int, int]
-    stages: list[StubStage] = field(default_factory=list)
-
-    def final_chunks(self) -> list[dict[str, Any]]:
-        last = self.stages[-1]
-        return [
-            {"id": i, "text": t, "score": s, "rank": r + 1}
-            for r, (i, t, s) in enumerate(zip(last.ids, last.texts, last.scores, strict=True))
-        ]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "question": self.question,
-            "pov_set": self.pov_set,
-            "k": list(self.k),
-            "stages": [vars(s).copy() for s in self.stages],
-        }
-
-
 class StubRetriever:
-    """A stand-in for runner.retrieval.Retriever: picks corpus paragraphs by a hash of the key, no embeddings.
+    """A `runner.retrieval.Retriever` without Chroma or embeddings: picks corpus paragraphs by a hash of the
+    key and returns real RetrievalResults.
     `words` caps each chunk (short prompts keep CPU generation fast); `override` maps a question id to the
     text of its only chunk (to make one cell's prompt huge, say)."""
 
@@ -80,7 +49,7 @@ class StubRetriever:
         self.override = override or {}
         self.calls: list[list[tuple[str, str, tuple[int, int, int]]]] = []
 
-    def retrieve(self, keys: Iterable[tuple[str, str, tuple[int, int, int]]]) -> dict[Any, StubResult]:
+    def retrieve(self, keys: Iterable[tuple[str, str, tuple[int, int, int]]]) -> dict[Any, RetrievalResult]:
         keys = list(keys)
         self.calls.append(keys)
         out = {}
@@ -92,7 +61,7 @@ class StubRetriever:
                 if q in self.override:
                     picked = [(f"override-{q}", self.override[q])]
                 stages.append(
-                    StubStage(
+                    Stage(
                         name,
                         [p[0] for p in picked],
                         [p[1] for p in picked],
@@ -100,8 +69,11 @@ class StubRetriever:
                     )
                 )
             k3 = (int(k[0]), int(k[1]), int(k[2]))
-            out[(q, pov, k3)] = StubResult(q, pov, k3, stages)
+            out[(q, pov, k3)] = RetrievalResult(q, pov, k3, stages)
         return out
+
+    def check_embedder(self) -> None:
+        return None  # no embeddings: the checks that need them are skipped
 
 
 @pytest.fixture
@@ -223,7 +195,7 @@ class EchoBackend:
         self.name = model.name
 
     def generate(self, prompts: list[str], params: Any) -> list[Any]:
-        from runner.backends.base import GenerationOut
+        from runner.generation.backends.base import GenerationOut
 
         words = [p.split()[-3:] for p in prompts]
         return [
@@ -268,7 +240,7 @@ def brics_project(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def minilm() -> Any:
     """The real all-MiniLM-L6-v2 (bundled weights) as a provider, loaded once per session."""
-    from runner.embedders.sentence_transformers import SentenceTransformerEmbedder
+    from runner.retrieval.embedders.sentence_transformers import SentenceTransformerEmbedder
     from runner.spec import Embedder
 
     emb = SentenceTransformerEmbedder(Embedder(device="cpu"))

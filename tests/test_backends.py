@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.backends.base import GenerationOut, local_revision, prompt_budget, truncate_left
+from runner.generation.backends.base import GenerationOut, local_revision, prompt_budget, truncate_left
 from runner.spec import Generation, Model
 
 LONG = " ".join(
@@ -20,7 +20,7 @@ LONG = " ".join(
 
 @pytest.fixture(scope="module")
 def backend(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
-    from runner.backends.transformers import TransformersBackend
+    from runner.generation.backends.transformers import TransformersBackend
 
     return TransformersBackend(Model(name=str(tiny_model_dir), device="cpu", max_seq_length=256), None)
 
@@ -101,7 +101,7 @@ def test_seeded_sampling_repeats_and_seeds_differ(backend) -> None:  # type: ign
 
 
 def test_chat_template_can_be_turned_off_or_required(tiny_model_dir: Path, tmp_path: Path) -> None:
-    from runner.backends.transformers import TransformersBackend
+    from runner.generation.backends.transformers import TransformersBackend
 
     raw = TransformersBackend(Model(name=str(tiny_model_dir), device="cpu", chat_template=False))
     assert raw.render("Hi") == "Hi"
@@ -118,7 +118,7 @@ def test_chat_template_can_be_turned_off_or_required(tiny_model_dir: Path, tmp_p
 def test_cpu_refuses_4bit_and_cuda(tiny_model_dir: Path) -> None:
     import torch
 
-    from runner.backends.transformers import TransformersBackend, pick_device
+    from runner.generation.backends.transformers import TransformersBackend, pick_device
 
     with pytest.raises(RuntimeError, match="load_in_4bit needs a CUDA GPU"):
         TransformersBackend(Model(name=str(tiny_model_dir), device="cpu", load_in_4bit=True))
@@ -133,7 +133,7 @@ def test_unsloth_needs_a_gpu_and_comes_before_transformers(tiny_model_dir: Path)
     import torch
     import transformers  # noqa: F401  (this process has it: unsloth would come too late)
 
-    from runner.backends.unsloth import UnslothBackend, preimport
+    from runner.generation.backends.unsloth import UnslothBackend, preimport
 
     if "unsloth" not in sys.modules:
         with pytest.raises(RuntimeError, match="before transformers"):
@@ -154,7 +154,7 @@ def test_missing_unsloth_names_the_extra() -> None:
     if probe.stdout.strip() != "True":
         pytest.skip("unsloth is installed here")
     run = subprocess.run(
-        [sys.executable, "-c", "from runner.backends.unsloth import preimport; preimport()"],
+        [sys.executable, "-c", "from runner.generation.backends.unsloth import preimport; preimport()"],
         capture_output=True,
         text=True,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runner.checks import evaluate, slug
-from runner.prompts import Section, TemplateInfo, parse_header
+from runner.run.checks import evaluate, slug
+from runner.spec.templates import Section, TemplateInfo, parse_header
 from runner.spec import Checks
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,7 +273,7 @@ def test_pov_retention_edgy_answer_keeps_the_edge(embed):
     assert bland_tags["check.pov_retention"] == "fail"
 
 
-def test_pov_retention_is_the_sexy_score_ratio(embed):
+def test_pov_retention_is_the_pov_score_ratio(embed):
     # Independent computation: L2 norm of cosines to the POV statements, answer over mean of the chunks.
     pov = embed(POV_GS)
     chunks = embed(CONTEXT)

@@ -13,9 +13,9 @@ import pytest
 from conftest import free_port, wait_until_answers
 
 from runner.errors import UserError
-from runner.loader import load_spec
-from runner.retrieval import Retriever
-from runner.store import Store, ingest
+from runner.spec import load_spec
+from runner.retrieval import ChromaRetriever
+from runner.retrieval.store import Store, ingest
 
 
 def chroma_cli() -> str:
@@ -65,8 +65,8 @@ def test_http_store_gives_the_same_rankings_as_embedded(brics_project: Path, chr
     assert ingest(remote).chunks["added"] == 0  # idempotent over HTTP too
 
     keys = [(q, p, (15, 10, 5)) for q in embedded.questions for p in ("security", "markets")]
-    local = Retriever(embedded).retrieve(keys)
-    retriever = Retriever(remote)
+    local = ChromaRetriever(embedded).retrieve(keys)
+    retriever = ChromaRetriever(remote)
     over_http = retriever.retrieve(keys)
     assert not retriever.warnings
     for key in keys:

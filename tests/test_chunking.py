@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner.chunking import (
+from runner.retrieval.chunking import (
     MIN_CHUNK_WORDS,
     Skipped,
     SourceFile,

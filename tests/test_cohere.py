@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from cohere_standin import StandIn, fake_vector, serve
 
-from runner.embedders.base import normalize_rows
-from runner.embedders.cohere import CohereEmbedder, CohereError
+from runner.retrieval.embedders.base import normalize_rows
+from runner.retrieval.embedders.cohere import CohereEmbedder, CohereError
 from runner.errors import UserError
 from runner.spec import Embedder
 
@@ -157,7 +157,7 @@ def test_retrieval_with_a_cohere_reranker_end_to_end_never_leaks_the_key(
     stage1 = {t for r in results for t in r["stages"][0]["texts"]}
     assert by_type["search_document"] == stage1  # each stage-1 chunk embedded once, as a document
     assert sum(len(r["texts"]) for r in reqs if r["input_type"] == "search_document") == len(stage1)
-    from runner.loader import load_spec
+    from runner.spec import load_spec
 
     exp = load_spec(spec)
     povs = set(exp.pov_sets["security"]) | set(exp.pov_sets["global_south"])

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.complexity import count_instructions, measure
-from runner.prompts import TemplateInfo, compile_template, parse_header, render, sample_variables
+from runner.run.complexity import count_instructions, measure
+from runner.spec.templates import TemplateInfo, compile_template, parse_header, render, sample_variables
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES = ["summary_opinion", "opinion_only", "numbered_context"]

@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runner.embedders.base import (
+from runner.retrieval.embedders.base import (
     CachedEmbedder,
     build_embedder,
     cache_namespace,
     normalize_rows,
     same_embedder,
 )
-from runner.embedders.cache import EmbeddingCache, text_sha
-from runner.embedders.sentence_transformers import SentenceTransformerEmbedder, resolve_model
+from runner.retrieval.embedders.cache import EmbeddingCache, text_sha
+from runner.retrieval.embedders.sentence_transformers import SentenceTransformerEmbedder, resolve_model
 from runner.errors import UserError
 from runner.spec import Embedder
 
@@ -118,7 +118,7 @@ def test_cache_lookups_beyond_sqlite_parameter_limits(tmp_path: Path) -> None:
 WRITER = """
 import sys, numpy as np
 from pathlib import Path
-from runner.embedders.cache import EmbeddingCache
+from runner.retrieval.embedders.cache import EmbeddingCache
 cache = EmbeddingCache(Path(sys.argv[1]))
 rng = np.random.default_rng(0)
 i = 0

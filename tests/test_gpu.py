@@ -30,7 +30,7 @@ OOM_DIMS = {
 
 
 def _build(tmp_path_factory: pytest.TempPathFactory, name: str, dims: dict[str, int]) -> Path:
-    from runner.tinymodel import TinyDims, build_tiny
+    from runner.generation.tinymodel import TinyDims, build_tiny
 
     return build_tiny(tmp_path_factory.mktemp(name) / "model", dims=TinyDims(**dims), dtype="bfloat16")
 
@@ -54,10 +54,10 @@ def _run(
     questions: int = 4,
     max_new_tokens: int = 16,
 ) -> tuple[Any, RecordingTracker]:
-    from runner.engine import run_experiment
-    from runner.executors.local import LocalExecutor
-    from runner.loader import load_spec
-    from runner.matrix import expand
+    from runner.run.engine import run_experiment
+    from runner.generation.executors.local import LocalExecutor
+    from runner.spec import load_spec
+    from runner.spec import expand
 
     path = gen_spec(tmp, model_dir, questions=questions, personas=2, pov_sets=1, limits=limits)
     text = path.read_text()

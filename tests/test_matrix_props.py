@@ -13,9 +13,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner.loader import Experiment
-from runner.matrix import Cell, expand
-from runner.prompts import TemplateInfo
+from runner.spec import Experiment
+from runner.spec import Cell, expand
+from runner.spec import TemplateInfo
 from runner.spec import Spec
 
 AXES = ("model", "template", "persona", "pov_set", "k", "question")

@@ -1,4 +1,4 @@
-"""Encoding the next batch while the current one generates (runner.prefetch), through serve_batch."""
+"""Encoding the next batch while the current one generates (runner.generation.prefetch), through serve_batch."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from runner.backends.base import GenerationOut
-from runner.prefetch import Pipelined, Prefetcher
+from runner.generation.backends.base import GenerationOut
+from runner.generation.prefetch import Pipelined, Prefetcher
 from runner.spec import Generation, Model
-from runner.workers import Job, classify_exception, serve_batch
+from runner.generation.jobs import Job, classify_exception
+from runner.generation.worker import serve_batch
 
 PARAMS = Generation(max_new_tokens=5, temperature=0.0)
 PROMPTS = [
@@ -27,7 +28,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def backend(tiny_model_dir: Path) -> Any:
-    from runner.backends.transformers import TransformersBackend
+    from runner.generation.backends.transformers import TransformersBackend
 
     return TransformersBackend(Model(name=str(tiny_model_dir), device="cpu", max_seq_length=256), None)
 

@@ -15,11 +15,11 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from runner.engine import run_experiment  # noqa: E402
-from runner.executors.local import LocalExecutor  # noqa: E402
-from runner.executors.ray import RayExecutor, death_cause  # noqa: E402
-from runner.loader import load_spec  # noqa: E402
-from runner.matrix import expand  # noqa: E402
+from runner.run.engine import run_experiment  # noqa: E402
+from runner.generation.executors.local import LocalExecutor  # noqa: E402
+from runner.generation.executors.ray import RayExecutor, death_cause  # noqa: E402
+from runner.spec import load_spec  # noqa: E402
+from runner.spec import expand  # noqa: E402
 from runner.spec import Executor  # noqa: E402
 
 

@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from runner.cli import main as cli
-from runner.stats import bin_edges, bin_index, percentile, wilson
+from runner.report.stats import bin_edges, bin_index, percentile, wilson
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = {"summary_opinion": 0.45, "opinion_only": 0.1}
@@ -202,7 +202,7 @@ def test_compare_puts_two_executions_side_by_side(env: dict[str, Any]):
 def test_spec_picks_its_latest_execution_and_logs_the_artifact(
     store: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from runner.loader import load_spec
+    from runner.spec import load_spec
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)

@@ -113,7 +113,7 @@ def test_rerun_reproduces_rankings_and_outputs_then_names_a_corpus_drift(project
 
 
 def test_rerun_refuses_what_is_not_an_execution(project: tuple[Path, Any]) -> None:
-    from runner.rerun import prepare
+    from runner.tracking.rerun import prepare
 
     tmp, original = project
     with pytest.raises(UserError, match="no run"):
@@ -128,8 +128,8 @@ def test_rerun_refuses_what_is_not_an_execution(project: tuple[Path, Any]) -> No
 
 def test_snapshot_loads_standalone(project: tuple[Path, Any], tmp_path: Path) -> None:
     """The stored spec.yaml and templates load with no other file than the corpus, and expand to the same cells."""
-    from runner.loader import load_spec
-    from runner.matrix import expand
+    from runner.spec import load_spec
+    from runner.spec import expand
 
     tmp, original = project
     dest = Path(_client(tmp).download_artifacts(original.info.run_id, "", str(tmp_path / "snap")))

@@ -115,8 +115,8 @@ def _runs(tmp: Path) -> tuple[list[Any], list[Any]]:
 
 
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    from runner.loader import load_spec
-    from runner.matrix import expand
+    from runner.spec import load_spec
+    from runner.spec import expand
 
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)

@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_scoring import reference_cosine, reference_sexy
+from test_scoring import reference_cosine, reference_pov
 
 from runner.cli import main
 from runner.errors import UserError
-from runner.loader import load_spec
-from runner.retrieval import RetrievalResult, Retriever, Stage
-from runner.store import Store, ingest
+from runner.spec import load_spec
+from runner.retrieval import ChromaRetriever, RetrievalResult, Stage
+from runner.retrieval.store import Store, ingest
 
 CACHE_LINE = re.compile(r"embedding cache: (\d+) hits, (\d+) misses, (\d+) provider calls")
 
@@ -66,7 +66,7 @@ def test_no_boilerplate_chunk_reaches_stage_3(brics_project: Path) -> None:
     exp = load_spec(spec)
     ingest(exp)
     src = sources(spec)
-    results = Retriever(exp).retrieve(all_keys(exp))
+    results = ChromaRetriever(exp).retrieve(all_keys(exp))
     assert len(results) == len(exp.questions) * len(exp.pov_sets) == 30
     leaked = {
         (q, p): [src[i] for i in r.stages[2].ids if src[i].startswith("zz_boilerplate_")]
@@ -83,7 +83,7 @@ def test_without_the_boilerplate_filter_a_reference_list_gets_through(brics_proj
     exp = load_spec(spec, overrides)
     ingest(exp)
     src = sources(spec, *overrides)
-    results = Retriever(exp).retrieve(all_keys(exp))
+    results = ChromaRetriever(exp).retrieve(all_keys(exp))
     leaked = [
         k for k, r in results.items() if any(src[i].startswith("zz_boilerplate_") for i in r.stages[2].ids)
     ]
@@ -98,7 +98,7 @@ def test_stages_follow_the_algorithm(brics_project: Path, minilm: Any) -> None:
     everything = col.get(include=["documents"])
     all_texts = dict(zip(everything["ids"], everything["documents"], strict=True))
     keys = [("japan-alliances", "security", (15, 10, 5)), ("sanctions-and-dollar", "markets", (12, 6, 4))]
-    results = Retriever(exp).retrieve(keys)
+    results = ChromaRetriever(exp).retrieve(keys)
     for q, p, (k1, k2, k3) in keys:
         r = results[(q, p, (k1, k2, k3))]
         s1, s2, s3 = r.stages
@@ -115,14 +115,14 @@ def test_stages_follow_the_algorithm(brics_project: Path, minilm: Any) -> None:
         assert s2.ids == s1.ids[:k2]
         np.testing.assert_allclose(s2.scores, s1.scores[:k2], atol=1e-4)
         pov = minilm.embed(exp.pov_sets[p], "query")
-        sexy = reference_sexy(minilm.embed(s2.texts, "document"), pov)
-        assert s3.ids == [s2.ids[j] for j in np.argsort(-sexy, kind="stable")[:k3]]
-        np.testing.assert_allclose(s3.scores, sorted(sexy, reverse=True)[:k3], atol=1e-4)
+        expected = reference_pov(minilm.embed(s2.texts, "document"), pov)
+        assert s3.ids == [s2.ids[j] for j in np.argsort(-expected, kind="stable")[:k3]]
+        np.testing.assert_allclose(s3.scores, sorted(expected, reverse=True)[:k3], atol=1e-4)
         assert r.final_chunks()[0] == {"id": s3.ids[0], "text": s3.texts[0], "score": s3.scores[0], "rank": 1}
 
 
 def test_separate_reranker_embeds_each_text_once_and_agrees(brics_project: Path, tmp_path: Path) -> None:
-    from runner.embedders.sentence_transformers import resolve_model
+    from runner.retrieval.embedders.sentence_transformers import resolve_model
 
     spec = brics_project / "experiments" / "quickstart.yaml"
     twin = tmp_path / "minilm-twin"  # the same weights under another name: a different reranker to the runner
@@ -132,8 +132,8 @@ def test_separate_reranker_embeds_each_text_once_and_agrees(brics_project: Path,
     ingest(exp)
     questions = ["japan-alliances", "brics-growth-drivers", "local-currency-settlement"]
     keys = [(q, p, k) for q in questions for p in ("security", "markets") for k in ((15, 10, 5), (8, 8, 2))]
-    same = Retriever(exp).retrieve(keys)
-    r2 = Retriever(exp2)
+    same = ChromaRetriever(exp).retrieve(keys)
+    r2 = ChromaRetriever(exp2)
     other = r2.retrieve(keys)
     assert not r2.reuse_stored
     stage1_docs = {i for r in other.values() for i in r.stages[0].ids}
@@ -161,8 +161,8 @@ def test_ties_break_by_id_then_keep_order(brics_project: Path) -> None:
     exp = load_spec(spec)
     ingest(exp)
     key = ("japan-alliances", "security", (15, 10, 6))
-    first = Retriever(exp).retrieve([key])[key]
-    again = Retriever(exp).retrieve([key])[key]
+    first = ChromaRetriever(exp).retrieve([key])[key]
+    again = ChromaRetriever(exp).retrieve([key])[key]
     assert first.to_dict() == again.to_dict()
     for stage in first.stages:
         twins = [i for i, t in enumerate(stage.texts) if stage.texts.count(t) == 2]
@@ -200,12 +200,12 @@ def test_errors_and_staleness(brics_project: Path, capsys: pytest.CaptureFixture
     spec = brics_project / "experiments" / "quickstart.yaml"
     exp = load_spec(spec)
     with pytest.raises(UserError, match=r"run `pov ingest .*quickstart.yaml` first"):
-        Retriever(exp).retrieve([("japan-alliances", "security", (15, 10, 5))])
+        ChromaRetriever(exp).retrieve([("japan-alliances", "security", (15, 10, 5))])
     ingest(exp)
     with pytest.raises(UserError, match="unknown question 'nope'"):
-        Retriever(exp).retrieve([("nope", "security", (15, 10, 5))])
+        ChromaRetriever(exp).retrieve([("nope", "security", (15, 10, 5))])
     with pytest.raises(UserError, match="unknown POV set"):
-        Retriever(exp).retrieve([("japan-alliances", "nope", (15, 10, 5))])
+        ChromaRetriever(exp).retrieve([("japan-alliances", "nope", (15, 10, 5))])
     with pytest.raises(SystemExit) as bad_k:
         main(["retrieve", str(spec), "--k", "5,10,3"])
     assert bad_k.value.code == 2
@@ -225,7 +225,7 @@ def test_cli_table_shows_every_stage(brics_project: Path, capsys: pytest.Capture
     exp = load_spec(spec)
     ingest(exp)
     key = ("g7-response", "global_south", (6, 4, 2))
-    want = Retriever(exp).retrieve([key])[key]
+    want = ChromaRetriever(exp).retrieve([key])[key]
     assert (
         main(
             ["retrieve", str(spec), "--question", "g7-response", "--pov-set", "global_south", "--k", "6,4,2"]
@@ -243,7 +243,7 @@ def test_cli_table_shows_every_stage(brics_project: Path, capsys: pytest.Capture
 
 def test_importing_retrieval_loads_no_heavy_module() -> None:
     code = (
-        "import sys, runner.retrieval, runner.store, runner.scoring, runner.embedders.base, "
+        "import sys, runner.retrieval.retriever, runner.retrieval.store, runner.retrieval.scoring, runner.retrieval.embedders.base, "
         "runner.commands.ingest, runner.commands.retrieve; "
         "print([m for m in ('torch', 'chromadb', 'sentence_transformers', 'transformers', 'cohere') "
         "if m in sys.modules])"

@@ -1,5 +1,5 @@
-"""sexy_scores and cosine_scores against a plain loop that follows the notebook's calculate_similarity and
-calc_sexyscore, on random and on real MiniLM embeddings, numpy and torch."""
+"""pov_scores and cosine_scores against a plain loop that follows the notebook's calculate_similarity and
+loop_pov_score, on random and on real MiniLM embeddings, numpy and torch."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from runner.scoring import cosine_scores, rank_desc, sexy_scores
+from runner.retrieval.scoring import cosine_scores, rank_desc, pov_scores
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -20,7 +20,7 @@ def calculate_similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def calc_sexyscore(mx_similarity: np.ndarray) -> np.ndarray:
+def loop_pov_score(mx_similarity: np.ndarray) -> np.ndarray:
     scores = []
     for i in range(len(mx_similarity)):
         row = mx_similarity[i, :]
@@ -28,7 +28,7 @@ def calc_sexyscore(mx_similarity: np.ndarray) -> np.ndarray:
     return np.array(scores)
 
 
-def reference_sexy(docs: np.ndarray, povs: np.ndarray) -> np.ndarray:
+def reference_pov(docs: np.ndarray, povs: np.ndarray) -> np.ndarray:
     """Loop over any leading batch dimensions, then the notebook's double loop."""
     docs = np.asarray(docs, dtype=np.float64)
     povs = np.asarray(povs, dtype=np.float64)
@@ -39,7 +39,7 @@ def reference_sexy(docs: np.ndarray, povs: np.ndarray) -> np.ndarray:
         for i in range(len(batch)):
             for j in range(len(povs)):
                 mx[i, j] = calculate_similarity(batch[i], povs[j])
-        out.append(calc_sexyscore(mx))
+        out.append(loop_pov_score(mx))
     return np.array(out).reshape(docs.shape[:-1])
 
 
@@ -53,15 +53,15 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("shape", [(7, 16), (3, 10, 32), (2, 3, 5, 8), (1, 1, 4)])
 @pytest.mark.parametrize("scale", [1.0, 37.0])
-def test_sexy_matches_reference_loop_on_random(shape: tuple[int, ...], scale: float) -> None:
+def test_pov_score_matches_reference_loop_on_random(shape: tuple[int, ...], scale: float) -> None:
     rng = np.random.default_rng(hash(shape) % 2**32)
     docs = (rng.standard_normal(shape) * scale).astype(np.float32)
     povs = (rng.standard_normal((5, shape[-1])) * 3).astype(np.float32)
-    want = reference_sexy(docs, povs)
-    got = sexy_scores(docs, povs)
+    want = reference_pov(docs, povs)
+    got = pov_scores(docs, povs)
     assert got.shape == shape[:-1] and got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
-    got_t = sexy_scores(torch.from_numpy(docs), torch.from_numpy(povs))
+    got_t = pov_scores(torch.from_numpy(docs), torch.from_numpy(povs))
     assert isinstance(got_t, torch.Tensor) and tuple(got_t.shape) == shape[:-1]
     np.testing.assert_allclose(got_t.numpy(), want, atol=1e-5, rtol=1e-5)
 
@@ -70,8 +70,8 @@ def test_orderings_match_reference_on_random() -> None:
     rng = np.random.default_rng(0)
     docs = rng.standard_normal((20, 50, 64)).astype(np.float32)
     povs = rng.standard_normal((16, 64)).astype(np.float32)
-    want = reference_sexy(docs, povs)
-    got = sexy_scores(docs, povs)
+    want = reference_pov(docs, povs)
+    got = pov_scores(docs, povs)
     for q in range(docs.shape[0]):
         assert rank_desc(got[q]) == list(np.argsort(-want[q], kind="stable"))
 
@@ -80,33 +80,33 @@ def test_assume_normalized_fast_path_on_unit_vectors() -> None:
     rng = np.random.default_rng(1)
     docs = unit(rng.standard_normal((4, 30, 48))).astype(np.float32)
     povs = rng.standard_normal((6, 48)).astype(np.float32)  # POVs need not be unit: they are normalised
-    want = reference_sexy(docs, povs)
-    np.testing.assert_allclose(sexy_scores(docs, povs, assume_normalized=True), want, atol=1e-5)
-    got_t = sexy_scores(torch.from_numpy(docs), torch.from_numpy(povs), assume_normalized=True)
+    want = reference_pov(docs, povs)
+    np.testing.assert_allclose(pov_scores(docs, povs, assume_normalized=True), want, atol=1e-5)
+    got_t = pov_scores(torch.from_numpy(docs), torch.from_numpy(povs), assume_normalized=True)
     np.testing.assert_allclose(got_t.numpy(), want, atol=1e-5)
 
 
 def test_large_numpy_batches_are_scored_by_torch_zero_copy(monkeypatch: pytest.MonkeyPatch) -> None:
     """Past a size threshold the numpy path borrows torch's multi-threaded norms; the result is the same."""
-    import runner.scoring as scoring
+    import runner.retrieval.scoring as scoring
 
     calls: list[int] = []
-    real = scoring._sexy_numpy_via_torch
+    real = scoring._pov_numpy_via_torch
 
     def spy(flat: np.ndarray, povs: np.ndarray) -> np.ndarray | None:
         calls.append(flat.shape[0])
         return real(flat, povs)
 
     monkeypatch.setattr(scoring, "_TORCH_MIN_BYTES", 0)
-    monkeypatch.setattr(scoring, "_sexy_numpy_via_torch", spy)
+    monkeypatch.setattr(scoring, "_pov_numpy_via_torch", spy)
     rng = np.random.default_rng(2)
     docs = (rng.standard_normal((5, 11, 16)) * 4).astype(np.float32)
     docs.setflags(write=False)
     povs = rng.standard_normal((3, 16)).astype(np.float32)
-    got = sexy_scores(docs, povs)
+    got = pov_scores(docs, povs)
     assert calls == [55] and isinstance(got, np.ndarray) and got.dtype == np.float32
-    np.testing.assert_allclose(got, reference_sexy(docs, povs), atol=1e-5)
-    sexy_scores(docs, povs, assume_normalized=True)  # the unit path is the product alone: no hand-off
+    np.testing.assert_allclose(got, reference_pov(docs, povs), atol=1e-5)
+    pov_scores(docs, povs, assume_normalized=True)  # the unit path is the product alone: no hand-off
     assert calls == [55]
 
 
@@ -115,12 +115,12 @@ def test_non_contiguous_and_float64_inputs() -> None:
     base = rng.standard_normal((12, 9, 20))
     docs = base[:, ::2, :]  # a strided view
     povs = rng.standard_normal((4, 20))
-    got = sexy_scores(docs, povs)
+    got = pov_scores(docs, povs)
     assert got.dtype == np.float64
-    np.testing.assert_allclose(got, reference_sexy(docs, povs), atol=1e-10)
+    np.testing.assert_allclose(got, reference_pov(docs, povs), atol=1e-10)
     docs_t = torch.from_numpy(base).transpose(0, 1)[::2]  # non-contiguous tensor
     np.testing.assert_allclose(
-        sexy_scores(docs_t, torch.from_numpy(povs)).numpy(), reference_sexy(docs_t.numpy(), povs), atol=1e-10
+        pov_scores(docs_t, torch.from_numpy(povs)).numpy(), reference_pov(docs_t.numpy(), povs), atol=1e-10
     )
 
 
@@ -128,14 +128,14 @@ def test_zero_document_scores_zero_and_bad_shapes_are_refused() -> None:
     docs = np.zeros((3, 8), dtype=np.float32)
     docs[1] = 1.0
     povs = np.eye(8, dtype=np.float32)[:2]
-    got = sexy_scores(docs, povs)
+    got = pov_scores(docs, povs)
     assert got[0] == 0.0 and got[2] == 0.0 and got[1] > 0
     with pytest.raises(ValueError, match="dimension"):
-        sexy_scores(np.ones((2, 8)), np.ones((3, 7)))
+        pov_scores(np.ones((2, 8)), np.ones((3, 7)))
     with pytest.raises(ValueError, match=r"\(p, d\)"):
-        sexy_scores(np.ones((2, 8)), np.ones(8))
+        pov_scores(np.ones((2, 8)), np.ones(8))
     with pytest.raises(ValueError, match=r"\(\.\.\., n, d\)"):
-        sexy_scores(np.ones(8), np.ones((3, 8)))
+        pov_scores(np.ones(8), np.ones((3, 8)))
 
 
 def test_cosine_scores_match_loop_single_and_batched() -> None:
@@ -161,7 +161,7 @@ def test_rank_desc_is_stable_on_ties() -> None:
 def test_real_minilm_embeddings_match_reference(minilm) -> None:  # type: ignore[no-untyped-def]
     import yaml
 
-    from runner.chunking import chunk_file, read_corpus
+    from runner.retrieval.chunking import chunk_file, read_corpus
 
     corpus = read_corpus(REPO / "data" / "brics", ["*.md"])
     chunks = [c.text for f in corpus.files for c in chunk_file(f, 180, 30)]
@@ -176,11 +176,11 @@ def test_real_minilm_embeddings_match_reference(minilm) -> None:  # type: ignore
     for name in ("global_south", "security", "markets"):
         statements = yaml.safe_load((REPO / f"data/brics/pov_{name}.yaml").read_text())["statements"]
         povs = minilm.embed(statements, "query")
-        want = reference_sexy(batch, povs)
-        got = sexy_scores(batch, povs, assume_normalized=True)
+        want = reference_pov(batch, povs)
+        got = pov_scores(batch, povs, assume_normalized=True)
         np.testing.assert_allclose(got, want, atol=1e-5)
         np.testing.assert_allclose(
-            sexy_scores(torch.from_numpy(batch), torch.from_numpy(povs)).numpy(), want, atol=1e-5
+            pov_scores(torch.from_numpy(batch), torch.from_numpy(povs)).numpy(), want, atol=1e-5
         )
         for q in range(len(questions)):
             assert rank_desc(got[q]) == list(np.argsort(-want[q], kind="stable"))
@@ -198,6 +198,6 @@ def test_torch_cuda_matches_reference() -> None:
     rng = np.random.default_rng(5)
     docs = rng.standard_normal((8, 12, 64)).astype(np.float32)
     povs = rng.standard_normal((7, 64)).astype(np.float32)
-    got = sexy_scores(torch.from_numpy(docs).cuda(), torch.from_numpy(povs).cuda())
+    got = pov_scores(torch.from_numpy(docs).cuda(), torch.from_numpy(povs).cuda())
     assert got.device.type == "cuda"
-    np.testing.assert_allclose(got.cpu().numpy(), reference_sexy(docs, povs), atol=1e-5)
+    np.testing.assert_allclose(got.cpu().numpy(), reference_pov(docs, povs), atol=1e-5)

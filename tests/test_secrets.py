@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.secrets import RedactingFilter, install_log_redaction, is_secret_name, redact, secret_values
+from runner.redaction import RedactingFilter, install_log_redaction, is_secret_name, redact, secret_values
 
 ROOT = Path(__file__).resolve().parent.parent
 POV = str(Path(sys.executable).parent / "pov")
@@ -122,10 +122,10 @@ def _leaks(root: Path, db: Path, values: list[str]) -> list[str]:
 def test_tracker_redacts_everything_it_writes(
     keys: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    from runner.loader import load_spec
-    from runner.matrix import expand
-    from runner.mlflow_tracker import MlflowTracker
-    from runner.results import CellResult
+    from runner.spec import load_spec
+    from runner.spec import expand
+    from runner.tracking.mlflow_tracker import MlflowTracker
+    from runner.run.results import CellResult
 
     monkeypatch.chdir(tmp_path)
     key, tok = keys["CO_API_KEY"], keys["MY_SERVICE_TOKEN"]

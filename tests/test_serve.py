@@ -21,13 +21,14 @@ from typing import Any
 import pytest
 from conftest import REPO, RecordingTracker, StubRetriever, gen_spec
 
-from runner import cli, serve
-from runner.engine import run_experiment
-from runner.executors import make_executor
-from runner.executors.local import LocalExecutor
-from runner.executors.serve import ServeExecutor, ServerGone
-from runner.loader import load_spec
-from runner.matrix import expand
+from runner import cli
+from runner.generation import server_info as serve
+from runner.run.engine import run_experiment
+from runner.generation.executors import make_executor
+from runner.generation.executors.local import LocalExecutor
+from runner.generation.executors.serve_client import ServeExecutor, ServerGone
+from runner.spec import load_spec
+from runner.spec import expand
 
 
 def _wait(predicate: Any, timeout_s: float, what: str) -> None:
@@ -146,12 +147,12 @@ def test_a_server_killed_mid_run_aborts_the_run_cleanly(served: dict[str, Any]) 
 def test_the_cli_reports_a_lost_server_without_a_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    import runner.engine
+    import runner.run
 
     def gone(*args: Any, **kwargs: Any) -> Any:
         raise ServerGone("pov serve (pid 1) ended before the run did")
 
-    monkeypatch.setattr(runner.engine, "run_experiment", gone)
+    monkeypatch.setattr(runner.run, "run_experiment", gone)
     code = cli.main(["run", str(gen_spec(tmp_path, tiny_model_dir)), "--no-track"])
     err = capsys.readouterr().err
     assert code == 1

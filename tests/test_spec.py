@@ -11,10 +11,10 @@ from jinja2 import UndefinedError
 from jinja2.sandbox import SecurityError
 
 from runner.errors import SpecError
-from runner.loader import load_spec
-from runner.matrix import expand
-from runner.prompts import Section, TemplateInfo, check_renders, compile_template, parse_header, render
-from runner.yamlio import parse_yaml
+from runner.spec import load_spec
+from runner.spec import expand
+from runner.spec.templates import Section, TemplateInfo, check_renders, compile_template, parse_header, render
+from runner.spec.safe_yaml import parse_yaml
 
 TEMPLATE = textwrap.dedent(
     """\

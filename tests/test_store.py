@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from runner.chunking import chunk_file, read_corpus
+from runner.retrieval.chunking import chunk_file, read_corpus
 from runner.cli import main
 from runner.errors import UserError
-from runner.loader import load_spec
-from runner.store import Store, ingest
+from runner.spec import load_spec
+from runner.retrieval.store import Store, ingest
 
 COUNTS = re.compile(r"(chunks|files):\s+added (\d+), updated (\d+), deleted (\d+), unchanged (\d+)")
 
@@ -134,8 +134,8 @@ def test_collection_records_embedder_dimension_and_cosine_space(brics_project: P
 def test_another_embedder_is_a_clear_error_until_rebuild(
     brics_project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from runner.embedders.sentence_transformers import resolve_model
-    from runner.retrieval import Retriever
+    from runner.retrieval.embedders.sentence_transformers import resolve_model
+    from runner.retrieval import ChromaRetriever
 
     spec = brics_project / "experiments" / "quickstart.yaml"
     other = tmp_path / "other-minilm"
@@ -146,7 +146,7 @@ def test_another_embedder_is_a_clear_error_until_rebuild(
     err = capsys.readouterr().err
     assert "all-MiniLM-L6-v2" in err and str(other) in err and "--rebuild" in err
     with pytest.raises(UserError, match="holds embeddings of sentence-transformers/all-MiniLM-L6-v2"):
-        Retriever(load_spec(spec, [override])).retrieve([("japan-alliances", "security", (15, 10, 5))])
+        ChromaRetriever(load_spec(spec, [override])).retrieve([("japan-alliances", "security", (15, 10, 5))])
     counts, _ = run_ingest(spec, capsys, "--set", override, "--rebuild")
     assert counts["chunks"]["added"] == len(expected(spec))
     assert Store(load_spec(spec)).metadata()["pov.model"] == str(other)
@@ -157,7 +157,7 @@ def test_a_crash_mid_write_is_repaired_by_the_next_ingest(
 ) -> None:
     from chromadb.api.models.Collection import Collection
 
-    from runner.retrieval import Retriever
+    from runner.retrieval import ChromaRetriever
 
     spec = brics_project / "experiments" / "quickstart.yaml"
     ingest(load_spec(spec))
@@ -174,7 +174,7 @@ def test_a_crash_mid_write_is_repaired_by_the_next_ingest(
     half = stored(spec)
     assert half != expected(spec)  # new chunks in, old ones not yet out
     assert Store(load_spec(spec)).metadata()["pov.state"] == "writing"
-    r = Retriever(load_spec(spec))
+    r = ChromaRetriever(load_spec(spec))
     r.retrieve([("local-currency-settlement", "markets", (5, 3, 2))])
     assert any("did not finish" in w for w in r.warnings)
 

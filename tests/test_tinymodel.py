@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO, gen_spec
 
 from runner.errors import UserError
-from runner.tinymodel import TinyDims, build_tiny, resolve_model
+from runner.generation.tinymodel import TinyDims, build_tiny, resolve_model
 
 
 def _digests(folder: Path) -> dict[str, str]:
@@ -80,7 +80,7 @@ def test_a_build_killed_halfway_leaves_no_model(tmp_path: Path) -> None:
         "def slow(self, *a, **k):\n"
         "    orig(self, *a, **k); print('saved', flush=True); time.sleep(60)\n"
         "transformers.PreTrainedModel.save_pretrained = slow\n"
-        "from runner.tinymodel import build_tiny\n"
+        "from runner.generation.tinymodel import build_tiny\n"
         f"build_tiny({str(dest)!r})\n"
     )
     proc = subprocess.Popen(
@@ -126,7 +126,7 @@ def test_refuses_to_overwrite_and_needs_a_corpus(tiny_model_dir: Path, tmp_path:
 
 
 def test_builtin_is_built_once_per_corpus_and_reused(tmp_path: Path) -> None:
-    from runner.loader import load_spec
+    from runner.spec import load_spec
 
     exp = load_spec(gen_spec(tmp_path, Path("builtin:tiny-llama")))
     model = exp.spec.models["tiny"]

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from runner.loader import Experiment, load_spec
-from runner.matrix import Cell, expand
-from runner.results import CellResult
+from runner.spec import Experiment, load_spec
+from runner.spec import Cell, expand
+from runner.run.results import CellResult
 from runner.tracking import NullTracker, make_tracker, resolve_tracking_uri
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,7 +82,7 @@ def result(cell: Cell, status: str = "finished", cause: str | None = None) -> Ce
 
 
 def tracker(exp: Experiment, uri: str, **kw: Any) -> Any:
-    from runner.mlflow_tracker import MlflowTracker
+    from runner.tracking.mlflow_tracker import MlflowTracker
 
     return MlflowTracker(uri, exp.spec.name, **kw)
 
@@ -293,12 +293,12 @@ def test_interrupted_execution_resumes_and_fresh_starts_anew(exp: Experiment, ur
 def test_tracking_uri_order(exp: Experiment, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert resolve_tracking_uri(exp) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert resolve_tracking_uri(exp.spec.tracking.uri) == f"sqlite:///{tmp_path / 'mlflow.db'}"
     exp.spec.tracking.uri = "sqlite:///from-spec.db"
     try:
-        assert resolve_tracking_uri(exp) == "sqlite:///from-spec.db"
+        assert resolve_tracking_uri(exp.spec.tracking.uri) == "sqlite:///from-spec.db"
         monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///from-env.db")
-        assert resolve_tracking_uri(exp) == "sqlite:///from-env.db"
+        assert resolve_tracking_uri(exp.spec.tracking.uri) == "sqlite:///from-env.db"
         assert make_tracker(exp, False).tracking_uri == "sqlite:///from-env.db"  # type: ignore[attr-defined]
     finally:
         exp.spec.tracking.uri = None
@@ -365,7 +365,7 @@ def project(tmp_path: Path) -> Path:
 
 
 def test_manifest_records_and_compare_names_each_drift(project: Path) -> None:
-    from runner.manifest import build_manifest, compare
+    from runner.run import build_manifest, compare
 
     exp = load_spec(project / "spec.yaml")
     first = build_manifest(exp)
@@ -393,7 +393,7 @@ def test_manifest_records_and_compare_names_each_drift(project: Path) -> None:
 
 
 def test_compare_ignores_fields_an_older_manifest_lacks() -> None:
-    from runner.manifest import compare
+    from runner.run import compare
 
     old = {"versions": {"torch": "2.1"}, "git": {"commit": "a"}}
     new = {
@@ -407,7 +407,7 @@ def test_compare_ignores_fields_an_older_manifest_lacks() -> None:
 def test_package_versions_match_each_packages_metadata() -> None:
     import importlib.metadata
 
-    from runner.manifest import package_versions
+    from runner.run.environment import package_versions
 
     versions = package_versions()
     for pkg in ("torch", "transformers", "numpy", "mlflow", "pov-runner", "unsloth"):
@@ -419,7 +419,7 @@ def test_package_versions_match_each_packages_metadata() -> None:
 
 
 def test_gpu_names_come_from_the_driver_in_bus_order(tmp_path: Path) -> None:
-    from runner.manifest import _driver_gpu_names
+    from runner.run.environment import _driver_gpu_names
 
     for bus, model in (("0000:41:00.0", "NVIDIA H200"), ("0000:06:00.0", "NVIDIA H100 80GB HBM3")):
         (tmp_path / bus).mkdir()

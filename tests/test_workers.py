@@ -10,20 +10,12 @@ from typing import Any
 
 import pytest
 
-from runner.executors.driver import RestartBudget, make_batches, run_group
-from runner.executors.local import LocalExecutor
-from runner.executors.process import ProcessWorker
+from runner.generation.executors.pool import RestartBudget, make_batches, run_group
+from runner.generation.executors.local import LocalExecutor
+from runner.generation.executors.process import ProcessWorker
 from runner.spec import Generation, Limits, Model
-from runner.workers import (
-    InjectedFault,
-    Job,
-    JobResult,
-    LoadFailed,
-    WorkerCrash,
-    classify_exception,
-    classify_exit,
-    serve_batch,
-)
+from runner.generation.jobs import Job, JobResult, LoadFailed, WorkerCrash, classify_exception, classify_exit
+from runner.generation.worker import InjectedFault, serve_batch
 
 PARAMS = Generation(max_new_tokens=3, batch_size=4)
 
@@ -32,7 +24,7 @@ class InProcessEcho:
     device = "cpu"
 
     def generate(self, prompts: list[str], params: Any) -> list[Any]:
-        from runner.backends.base import GenerationOut
+        from runner.generation.backends.base import GenerationOut
 
         return [GenerationOut(p.upper(), len(p), 2, 0.5, 4.0, len(p) > 100) for p in prompts]
 
@@ -302,7 +294,7 @@ def test_local_executor_shares_groups_across_devices_and_reports_in_the_calling_
     tmp_path: Path, echo_backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Two pretend GPUs: the echo backend ignores the device, so this runs anywhere.
-    monkeypatch.setattr("runner.executors.local.visible_gpus", lambda: ["0", "1"])
+    monkeypatch.setattr("runner.generation.executors.local.visible_gpus", lambda: ["0", "1"])
     executor = LocalExecutor(None, Limits(cell_timeout_s=30), log_dir=tmp_path)
     assert [s[1] for s in executor.slots()] == ["0", "1"]
     groups = {
@@ -329,6 +321,6 @@ def test_local_executor_shares_groups_across_devices_and_reports_in_the_calling_
 
 
 def test_local_executor_without_gpus_runs_one_cpu_worker(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("runner.executors.local.visible_gpus", lambda: [])
+    monkeypatch.setattr("runner.generation.executors.local.visible_gpus", lambda: [])
     assert LocalExecutor(None, Limits()).slots() == [("cpu", None)]
     assert LocalExecutor([], Limits()).slots() == [("cpu", "")]

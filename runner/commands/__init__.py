@@ -24,3 +24,14 @@ def add_spec_arguments(
         help="override a spec field, VALUE parsed as YAML (repeatable), "
         "e.g. --set matrix.persona=[professor]",
     )
+
+
+def gpu_list(text: str) -> list[int]:
+    """`--gpus 0,1` as a list of indices (argparse reports a bad one with exit 2)."""
+    try:
+        gpus = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected GPU indices like 0,1, got {text!r}") from None
+    if any(g < 0 for g in gpus):
+        raise argparse.ArgumentTypeError(f"GPU indices are 0 or more, got {text!r}")
+    return gpus

@@ -30,8 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from runner.loader import load_spec
-    from runner.store import ingest
+    from runner.retrieval import ingest
+    from runner.spec import load_spec
 
     exp = load_spec(args.spec, args.overrides)
     report = ingest(exp, rebuild=args.rebuild, strict=args.strict)

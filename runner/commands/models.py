@@ -43,8 +43,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"--heads {args.heads} must be a multiple of --kv-heads {args.kv_heads}")
     if args.vocab < 300:
         raise UserError(f"--vocab {args.vocab}: at least 300 (256 byte tokens, specials and some merges)")
-    from runner.backends.base import local_revision
-    from runner.tinymodel import TinyDims, build_tiny
+    from runner.generation import TinyDims, build_tiny, folder_hash
 
     dims = TinyDims(
         hidden=args.hidden,
@@ -55,6 +54,6 @@ def main(args: argparse.Namespace) -> int:
         vocab=args.vocab,
     )
     out = build_tiny(Path(args.dir), seed=args.seed, corpus=args.corpus, dims=dims, dtype=args.dtype)
-    print(f"built {out} (revision {local_revision(out)})")
+    print(f"built {out} (revision {folder_hash(out)})")
     print(f"use it in a spec as  models: {{tiny: {{backend: transformers, name: {out}}}}}")
     return 0

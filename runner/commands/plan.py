@@ -27,8 +27,7 @@ def _count(text: str) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
-    from runner.loader import load_spec
-    from runner.matrix import counts, expand
+    from runner.spec import counts, expand, load_spec
 
     exp = load_spec(args.spec, args.overrides)
     cells = expand(exp)

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from runner import report
+    from runner.report import tables as report
 
     console = Console()
     if bool(args.spec) == bool(args.run):
@@ -37,7 +37,7 @@ def main(args: argparse.Namespace) -> int:
         raise UserError(f"pov report: --out {args.out} is a file; name a folder")
     spec_uri = None
     if args.spec:
-        from runner.loader import load_spec
+        from runner.spec import load_spec
 
         exp = load_spec(args.spec, args.overrides)
         spec_uri = exp.spec.tracking.uri
@@ -60,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
         if not ex.cells:
             raise UserError(f"execution {ex.label} has no finished or crashed cells to report on")
 
-    from runner.report_html import write_report
+    from runner.report.html import write_report
 
     out = args.out or Path("report") / (run_id if not args.compare else f"{run_id}-vs-{args.compare}")
     data = report.build(executions)
@@ -78,7 +78,7 @@ def main(args: argparse.Namespace) -> int:
 def print_tables(console: Any, data: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from runner.report_html import TITLES, fmt
+    from runner.report.html import TITLES, fmt
 
     execs = data["executions"]
     for ex in execs:

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from runner.rerun import rerun
+    from runner.tracking.rerun import rerun
 
     err = Console(stderr=True, quiet=args.quiet)
     # Plain print: one line per drift, never re-wrapped, so it can be grepped.

@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def select_keys(
     exp: Any, questions: list[str] | None, pov_sets: list[str] | None, k: tuple[int, int, int] | None
 ) -> list[tuple[str, str, tuple[int, int, int]]]:
-    from runner.matrix import expand
+    from runner.spec import expand
 
     cells = expand(exp)
     qs = questions or list(dict.fromkeys(c.question for c in cells))
@@ -90,12 +90,12 @@ def _table(result: Any, question_text: str, sources: dict[str, str], width: int)
 
 
 def main(args: argparse.Namespace) -> int:
-    from runner.loader import load_spec
-    from runner.retrieval import Retriever
+    from runner.retrieval import ChromaRetriever
+    from runner.spec import load_spec
 
     exp = load_spec(args.spec, args.overrides)
     keys = select_keys(exp, args.question, args.pov_set, args.k)
-    retriever = Retriever(exp)
+    retriever = ChromaRetriever(exp)
     results = retriever.retrieve(keys)
     for w in retriever.warnings:
         sys.stderr.write(f"warning: {w}\n")

@@ -5,19 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
 
-from runner.commands import add_spec_arguments
-
-
-def gpu_list(text: str) -> list[int]:
-    try:
-        gpus = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected GPU indices like 0,1, got {text!r}") from None
-    if any(g < 0 for g in gpus):
-        raise argparse.ArgumentTypeError(f"GPU indices are 0 or more, got {text!r}")
-    return gpus
+from runner.commands import add_spec_arguments, gpu_list
 
 
 def _positive(text: str) -> int:
@@ -56,15 +45,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar; print only the summary")
 
 
-def _tracker(exp: Any, no_track: bool) -> Any:
-    from runner import tracking
-
-    make_tracker = getattr(tracking, "make_tracker", None)
-    if make_tracker is None:
-        return tracking.NullTracker()
-    return make_tracker(exp, no_track)
-
-
 def _duration(seconds: float) -> str:
     m, s = divmod(seconds, 60)
     return f"{int(m)}m {s:04.1f}s" if m else f"{s:.1f}s"
@@ -73,9 +53,9 @@ def _duration(seconds: float) -> str:
 def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from runner.engine import run_experiment
-    from runner.loader import load_spec
-    from runner.matrix import expand
+    from runner.run import run_experiment
+    from runner.spec import expand, load_spec
+    from runner.tracking import make_tracker
 
     overrides = list(args.overrides)
     # Through --set, so that the spec's own validation checks these too (and they never change its hash).
@@ -91,11 +71,11 @@ def main(args: argparse.Namespace) -> int:
         cells = cells[: args.limit]
     executor = None
     if args.executor == "local":
-        from runner.executors import make_executor
+        from runner.generation import make_executor
 
         # Named on the command line: local workers even when a `pov serve` is running.
         executor = make_executor(exp.spec, auto_serve=False)
-    tracker = _tracker(exp, args.no_track)
+    tracker = make_tracker(exp, args.no_track)
     err = Console(stderr=True, quiet=args.quiet)
     summary = run_experiment(
         exp,
@@ -123,7 +103,7 @@ def main(args: argparse.Namespace) -> int:
             "(--retry-crashed runs its crashed cells again, --fresh starts a new execution)"
         )
     out.print(f"results: {summary.results_path}")
-    run_id = getattr(tracker, "run_id", None)
+    run_id = tracker.run_id
     if run_id:
         experiment = exp.spec.tracking.experiment or exp.spec.name
         out.print(f"MLflow: run {run_id} in experiment {experiment!r}")

@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runner.commands import add_spec_arguments
-from runner.commands.run import gpu_list
+from runner.commands import add_spec_arguments, gpu_list
 
 
 def _minutes(text: str) -> float:
@@ -51,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _state_dir(args: argparse.Namespace) -> tuple[Path, Any]:
-    from runner.loader import load_spec
+    from runner.spec import load_spec
 
     exp = load_spec(args.spec, list(args.overrides)) if args.spec else None
     if args.project is not None:
@@ -59,18 +58,18 @@ def _state_dir(args: argparse.Namespace) -> tuple[Path, Any]:
     elif exp is not None:
         root = exp.root
     else:
-        from runner.loader import project_root
+        from runner.spec import project_root
 
         root = project_root(Path.cwd() / "SPEC")  # as a spec here would find it
     return (exp.state_dir if exp is not None and args.project is None else root / ".pov"), exp
 
 
 def main(args: argparse.Namespace) -> int:
-    from runner import serve
+    from runner import generation
 
     state_dir, exp = _state_dir(args)
     if args.status or args.stop:
-        answer = serve.request(state_dir, ("shutdown",) if args.stop else ("status",))
+        answer = generation.request(state_dir, ("shutdown",) if args.stop else ("status",))
         if answer is None:
             print(f"no pov serve is running for {state_dir.parent}")
             return 1
@@ -79,14 +78,12 @@ def main(args: argparse.Namespace) -> int:
         else:
             print(json.dumps(answer[1], indent=2))
         return 0
-    server = serve.Server(state_dir, args.gpus, args.idle_timeout * 60)
+    server = generation.Server(state_dir, args.gpus, args.idle_timeout * 60)
 
-    def ready(srv: serve.Server) -> None:
+    def ready(srv: generation.Server) -> None:
         if exp is not None:
-            from runner import tinymodel
-
             models = {
-                key: serve.absolute_model(tinymodel.resolve_model(exp, m))
+                key: generation.absolute_model(generation.resolve_model(exp, m))
                 for key, m in exp.spec.models.items()
             }
             srv.preload(models, exp.spec.limits)

@@ -14,8 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from runner.loader import load_spec
-    from runner.matrix import expand
+    from runner.spec import expand, load_spec
 
     failed = False
     for path in args.specs:

@@ -1,0 +1,44 @@
+"""The generation stage: local models answer batches of prompts in isolated workers, and every job comes
+back as a result or as a crash with its cause.
+
+    executor = make_executor(exp.spec, state_dir=exp.state_dir)
+    executor.prestart(models, log_dir)
+    executor.run(groups, exp.spec.generation, on_result)
+
+Workers are child processes (or Ray actors, or the warm workers of a `pov serve`); the parent alone writes
+results. torch and transformers are imported only inside workers.
+"""
+
+from runner.generation.backends import Backend, GenerationOut, backend_class
+from runner.generation.executors import EXECUTORS, Executor, make_executor
+from runner.generation.jobs import CAUSES, Groups, Job, JobResult, LoadFailed, WorkerCrash
+from runner.generation.model_files import cache_folder_hashes, folder_hash, model_revision
+from runner.generation.server import Server
+from runner.generation.server_info import absolute_model, find_server, request
+from runner.generation.tinymodel import BUILTIN_PREFIX, TinyDims, build_tiny, resolve_model
+
+__all__ = [
+    "BUILTIN_PREFIX",
+    "CAUSES",
+    "EXECUTORS",
+    "Backend",
+    "Executor",
+    "GenerationOut",
+    "Groups",
+    "Job",
+    "JobResult",
+    "LoadFailed",
+    "Server",
+    "TinyDims",
+    "WorkerCrash",
+    "absolute_model",
+    "backend_class",
+    "build_tiny",
+    "cache_folder_hashes",
+    "find_server",
+    "folder_hash",
+    "make_executor",
+    "model_revision",
+    "request",
+    "resolve_model",
+]

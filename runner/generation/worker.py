@@ -1,0 +1,318 @@
+"""The generation worker: the in-worker core (`serve_batch`) and the process that runs it.
+
+A worker is a child process (spawn context) that loads one model once and answers batches of jobs. The
+parent alone renders prompts and receives results; a worker never writes to the tracker. The worker's
+stdout and stderr go to a file (with faulthandler on), so the tail of what it printed survives a segfault.
+The parent's side of a worker process is runner.generation.executors.process.ProcessWorker.
+
+Jobs, results and crash causes are in runner.generation.jobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from runner.generation.jobs import Job, JobResult, classify_exception
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
+    from runner.generation.backends.base import Backend
+    from runner.generation.prefetch import Prefetcher
+    from runner.spec import Generation
+
+STDERR_TAIL_CHARS = 8000
+LOAD_TIMEOUT_S = 1800.0
+"""Longest a model may take to load (a large checkpoint from a slow disk) before its worker is killed."""
+
+
+class InjectedFault(RuntimeError):
+    """An exception raised on purpose by a spec's `faults:` entry."""
+
+
+# -- the in-worker core ----------------------------------------------------------------------------------------
+def inject_fault(cause: str, cell_id: str) -> None:
+    """Really do what the fault names: a signal to ourselves, an exception, or a hang."""
+    note = f"injected fault {cause!r} for cell {cell_id}"
+    sys.stderr.write(note + "\n")
+    sys.stderr.flush()
+    if cause == "segfault":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    elif cause == "abort":
+        os.kill(os.getpid(), signal.SIGABRT)
+    elif cause == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif cause == "exception":
+        raise InjectedFault(note)
+    elif cause == "cuda_oom":
+        import torch
+
+        raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 20.00 GiB ({note})")
+    elif cause == "timeout":
+        while True:  # until the parent's deadline kills us
+            time.sleep(60)
+    else:
+        raise ValueError(f"unknown fault cause {cause!r}")
+    time.sleep(5)  # a signal to ourselves is delivered before this returns; never fall through silently
+    raise RuntimeError(f"{note}: the signal did not end the process")
+
+
+def _cuda_device(backend: Backend) -> str | None:
+    device = str(getattr(backend, "device", "cpu"))
+    torch = sys.modules.get("torch")  # a backend that never imported torch used no GPU
+    if torch is None or not device.startswith("cuda") or not torch.cuda.is_available():
+        return None
+    return device
+
+
+def host_peak_rss_mb() -> float:
+    import resource
+
+    # ru_maxrss is in KiB on Linux (bytes on macOS).
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def serve_batch(
+    backend: Backend,
+    jobs: list[Job],
+    params: Generation,
+    prefetch: Prefetcher | None = None,
+    ahead: list[Job] | None = None,
+) -> list[JobResult]:
+    """Generate one batch and measure it. Raises whatever the backend (or an injected fault) raises; the
+    caller classifies it with `classify_exception`. Shared by the process worker and the Ray actor.
+
+    With a `prefetch`, the batch's inputs may already be encoded, and `ahead` (the batch the driver will
+    send next) is encoded in a thread while this one generates."""
+    faulty = next((j for j in jobs if j.fault), None)
+    if faulty is not None:
+        inject_fault(str(faulty.fault), faulty.cell_id)
+    device = _cuda_device(backend)
+    if device is not None:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.time()
+    encoded = None
+    if prefetch is not None:
+        encoded = prefetch.encode(jobs, params)
+        prefetch.start(ahead, params)
+    if encoded is not None:
+        outs = backend.generate_encoded(encoded)  # type: ignore[attr-defined]
+    else:
+        outs = backend.generate([j.prompt for j in jobs], params)
+    ended = time.time()
+    alloc = reserved = 0.0
+    if device is not None:
+        import torch
+
+        alloc = torch.cuda.max_memory_allocated(device) / 2**20
+        reserved = torch.cuda.max_memory_reserved(device) / 2**20
+    shared = {
+        "gpu_peak_allocated_mb": alloc,
+        "gpu_peak_reserved_mb": reserved,
+        "host_rss_mb": host_peak_rss_mb(),
+        "batch_size": float(len(jobs)),
+    }
+    info = backend.info() if hasattr(backend, "info") else {}
+    results = []
+    for job, out in zip(jobs, outs, strict=True):
+        metrics = {
+            "latency_s": out.latency_s,
+            "prompt_tokens": float(out.prompt_tokens),
+            "new_tokens": float(out.new_tokens),
+            "tokens_per_s": out.tokens_per_s,
+            "prompt_truncated": float(out.prompt_truncated),
+            **shared,
+            **info,
+        }
+        results.append(
+            JobResult(
+                job.cell_id, "finished", output=out.text, metrics=metrics, started_at=started, ended_at=ended
+            )
+        )
+    return results
+
+
+def _fatal_cuda_error(exc: BaseException) -> bool:
+    """After these the CUDA context is unusable and only a new process can go on."""
+    text = str(exc)
+    return any(
+        s in text
+        for s in ("CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS", "cuDNN error")
+    )
+
+
+def read_tail(path: Path, offset: int, limit: int = STDERR_TAIL_CHARS) -> str:
+    """The end of what was written to `path` after `offset`."""
+    try:
+        with path.open("rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(offset, size - limit * 4))
+            return fh.read().decode("utf-8", errors="replace")[-limit:]
+    except OSError:
+        return ""
+
+
+def file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+# -- the child process -------------------------------------------------------------------------------------------
+def redirect_output(path: str) -> None:
+    # dup2 onto fds 1 and 2 so that native code (CUDA, faulthandler) writes there too, not only Python.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115
+
+
+def cap_gpu_memory(gpu_memory_gb: float | None, device: str | None) -> None:
+    import torch
+
+    if not gpu_memory_gb or not torch.cuda.is_available():
+        return
+    index = torch.device(device if device and device.startswith("cuda") else "cuda:0").index or 0
+    total = torch.cuda.get_device_properties(index).total_memory
+    fraction = min(1.0, gpu_memory_gb * 2**30 / total)
+    torch.cuda.set_per_process_memory_fraction(fraction, index)
+    print(
+        f"pov worker: CUDA memory capped at {gpu_memory_gb} GiB ({fraction:.3f} of device {index})",
+        file=sys.stderr,
+    )
+
+
+def worker_main(
+    conn: Connection,
+    model_data: dict[str, Any],
+    device: str | None,
+    cuda_visible: str | None,
+    gpu_memory_gb: float | None,
+    stderr_path: str,
+) -> None:
+    """Entry point of the worker process: load the model once, then answer batches until told to stop."""
+    redirect_output(stderr_path)
+    import faulthandler
+    import traceback
+
+    faulthandler.enable(all_threads=True)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
+    if cuda_visible is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible  # before anything imports torch
+    if device != "cpu":
+        # Unsloth turns the tokenizer's threads off unless told otherwise; on a GPU worker the CPU cores
+        # are idle, and a batch's first tokenization is on the critical path (runner.generation.prefetch hides the rest).
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
+    from runner.spec import Generation, Model
+
+    model = Model.model_validate(model_data)
+    try:
+        from runner.generation.backends import backend_class
+
+        if model.backend == "unsloth":
+            from runner.generation.backends.unsloth import preimport
+
+            preimport()  # before transformers is imported anywhere in this process
+        backend_cls = backend_class(model.backend)
+        warm = getattr(sys.modules[backend_cls.__module__], "warm_imports", None)
+        if warm is not None:
+            warm()
+    except BaseException as e:
+        traceback.print_exc()
+        conn.send(("load_failed", *classify_exception(e)))
+        return
+    # Imports done: a spare worker waits here, ready to take over from a crashed one in a moment.
+    conn.send(("warm",))
+    try:
+        if conn.recv()[0] != "load":
+            _exit_now(0)
+    except (EOFError, OSError):
+        _exit_now(0)
+    print(
+        f"pov worker {os.getpid()}: loading {model.name} ({model.backend}) on {device or 'auto'}",
+        file=sys.stderr,
+    )
+    try:
+        cap_gpu_memory(gpu_memory_gb, device)
+        backend = backend_cls(model, device)
+    except BaseException as e:
+        traceback.print_exc()
+        conn.send(("load_failed", *classify_exception(e)))
+        return
+    _share_cpu(str(getattr(backend, "device", "cpu")))
+    from runner.generation.prefetch import Prefetcher
+
+    prefetch = Prefetcher(backend)
+    conn.send(("ready", backend.device, backend.info() if hasattr(backend, "info") else {}))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            _exit_now(0)  # the parent is gone
+        if msg[0] == "stop":
+            _exit_now(0)
+        _, batch_id, jobs, params_data, ahead = msg
+        crash: tuple[str, str, bool] | None = None
+        try:
+            results = serve_batch(backend, jobs, Generation.model_validate(params_data), prefetch, ahead)
+        except Exception as e:
+            traceback.print_exc()
+            sys.stderr.flush()
+            cause, error = classify_exception(e)
+            crash = (cause, error, _fatal_cuda_error(e) and cause != "cuda_oom")
+        if crash is None:
+            conn.send(("results", batch_id, results))
+            continue
+        # Outside the except block: the traceback's frames (holding the batch's tensors) are gone by now.
+        release_memory()
+        conn.send(("crashed", batch_id, *crash))
+        if crash[2]:
+            _exit_now(3)
+
+
+def _exit_now(status: int) -> NoReturn:
+    """End the worker without the interpreter's teardown: its only state is the loaded model, and unloading
+    the libraries (torch, CUDA, Unsloth's hooks) took 2 to 3 s on the GPU machine, which a run that stops
+    its workers at the end waited for. The driver frees the process's GPU memory."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with contextlib.suppress(Exception):  # a failed cleanup must not keep the worker alive
+        from multiprocessing import util
+
+        # Unlink the semaphores that libraries made here: else the parent's resource tracker prints a
+        # "leaked semaphore" warning when `pov run` exits.
+        util._run_finalizers(0)  # type: ignore[attr-defined]
+    os._exit(status)
+
+
+def _share_cpu(device: str) -> None:
+    """A CPU worker leaves one core to the parent, which embeds answers for the output checks while the
+    next batch generates: with every core taken by both, OpenMP threads spin against each other and
+    generation slows down many times over."""
+    torch = sys.modules.get("torch")
+    cores = os.cpu_count() or 1
+    if torch is not None and device == "cpu" and cores > 1:
+        torch.set_num_threads(min(torch.get_num_threads(), cores - 1))
+
+
+def release_memory() -> None:
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+

@@ -1,0 +1,36 @@
+"""The retrieval stage: chunk and store a corpus in Chroma, then rank chunks in three stages (vector search,
+query rerank, POV rerank) for each (question, POV set, k schedule).
+
+    retriever = open_retriever(exp)          # ingests first (idempotent)
+    results = retriever.retrieve([("japan-alliances", "security", (15, 10, 5))])
+
+Heavy modules (torch, chromadb, sentence-transformers) are imported only when a retriever is used.
+"""
+
+from runner.retrieval.retriever import (
+    STAGES,
+    ChromaRetriever,
+    Key,
+    RetrievalResult,
+    Retriever,
+    Stage,
+    open_retriever,
+)
+from runner.retrieval.scoring import cosine_scores, pov_scores, rank_desc
+from runner.retrieval.store import IngestReport, Store, ingest
+
+__all__ = [
+    "STAGES",
+    "ChromaRetriever",
+    "IngestReport",
+    "Key",
+    "RetrievalResult",
+    "Retriever",
+    "Stage",
+    "Store",
+    "cosine_scores",
+    "ingest",
+    "open_retriever",
+    "pov_scores",
+    "rank_desc",
+]

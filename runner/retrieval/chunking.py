@@ -1,0 +1,248 @@
+"""Cut corpus files into chunks: paragraph-aware packing up to `max_words`, with `overlap_words` of overlap
+where a paragraph too long for one chunk is split.
+
+Every chunk gets an id that hashes its file's relative path and its text, so ingesting the same corpus again
+yields the same ids (nothing to add), an edited file yields new ids only for the chunks whose text changed,
+and a crash halfway through writing is repaired by the next ingest (the ids say what is already stored).
+
+Boilerplate. Web pages saved as text carry page furniture: link lists, menus, share bars, copyright
+footers, reference lists. Such paragraphs are dense in topic words, so an embedding model finds them
+"relevant" to everything, and the POV score (which rewards broad similarity) then promotes them: with
+MiniLM on the BRICS sample, the notebook's algorithm puts a reference list into the final five for 3 of 30
+question x POV-set pairs. With `drop_boilerplate` (default on) each paragraph is tested before packing, in
+the spirit of jusText (Pomikálek 2011), by signals that prose does not produce:
+- links: URLs and e-mail addresses make up >= 20% of its characters;
+- menu: >= 3 ` | `-style separators, at least one per 10 words;
+- footer: a short paragraph with `©` or "all rights reserved";
+- reference entry: starts like a citation, `Surname, I. ... (2021)`;
+- word list: in an English file, fewer than 15% stopwords over >= 5 words (prose runs at 30-55%;
+  menus and keyword lists below 10%). The English test stops this rule from emptying other languages.
+Chunks left with fewer than 8 words are dropped too: such a chunk is a lone heading or label, carries
+nothing worth retrieving, and (being short) sits close to the short POV statements in embedding space.
+
+Files that cannot be ingested (empty, binary, not UTF-8) are reported as `Skipped` with the reason; the
+caller decides whether that is a warning or an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.spec import corpus_files
+
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n+")
+_HEADING = re.compile(r"^#{1,6}\s")
+MIN_CHUNK_WORDS = 8
+MAX_FILE_BYTES = 20_000_000
+"""A single corpus file larger than this is almost certainly not prose; refuse it rather than eat memory."""
+
+
+@dataclass(frozen=True)
+class Chunk:
+    id: str
+    text: str
+    source: str
+    """Path of the file, relative to the corpus folder, with `/` separators."""
+    position: int
+    """0-based index of the chunk within its file."""
+
+    @property
+    def words(self) -> int:
+        return len(self.text.split())
+
+    def metadata(self) -> dict[str, str | int]:
+        return {"source": self.source, "position": self.position, "words": self.words}
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: Path
+    rel: str
+    sha256: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    rel: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.rel}: {self.reason}"
+
+
+@dataclass
+class Corpus:
+    root: Path
+    files: list[SourceFile] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def split_paragraphs(text: str) -> list[str]:
+    """Paragraphs separated by blank lines, stripped; empty ones dropped."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return [p.strip() for p in _PARAGRAPH_BREAK.split(text) if p.strip()]
+
+
+_URL = re.compile(r"(?:https?://|www\.)\S+|[\w.+-]+@[\w-]+\.[\w.]+")
+_SEPARATOR = re.compile(r"(?:^|\s)[|•·»](?=\s|$)")
+_CITATION = re.compile(
+    r"^[A-Z][\w'\-]+(?:-[A-Z][\w']+)?,\s+(?:[A-Z]\.\s*)+.{0,200}?\((?:1[89]|20)\d\d[a-z]?\)"
+)
+_WORD = re.compile(r"[A-Za-z']+")
+_STOPWORD_TEXT = """a about above after again against all am an and any are as at be because been before being below
+    between both but by can could did do does doing down during each few for from further had has have having
+    he her here hers herself him himself his how i if in into is it its itself just me more most my myself no
+    nor not now of off on once only or other our ours ourselves out over own same she should so some such than
+    that the their theirs them themselves then there these they this those through to too under until up very
+    was we were what when where which while who whom why will with would you your yours yourself yourselves
+    also may might must shall upon whose yet"""
+STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+
+
+def stopword_density(text: str) -> float:
+    tokens = text.split()
+    return sum(w in STOPWORDS for w in _WORD.findall(text.lower())) / len(tokens) if tokens else 0.0
+
+
+def boilerplate_reason(paragraph: str, english: bool = True) -> str | None:
+    """Why a paragraph is page furniture rather than prose, or None (see the module docstring)."""
+    tokens = paragraph.split()
+    if not tokens:
+        return None
+    if sum(len(m) for m in _URL.findall(paragraph)) >= 0.2 * len(paragraph):
+        return "links"
+    seps = len(_SEPARATOR.findall(paragraph))
+    if seps >= 3 and seps * 10 >= len(tokens):
+        return "menu"
+    low = paragraph.lower()
+    if len(tokens) < 60 and ("©" in paragraph or "all rights reserved" in low):
+        return "footer"
+    if _CITATION.match(paragraph):
+        return "reference entry"
+    if english and len(tokens) >= 5 and stopword_density(paragraph) < 0.15:
+        return "word list"
+    return None
+
+
+def _windows(words: list[str], max_words: int, overlap_words: int) -> list[list[str]]:
+    step = max_words - overlap_words
+    out = []
+    start = 0
+    while True:
+        out.append(words[start : start + max_words])
+        if start + max_words >= len(words):
+            return out
+        start += step
+
+
+def chunk_text(text: str, max_words: int, overlap_words: int, drop_boilerplate: bool = False) -> list[str]:
+    """Pack whole paragraphs into chunks of at most `max_words` words; a paragraph longer than that is cut
+    into windows that repeat `overlap_words` words, and its last window is packed with what follows."""
+    if overlap_words >= max_words:
+        raise ValueError("overlap_words must be smaller than max_words")
+    paragraphs = split_paragraphs(text)
+    if drop_boilerplate:
+        english = stopword_density(" ".join(paragraphs)) >= 0.2
+        paragraphs = [p for p in paragraphs if boilerplate_reason(p, english) is None]
+    chunks: list[str] = []
+    buf: list[str] = []
+    buf_words = 0
+
+    def flush() -> None:
+        nonlocal buf, buf_words
+        # A heading belongs with the text under it, not at the end of the previous chunk.
+        carry = [buf.pop()] if len(buf) > 1 and _HEADING.match(buf[-1]) else []
+        if buf:
+            chunks.append("\n\n".join(buf))
+        buf = carry
+        buf_words = sum(len(p.split()) for p in buf)
+
+    for para in paragraphs:
+        words = para.split()
+        if buf_words + len(words) <= max_words:
+            buf.append(para)
+            buf_words += len(words)
+            continue
+        if buf:
+            flush()
+        if buf_words + len(words) <= max_words:
+            buf.append(para)
+            buf_words += len(words)
+            continue
+        if buf:  # only a carried heading: it leads the first window
+            words = " ".join(buf).split() + words
+            buf, buf_words = [], 0
+        windows = _windows(words, max_words, overlap_words)
+        chunks.extend(" ".join(w) for w in windows[:-1])
+        buf, buf_words = [" ".join(windows[-1])], len(windows[-1])
+    if buf:
+        chunks.append("\n\n".join(buf))
+    if drop_boilerplate:
+        chunks = [c for c in chunks if len(c.split()) >= MIN_CHUNK_WORDS]
+    return chunks
+
+
+def chunk_id(source: str, text: str, occurrence: int = 0) -> str:
+    """Content hash of a chunk; `occurrence` tells apart identical chunks of one file."""
+    h = hashlib.sha256(f"{source}\0{text}".encode())
+    if occurrence:
+        h.update(f"\0{occurrence}".encode())
+    return h.hexdigest()[:32]
+
+
+def chunk_file(
+    f: SourceFile, max_words: int, overlap_words: int, drop_boilerplate: bool = False
+) -> list[Chunk]:
+    seen: dict[str, int] = {}
+    out = []
+    for i, text in enumerate(chunk_text(f.text, max_words, overlap_words, drop_boilerplate)):
+        n = seen.get(text, 0)
+        seen[text] = n + 1
+        out.append(Chunk(chunk_id(f.rel, text, n), text, f.rel, i))
+    return out
+
+
+def read_source(path: Path, rel: str) -> SourceFile | Skipped:
+    """A corpus file as text, or why it cannot be ingested."""
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            return Skipped(rel, f"larger than {MAX_FILE_BYTES:,} bytes; split it up")
+        raw = path.read_bytes()
+    except OSError as e:
+        return Skipped(rel, f"cannot read ({e.strerror})")
+    if b"\0" in raw[:8192]:
+        return Skipped(rel, "binary file (contains NUL bytes); only UTF-8 text is ingested")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        return Skipped(rel, f"not UTF-8 (byte 0x{raw[e.start]:02x} on line {line}); save it as UTF-8")
+    if not text.strip():
+        return Skipped(rel, "empty file (no text)")
+    return SourceFile(path, rel, hashlib.sha256(raw).hexdigest(), text)
+
+
+def read_corpus(root: Path, include: Sequence[str]) -> Corpus:
+    corpus = Corpus(root)
+    for path in corpus_files(root, include):
+        got = read_source(path, path.relative_to(root).as_posix())
+        (corpus.files if isinstance(got, SourceFile) else corpus.skipped).append(got)  # type: ignore[arg-type]
+    return corpus
+
+
+def corpus_fingerprint(root: Path, include: Sequence[str], chunking: str) -> str:
+    """Hash of what an ingest reads: every matching file's path and bytes (skipped files too, so that a
+    repaired file counts as a change), and the chunking parameters. Reads the files but chunks nothing."""
+    h = hashlib.sha256(f"chunking={chunking}\n".encode())
+    for path in corpus_files(root, include):
+        try:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        except OSError:
+            digest = "unreadable"
+        h.update(f"{path.relative_to(root).as_posix()}\0{digest}\n".encode())
+    return h.hexdigest()[:32]

@@ -1,0 +1,158 @@
+"""`cohere` provider: the Cohere embed API through the official SDK (`ClientV2.embed`).
+
+Documents are sent with `input_type="search_document"`, queries and POV statements with
+`"search_query"`, always `embedding_types=["float"]`, at most 96 texts per request (the API's limit).
+A 429 or 5xx answer (or a dropped connection) is retried with exponential backoff, honouring
+`Retry-After`; the SDK's own retries are turned off so that every request is counted here.
+
+The key comes from `CO_API_KEY` (a clear UserError when unset) and the base URL from `CO_API_URL` when
+set. The key is never printed or logged: error messages are scrubbed of it before they are raised, and
+nothing but vectors and text hashes reaches the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from runner.errors import UserError
+from runner.retrieval.embedders.base import Kind, check_kind, normalize_rows
+from runner.spec import Embedder as EmbedderSpec
+
+MAX_BATCH = 96
+INPUT_TYPES: dict[str, str] = {"document": "search_document", "query": "search_query"}
+log = logging.getLogger(__name__)
+
+
+class CohereError(RuntimeError):
+    """The API kept failing, or answered something unusable."""
+
+
+class CohereEmbedder:
+    provider = "cohere"
+
+    def __init__(
+        self,
+        spec: EmbedderSpec,
+        *,
+        max_retries: int = 6,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 60.0,
+        timeout_s: float = 120.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        key = os.environ.get("CO_API_KEY", "").strip()
+        if not key:
+            raise UserError(
+                f"CO_API_KEY is not set: the cohere embedder (model {spec.model!r}) needs an API key "
+                "in the environment (export CO_API_KEY=...); it is never stored or printed"
+            )
+        import cohere
+
+        self.model = spec.model
+        self.batch_size = min(spec.batch_size, MAX_BATCH)
+        self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
+        self._sleep = sleep
+        self._key = key
+        self.calls = 0
+        self.retries = 0
+        # base_url must be read now: the SDK's default argument read CO_API_URL once, at import time.
+        self._client = cohere.ClientV2(
+            api_key=key, base_url=os.environ.get("CO_API_URL") or None, timeout=timeout_s, max_retries=0
+        )
+
+    def __repr__(self) -> str:
+        return f"CohereEmbedder(model={self.model!r})"
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._key, "***") if self._key else text
+
+    def embed(self, texts: Sequence[str], kind: Kind) -> np.ndarray:
+        check_kind(kind)
+        texts = list(texts)
+        parts = [
+            self._embed_batch(texts[i : i + self.batch_size], INPUT_TYPES[kind])
+            for i in range(0, len(texts), self.batch_size)
+        ]
+        if not parts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return normalize_rows(np.concatenate(parts))
+
+    def _embed_batch(self, texts: list[str], input_type: str) -> np.ndarray:
+        attempt = 0
+        while True:
+            self.calls += 1
+            try:
+                resp = self._client.embed(
+                    model=self.model,
+                    texts=texts,
+                    input_type=input_type,  # type: ignore[arg-type]
+                    embedding_types=["float"],
+                )
+            except Exception as e:  # the SDK raises ApiError subclasses and httpx transport errors
+                wait = self._retry_wait(e, attempt)
+                if wait is None:
+                    raise self._final_error(e, attempt) from None
+                attempt += 1
+                self.retries += 1
+                log.warning(
+                    "cohere embed: %s; retry %d/%d in %.1fs",
+                    self._describe(e),
+                    attempt,
+                    self.max_retries,
+                    wait,
+                )
+                self._sleep(wait)
+                continue
+            vecs = getattr(resp.embeddings, "float_", None)
+            if vecs is None or len(vecs) != len(texts):
+                raise CohereError(
+                    f"cohere embed answered {0 if vecs is None else len(vecs)} float embeddings "
+                    f"for {len(texts)} texts"
+                )
+            return np.asarray(vecs, dtype=np.float32)
+
+    @staticmethod
+    def _status(e: Exception) -> int | None:
+        status = getattr(e, "status_code", None)
+        return status if isinstance(status, int) else None
+
+    def _retry_wait(self, e: Exception, attempt: int) -> float | None:
+        import httpx
+
+        status = self._status(e)
+        retryable = (
+            status == 429 or (status is not None and status >= 500) or isinstance(e, httpx.TransportError)
+        )
+        if not retryable or attempt >= self.max_retries:
+            return None
+        wait = self.backoff_s * 2**attempt
+        headers = getattr(e, "headers", None) or {}
+        retry_after = {k.lower(): v for k, v in headers.items()}.get("retry-after")
+        if retry_after is not None:
+            with contextlib.suppress(ValueError):  # an HTTP date falls back to the backoff
+                wait = max(0.0, float(retry_after))
+        return min(self.max_backoff_s, wait)
+
+    def _describe(self, e: Exception) -> str:
+        status = self._status(e)
+        body: Any = getattr(e, "body", None)
+        detail = body.get("message", "") if isinstance(body, dict) else (body or str(e))
+        text = f"HTTP {status}: {detail}" if status is not None else f"{e.__class__.__name__}: {e}"
+        return self._scrub(str(text))[:500]
+
+    def _final_error(self, e: Exception, attempts: int) -> Exception:
+        status = self._status(e)
+        if status in (401, 403):
+            return UserError(f"Cohere refused the API key in CO_API_KEY ({self._describe(e)})")
+        if status is not None and 400 <= status < 500 and status != 429:
+            return UserError(
+                f"Cohere rejected the embed request for model {self.model!r} ({self._describe(e)})"
+            )
+        return CohereError(f"cohere embed failed after {attempts} retries: {self._describe(e)}")

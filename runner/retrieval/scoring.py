@@ -1,0 +1,154 @@
+"""The scores of retrieval stages 2 and 3, for numpy arrays and torch tensors (any device).
+
+`pov_scores` is the POV score (the notebook called it the "sexy score"): for each document, the L2 norm of its vector of cosine
+similarities to the POV statements,
+
+    score(d) = sqrt(sum_j cos(d, p_j)^2) = sqrt(sum_j (d . p_j / |p_j|)^2) / |d|,
+
+computed with one matrix product for a whole batch (`doc_emb` of shape (..., n, d) is viewed as one
+(N, d) matrix). The POV matrix is small and is normalised up front; the large operand is never copied to
+be normalised: its row norms divide the small (N,) result instead, and with `assume_normalized=True`
+(unit vectors, as every embedder in this package returns, and what retrieval passes) they are not
+computed at all, which leaves the product alone: for this memory-bound shape that is within a few
+percent of the bare product (see benchmarks/bench_scoring.py). Without it, the norms cost one more pass
+over the operand.
+
+torch is imported only when a tensor is passed, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, TypeVar
+
+import numpy as np
+
+ArrayT = TypeVar("ArrayT")
+
+
+def _is_torch(x: Any) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _check_shapes(doc_shape: tuple[int, ...], other_shape: tuple[int, ...], what: str) -> None:
+    if len(doc_shape) < 2:
+        raise ValueError(f"doc_emb must have shape (..., n, d), got {doc_shape}")
+    if not other_shape or other_shape[-1] != doc_shape[-1]:
+        raise ValueError(f"{what} has dimension {other_shape[-1:]} but doc_emb has {doc_shape[-1]}")
+
+
+def pov_scores(doc_emb: ArrayT, pov_emb: Any, *, assume_normalized: bool = False) -> ArrayT:
+    """POV score of each document: `doc_emb` (..., n, d), `pov_emb` (p, d) -> (..., n).
+
+    numpy in, numpy out (float32 stays float32); torch in, torch out on `doc_emb`'s device and dtype.
+    `assume_normalized` skips the document norms: pass it only for unit-length rows.
+    """
+    if _is_torch(doc_emb):
+        return _pov_torch(doc_emb, pov_emb, assume_normalized)  # type: ignore[no-any-return]
+    docs = np.asarray(doc_emb)
+    povs = np.asarray(pov_emb)
+    if povs.ndim != 2:
+        raise ValueError(f"pov_emb must have shape (p, d), got {povs.shape}")
+    _check_shapes(docs.shape, povs.shape, "pov_emb")
+    dtype = np.result_type(docs.dtype, povs.dtype, np.float32)
+    povs = povs.astype(dtype, copy=False)
+    pov_unit = povs / np.linalg.norm(povs, axis=1, keepdims=True)
+    lead, d = docs.shape[:-1], docs.shape[-1]
+    flat = docs.reshape(-1, d)  # a view for contiguous input: one (N, d) @ (d, p) product for the batch
+    pov_t = np.ascontiguousarray(pov_unit.T.astype(flat.dtype, copy=False))
+    if not assume_normalized and flat.nbytes >= _TORCH_MIN_BYTES and flat.dtype in (np.float32, np.float64):
+        by_torch = _pov_numpy_via_torch(flat, povs)
+        if by_torch is not None:
+            return by_torch.astype(dtype, copy=False).reshape(lead)  # type: ignore[return-value]
+    sims = flat @ pov_t
+    out = np.sqrt(np.einsum("ij,ij->i", sims, sims))
+    if not assume_normalized:
+        norms = np.sqrt(np.einsum("ij,ij->i", flat, flat))  # a second pass over the operand, but no copy
+        out = np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
+    return out.astype(dtype, copy=False).reshape(lead)  # type: ignore[return-value]
+
+
+_TORCH_MIN_BYTES = 64 << 20
+"""Above this size a numpy batch that needs its norms is handed to torch's CPU kernels, zero-copy. numpy's
+reductions run on one core: on a 16-core machine its norm pass took 3.9x as long as the (multi-threaded)
+product itself, torch's 0.6x. Small batches stay in numpy, where torch's start-up would dominate."""
+
+
+def _pov_numpy_via_torch(flat: np.ndarray, povs: np.ndarray) -> np.ndarray | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a read-only array: torch warns, and we only read it
+        docs_t = torch.from_numpy(flat)
+    povs_t = torch.from_numpy(np.ascontiguousarray(povs.astype(flat.dtype, copy=False)))
+    return np.asarray(_pov_torch(docs_t, povs_t, False).numpy())
+
+
+def _pov_torch(doc_emb: Any, pov_emb: Any, assume_normalized: bool) -> Any:
+    import torch
+
+    docs = doc_emb
+    povs = pov_emb if _is_torch(pov_emb) else torch.as_tensor(np.asarray(pov_emb))
+    if povs.ndim != 2:
+        raise ValueError(f"pov_emb must have shape (p, d), got {tuple(povs.shape)}")
+    _check_shapes(tuple(docs.shape), tuple(povs.shape), "pov_emb")
+    if not docs.is_floating_point():
+        docs = docs.float()
+    # Half-precision inputs are reduced in float32 (the norms of 16 sums of products lose digits in fp16).
+    acc = torch.promote_types(docs.dtype, torch.float32)
+    povs = povs.to(device=docs.device, dtype=acc)
+    pov_unit = (povs / torch.linalg.vector_norm(povs, dim=1, keepdim=True)).to(docs.dtype)
+    lead, d = docs.shape[:-1], docs.shape[-1]
+    flat = docs.reshape(-1, d)  # a view when contiguous; a strided batch is copied once, as matmul needs
+    sims = flat @ pov_unit.T
+    out = torch.linalg.vector_norm(sims, dim=1, dtype=acc)
+    if not assume_normalized:
+        norms = torch.linalg.vector_norm(flat, dim=1, dtype=acc)
+        out = torch.where(norms > 0, out / norms.clamp_min(torch.finfo(acc).tiny), 0.0)
+    return out.to(docs.dtype).reshape(lead)
+
+
+def cosine_scores(query_emb: ArrayT, doc_emb: Any, *, assume_normalized: bool = False) -> ArrayT:
+    """Cosine similarity of each query with its documents: `query_emb` (..., d), `doc_emb` (..., n, d)
+    -> (..., n); leading dimensions broadcast (one query against (n, d), or a batch against a batch)."""
+    if _is_torch(query_emb) or _is_torch(doc_emb):
+        return _cosine_torch(query_emb, doc_emb, assume_normalized)  # type: ignore[no-any-return]
+    q = np.asarray(query_emb)
+    docs = np.asarray(doc_emb)
+    _check_shapes(docs.shape, q.shape, "query_emb")
+    dtype = np.result_type(docs.dtype, q.dtype, np.float32)
+    q = q.astype(dtype, copy=False)
+    if not assume_normalized:
+        q = q / np.linalg.norm(q, axis=-1, keepdims=True)
+    out = np.matmul(docs, q[..., :, None])[..., 0]
+    if not assume_normalized:
+        norms = np.sqrt(np.einsum("...ij,...ij->...i", docs, docs))
+        out = np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
+    return out.astype(dtype, copy=False)  # type: ignore[no-any-return]
+
+
+def _cosine_torch(query_emb: Any, doc_emb: Any, assume_normalized: bool) -> Any:
+    import torch
+
+    docs = doc_emb if _is_torch(doc_emb) else torch.as_tensor(np.asarray(doc_emb))
+    q = query_emb if _is_torch(query_emb) else torch.as_tensor(np.asarray(query_emb))
+    _check_shapes(tuple(docs.shape), tuple(q.shape), "query_emb")
+    if not docs.is_floating_point():
+        docs = docs.float()
+    q = q.to(device=docs.device, dtype=docs.dtype)
+    if not assume_normalized:
+        q = q / torch.linalg.vector_norm(q, dim=-1, keepdim=True)
+    out = torch.matmul(docs, q.unsqueeze(-1)).squeeze(-1)
+    if not assume_normalized:
+        norms = torch.linalg.vector_norm(docs, dim=-1, dtype=torch.float32).to(out.dtype)
+        out = torch.where(norms > 0, out / norms.clamp_min(torch.finfo(out.dtype).tiny), 0.0)
+    return out
+
+
+def rank_desc(scores: Any) -> list[int]:
+    """Indices from the highest score down; equal scores keep their input order (a stable sort), so a
+    ranking is deterministic and ties go to the candidate the previous stage ranked higher."""
+    arr = np.asarray(scores, dtype=np.float64)
+    return [int(i) for i in np.argsort(-arr, kind="stable")]

@@ -1,0 +1,112 @@
+"""Before generation, per cell: the prompt rendered from the retrieved context, the cell's injected fault
+(testing only) and its retrieval scores. runner.run.engine runs this between retrieval and the executor."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from runner.spec import compile_template, context_text, matches, render
+
+if TYPE_CHECKING:
+    from runner.retrieval import Key, RetrievalResult
+    from runner.spec import Cell, Experiment, Fault
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """What the parent knows of a cell before it runs."""
+
+    cell: Cell
+    prompt: str
+    context: dict[str, Any]
+    context_texts: list[str]
+    metrics: dict[str, float]
+    variables: dict[str, Any] = field(default_factory=dict)
+    fault: str | None = None
+    error: str | None = None
+    """Set when the prompt could not be made; the cell is recorded as crashed without running."""
+
+
+def fault_for(faults: list[Fault], cell: Cell) -> str | None:
+    """The first fault whose `match` fits the cell and whose `rate` picks it (a stable hash of the cell id)."""
+    combo = {
+        "model": cell.model,
+        "template": cell.template,
+        "persona": cell.persona,
+        "pov_set": cell.pov_set,
+        "k": tuple(cell.k),
+        "question": cell.question,
+    }
+    for i, fault in enumerate(faults):
+        if not matches(fault.match, combo):
+            continue
+        draw = int(hashlib.sha256(f"{cell.id}:{i}".encode()).hexdigest()[:8], 16) / 2**32
+        if draw < fault.rate:
+            return fault.cause
+    return None
+
+
+def stage_metrics(context: Mapping[str, Any]) -> dict[str, float]:
+    """The top score of each stage and the mean of the last, from a RetrievalResult.to_dict().
+
+    The top is the highest score, not the first: a stage lists its chunks best first today, but the
+    metric must not depend on that (the tracker once took the first and the report the highest)."""
+    out: dict[str, float] = {}
+    stages = context.get("stages", [])
+    for i, stage in enumerate(stages[:3], 1):
+        scores = [float(s) for s in (stage.get("scores") or []) if isinstance(s, (int, float))]
+        if scores:
+            out[f"stage{i}_top_score"] = max(scores)
+            if i == 3:
+                out["stage3_mean_score"] = statistics.fmean(scores)
+    return out
+
+
+def retrieval_keys(cells: Iterable[Cell]) -> list[Key]:
+    """Each (question, POV set, k schedule) once: what one batched `Retriever.retrieve` call needs."""
+    return sorted({(c.question, c.pov_set, (c.k[0], c.k[1], c.k[2])) for c in cells})
+
+
+def prepare(exp: Experiment, cells: list[Cell], retrieved: Mapping[Key, RetrievalResult]) -> dict[str, Prepared]:
+    """Render every cell's prompt from its retrieved context (`retrieved` is keyed as retrieval_keys)."""
+    templates = {
+        name: compile_template(info, str(info.path))
+        for name, info in exp.templates.items()
+        if name in {c.template for c in cells}
+    }
+    out: dict[str, Prepared] = {}
+    for cell in cells:
+        result = retrieved[(cell.question, cell.pov_set, tuple(cell.k))]
+        chunks = list(result.final_chunks())
+        variables = {
+            "persona": exp.spec.personas[cell.persona],
+            "question": exp.questions[cell.question].text,
+            "question_id": cell.question,
+            "context": context_text(chunks),
+            "chunks": chunks,
+            "pov_set": cell.pov_set,
+            "pov_statements": exp.pov_sets[cell.pov_set],
+        }
+        context = result.to_dict()
+        prep = Prepared(
+            cell,
+            "",
+            context,
+            [str(c["text"]) for c in chunks],
+            stage_metrics(context),
+            variables,
+            fault_for(exp.spec.faults, cell),
+        )
+        try:
+            prep.prompt = render(templates[cell.template], variables)
+        except Exception as e:  # validated templates render; this guards against odd chunk text
+            prep.error = f"prompt did not render: {type(e).__name__}: {e}"
+        out[cell.id] = prep
+    return out

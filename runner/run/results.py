@@ -1,0 +1,39 @@
+"""What a cell produces: its output or its crash (`runner.generation.CAUSES`), with prompt, context and
+metrics."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from runner.spec import Cell
+
+Status = Literal["finished", "crashed"]
+
+
+@dataclass
+class CellResult:
+    """One cell's outcome; the runner's parent process alone builds these and hands them to the tracker."""
+
+    cell: Cell
+    status: Status
+    prompt: str
+    context: dict[str, Any]
+    """The three ranked retrieval stages (ids, texts, scores per stage), as RetrievalResult.to_dict()."""
+    output: str | None = None
+    cause: str | None = None
+    error: str | None = None
+    """Exception type and message, or the signal, for a crash."""
+    stderr_tail: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    """latency_s, prompt_tokens, new_tokens, tokens_per_s, gpu_peak_allocated_mb, gpu_peak_reserved_mb,
+    host_rss_mb, batch_size, attempts; plus check_* and complexity_* values."""
+    tags: dict[str, str] = field(default_factory=dict)
+    """Extra string facts (check flags, device)."""
+    started_at: float = 0.0
+    ended_at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["cell"] = {"id": self.cell.id, **self.cell.axes()}
+        return d

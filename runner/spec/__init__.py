@@ -1,0 +1,67 @@
+"""The spec stage: a YAML file becomes an `Experiment` (the validated spec plus every file it names), and an
+experiment expands into `Cell`s.
+
+    exp = load_spec("experiments/quickstart.yaml", ["generation.max_new_tokens=64"])
+    cells = expand(exp)
+
+Bad input raises one `SpecError` listing every problem as `file:line:col: field.path: message`.
+"""
+
+from runner.errors import SpecError
+from runner.spec.corpus import corpus_files
+from runner.spec.experiment import Experiment, display_path, portable, project_root
+from runner.spec.loader import load_spec
+from runner.spec.matrix import Cell, counts, expand, matches
+from runner.spec.schema import (
+    AXES,
+    Checks,
+    Chunking,
+    Corpus,
+    Embedder,
+    Executor,
+    Fault,
+    Generation,
+    Limits,
+    Matrix,
+    Model,
+    Question,
+    Spec,
+    Tracking,
+)
+from runner.spec.snapshot import snapshot_files
+from runner.spec.templates import HEADER_RE, Section, TemplateInfo, compile_template, context_text, render
+
+__all__ = [
+    "AXES",
+    "HEADER_RE",
+    "Cell",
+    "Checks",
+    "Chunking",
+    "Corpus",
+    "Embedder",
+    "Executor",
+    "Experiment",
+    "Fault",
+    "Generation",
+    "Limits",
+    "Matrix",
+    "Model",
+    "Question",
+    "Section",
+    "Spec",
+    "SpecError",
+    "TemplateInfo",
+    "Tracking",
+    "compile_template",
+    "context_text",
+    "corpus_files",
+    "counts",
+    "display_path",
+    "expand",
+    "load_spec",
+    "matches",
+    "portable",
+    "project_root",
+    "render",
+    "snapshot_files",
+]

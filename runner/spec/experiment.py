@@ -1,0 +1,76 @@
+"""The `Experiment`: a validated spec together with the content of every file it names, and the project
+it belongs to. Everything after loading reads the experiment, never the spec's files again."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner.spec.schema import Question, Spec
+from runner.spec.templates import TemplateInfo
+
+
+@dataclass
+class Experiment:
+    """A validated spec with the content of every file it names."""
+
+    spec: Spec
+    path: Path
+    root: Path
+    questions: dict[str, Question]
+    pov_sets: dict[str, list[str]]
+    templates: dict[str, TemplateInfo]
+    raw: dict[str, Any]
+    sources: list[Path] = field(default_factory=list)
+
+    @property
+    def state_dir(self) -> Path:
+        """Git-ignored working state of the project (Chroma store, caches, run folders)."""
+        return self.root / ".pov"
+
+    @property
+    def spec_hash(self) -> str:
+        """Hash of everything that defines results: the resolved spec and the text of the files it names."""
+        payload = {
+            "spec": portable(
+                self.spec.model_dump(mode="json", exclude={"extends", "description", "tracking", "executor"}),
+                self.root,
+            ),
+            "questions": {k: q.text for k, q in self.questions.items()},
+            "pov_sets": self.pov_sets,
+            "templates": {k: t.text for k, t in self.templates.items()},
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def portable(obj: Any, root: Path) -> Any:
+    """`obj` with absolute paths inside the project made relative to it, so that hashes and ids are the same
+    in every checkout of the project."""
+    prefix = str(root).rstrip("/") + "/"
+    if isinstance(obj, str) and obj.startswith(prefix):
+        return obj[len(prefix) :]
+    if isinstance(obj, dict):
+        return {k: portable(v, root) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [portable(v, root) for v in obj]
+    return obj
+
+
+def project_root(start: Path) -> Path:
+    """The nearest folder above `start` holding pyproject.toml or .git; else `start`'s own folder."""
+    start = start.resolve()
+    for d in [start.parent, *start.parent.parents]:
+        if (d / "pyproject.toml").exists() or (d / ".git").exists():
+            return d
+    return start.parent
+
+
+def display_path(path: Path) -> str:
+    """`path` as a message names it: relative to the working directory when it is below it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

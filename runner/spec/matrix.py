@@ -1,0 +1,165 @@
+"""Expand an experiment into cells: model x template x persona x POV set x k schedule x question."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from runner.spec.experiment import Experiment, portable
+from runner.spec.schema import AXES
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One prompt to run: a value on every axis, and an id that hashes their content."""
+
+    id: str
+    model: str
+    template: str
+    persona: str
+    pov_set: str
+    k: tuple[int, int, int]
+    question: str
+
+    def axes(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "template": self.template,
+            "persona": self.persona,
+            "pov_set": self.pov_set,
+            "k": list(self.k),
+            "question": self.question,
+        }
+
+    @property
+    def k_label(self) -> str:
+        return "-".join(map(str, self.k))
+
+
+def _values(exp: Experiment, axis: str) -> list[Any]:
+    chosen = getattr(exp.spec.matrix, axis)
+    if axis == "k":
+        return [tuple(k) for k in chosen]
+    if chosen == "all":
+        return list(exp.questions) if axis == "question" else list(getattr(exp.spec, axis + "s"))
+    return list(chosen)
+
+
+def matches(rule: dict[str, Any], combo: dict[str, Any]) -> bool:
+    """True when `combo` has every axis value `rule` names (a list names alternatives), as in `matrix.exclude`."""
+    for axis, want in rule.items():
+        have = combo[axis]
+        if axis == "k":
+            wants = [tuple(w) for w in want] if want and isinstance(want[0], list) else [tuple(want)]
+            if have not in wants:
+                return False
+        elif isinstance(want, list):
+            if have not in want:
+                return False
+        elif have != want:
+            return False
+    return True
+
+
+def _include_combos(exp: Experiment, rule: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    options: list[list[Any]] = []
+    for axis in AXES:
+        want: Any = rule.get(axis, "all" if axis == "question" else None)
+        vals: list[Any]
+        if axis == "k":
+            vals = [tuple(w) for w in want] if want and isinstance(want[0], list) else [tuple(want)]
+        elif want == "all":
+            vals = list(exp.questions) if axis == "question" else list(getattr(exp.spec, axis + "s"))
+        else:
+            vals = want if isinstance(want, list) else [want]
+        options.append(vals)
+    for combo in itertools.product(*options):
+        yield dict(zip(AXES, combo, strict=True))
+
+
+class CellHasher:
+    """Cell ids hash the content a cell depends on (never its position), so adding a value to one axis
+    keeps every existing id, and editing a template changes the ids of the cells that use it."""
+
+    def __init__(self, exp: Experiment) -> None:
+        spec = exp.spec
+        self._shared = _digest(
+            {
+                "generation": spec.generation.model_dump(mode="json"),
+                "embedder": spec.embedder.model_dump(mode="json", exclude={"batch_size", "device"}),
+                "reranker": spec.effective_reranker.model_dump(mode="json", exclude={"batch_size", "device"}),
+                "collection": spec.corpus.collection,
+                "chunking": spec.corpus.chunking.model_dump(mode="json"),
+            }
+        )
+        self._parts = {
+            "model": {
+                k: _digest(portable(m.model_dump(mode="json"), exp.root)) for k, m in spec.models.items()
+            },
+            "template": {k: _digest(t.text) for k, t in exp.templates.items()},
+            "persona": {k: _digest(v) for k, v in spec.personas.items()},
+            "pov_set": {k: _digest(v) for k, v in exp.pov_sets.items()},
+            "question": {k: _digest(q.text) for k, q in exp.questions.items()},
+        }
+
+    def cell(self, combo: dict[str, Any]) -> Cell:
+        content = [self._shared]
+        for axis in AXES:
+            value = combo[axis]
+            content.append(f"{axis}={value if axis != 'k' else list(value)}")
+            if axis != "k":
+                content.append(self._parts[axis][value])
+        cid = hashlib.sha256("\n".join(map(str, content)).encode()).hexdigest()[:12]
+        return Cell(
+            cid,
+            combo["model"],
+            combo["template"],
+            combo["persona"],
+            combo["pov_set"],
+            tuple(combo["k"]),
+            combo["question"],
+        )  # type: ignore[arg-type]
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def expand(exp: Experiment) -> list[Cell]:
+    """Every cell of the experiment: the product minus excludes, plus includes (each once)."""
+    hasher = CellHasher(exp)
+    cells: dict[str, Cell] = {}
+    for combo in _combos(exp):
+        cell = hasher.cell(combo)
+        cells.setdefault(cell.id, cell)
+    return list(cells.values())
+
+
+def _combos(exp: Experiment) -> Iterator[dict[str, Any]]:
+    """Axis values of every cell, lazily: the product minus excludes, then the includes (maybe repeated)."""
+    m = exp.spec.matrix
+    for combo_values in itertools.product(*(_values(exp, a) for a in AXES)):
+        combo = dict(zip(AXES, combo_values, strict=True))
+        if not any(matches(rule, combo) for rule in m.exclude):
+            yield combo
+    for rule in m.include:
+        yield from _include_combos(exp, rule)
+
+
+def is_empty(exp: Experiment) -> bool:
+    """True when the matrix has no cell (say, an exclude matches them all); stops at the first cell found."""
+    return next(_combos(exp), None) is None
+
+
+def counts(cells: list[Cell]) -> dict[str, dict[str, int]]:
+    """How many cells take each value of each axis."""
+    out: dict[str, dict[str, int]] = {a: {} for a in AXES}
+    for c in cells:
+        for axis, value in c.axes().items():
+            key = "-".join(map(str, value)) if axis == "k" else value
+            out[axis][key] = out[axis].get(key, 0) + 1
+    return out

@@ -1,0 +1,244 @@
+"""Checks that need more than one field: files the spec names, and names the matrix refers to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from runner.errors import Problem, SpecError, did_you_mean
+from runner.registry import BACKENDS, EMBEDDERS
+from runner.spec.experiment import Experiment, display_path
+from runner.spec.matrix import is_empty
+from runner.spec.safe_yaml import Mark, PathKey, load_yaml, read_text
+from runner.spec.schema import AXES, Question, Spec, check_k
+from runner.spec.templates import TemplateInfo, check_renders, parse_header
+
+
+class ProblemList:
+    def __init__(self, data: Any, marks: dict[PathKey, Mark], top: Mark) -> None:
+        self.data, self.marks, self.top = data, marks, top
+        self.problems: list[Problem] = []
+
+    def at(self, path: PathKey, message: str) -> None:
+        for n in range(len(path), -1, -1):
+            if path[:n] in self.marks:
+                mark = self.marks[path[:n]]
+                break
+        else:
+            mark = self.top
+        self.problems.append(Problem(mark.file, mark.line, mark.col, ".".join(map(str, path)), message))
+
+    def absorb(self, err: SpecError) -> None:
+        self.problems.extend(err.problems)
+
+
+def _load_questions(spec: Spec, c: ProblemList) -> dict[str, Question]:
+    out: dict[str, Question] = {}
+    if isinstance(spec.questions, list):
+        for i, q in enumerate(spec.questions):
+            if q.id in out:
+                c.at(("questions", i, "id"), f"duplicate question id {q.id!r}")
+            out[q.id] = q
+        return out
+    path = Path(spec.questions)
+    label = display_path(path)
+    if not path.is_file():
+        c.at(("questions",), f"questions file not found: {label}")
+        return out
+    try:
+        loaded = load_yaml(path, label)
+    except SpecError as e:
+        c.absorb(e)
+        return out
+    data = loaded.data
+    if isinstance(data, dict) and set(data) == {"questions"}:
+        data = data["questions"]
+        prefix: PathKey = ("questions",)
+    else:
+        prefix = ()
+    sub = ProblemList(loaded.data, loaded.marks, Mark(label, 1, 1))
+    if not isinstance(data, list) or not data:
+        sub.at(prefix, "expected `questions:` with a non-empty list of {id, text}")
+    else:
+        for i, item in enumerate(data):
+            try:
+                q = Question.model_validate(item)
+            except ValidationError as err:
+                for detail in err.errors():
+                    msg = detail["msg"]
+                    if detail["type"] == "extra_forbidden":
+                        msg = f"unknown key {detail['loc'][-1]!r}{did_you_mean(detail['loc'][-1], list(Question.model_fields))}"
+                    sub.at((*prefix, i, *detail["loc"]), msg)
+                continue
+            if q.id in out:
+                sub.at((*prefix, i, "id"), f"duplicate question id {q.id!r}")
+            out[q.id] = q
+    c.problems.extend(sub.problems)
+    return out
+
+
+def _load_pov_sets(spec: Spec, c: ProblemList) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, val in spec.pov_sets.items():
+        if isinstance(val, list):
+            out[name] = [s.strip() for s in val if s.strip()]
+            continue
+        path = Path(val)
+        label = display_path(path)
+        if not path.is_file():
+            c.at(("pov_sets", name), f"POV set file not found: {label}")
+            continue
+        try:
+            loaded = load_yaml(path, label)
+        except SpecError as e:
+            c.absorb(e)
+            continue
+        data = loaded.data
+        if isinstance(data, dict) and set(data) == {"statements"}:
+            data = data["statements"]
+        sub = ProblemList(loaded.data, loaded.marks, Mark(label, 1, 1))
+        if not isinstance(data, list) or not all(isinstance(s, str) for s in data):
+            sub.at((), "expected `statements:` with a list of short strings")
+        elif not [s for s in data if s.strip()]:
+            sub.at((), f"POV set {name!r} is empty: give at least one statement")
+        else:
+            out[name] = [s.strip() for s in data if s.strip()]
+        c.problems.extend(sub.problems)
+    return out
+
+
+def _load_templates(spec: Spec, c: ProblemList) -> dict[str, TemplateInfo]:
+    out = {}
+    for name, path in spec.templates.items():
+        label = display_path(Path(path))
+        if not Path(path).is_file():
+            c.at(("templates", name), f"template file not found: {label}")
+            continue
+        try:
+            out[name] = load_template(name, Path(path), label)
+        except SpecError as e:
+            c.absorb(e)
+    return out
+
+
+def axis_choices(spec: Spec, questions: dict[str, Question]) -> dict[str, list[str]]:
+    return {
+        "model": list(spec.models),
+        "template": list(spec.templates),
+        "persona": list(spec.personas),
+        "pov_set": list(spec.pov_sets),
+        "question": list(questions),
+    }
+
+
+def _check_matrix(spec: Spec, questions: dict[str, Question], c: ProblemList) -> None:
+    choices = axis_choices(spec, questions)
+    m = spec.matrix
+    for axis, declared in choices.items():
+        values = getattr(m, axis)
+        if values == "all":
+            continue
+        if not values:
+            c.at(("matrix", axis), f"empty list: name at least one {axis} or use `all`")
+        seen = set()
+        for i, v in enumerate(values):
+            if v in seen:
+                c.at(("matrix", axis, i), f"{v!r} is listed twice")
+            seen.add(v)
+            if v not in declared and (axis != "question" or questions):
+                c.at(("matrix", axis, i), f"unknown {axis} {v!r}{did_you_mean(v, declared)}")
+    seen_k: set[tuple[int, ...]] = set()
+    for i, k in enumerate(m.k):
+        if tuple(k) in seen_k:
+            c.at(("matrix", "k", i), f"k schedule {k} is listed twice")
+        seen_k.add(tuple(k))
+    for kind in ("exclude", "include"):
+        for i, rule in enumerate(getattr(m, kind)):
+            _check_rule(rule, ("matrix", kind, i), choices, questions, c, full=(kind == "include"))
+    for i, fault in enumerate(spec.faults):
+        _check_rule(fault.match, ("faults", i, "match"), choices, questions, c, full=False)
+
+
+def _check_rule(
+    rule: dict[str, Any],
+    path: PathKey,
+    choices: dict[str, list[str]],
+    questions: dict[str, Question],
+    c: ProblemList,
+    full: bool,
+) -> None:
+    if not rule and path[0] != "faults":
+        c.at(path, "empty rule: name at least one axis")
+    for axis, value in rule.items():
+        if axis not in AXES:
+            c.at((*path, axis), f"unknown axis {axis!r}{did_you_mean(axis, AXES)}")
+            continue
+        values = value if isinstance(value, list) and axis != "k" else [value]
+        if axis == "k":
+            values = value if isinstance(value, list) and value and isinstance(value[0], list) else [value]
+            for v in values:
+                try:
+                    check_k(v)
+                except ValueError as e:
+                    c.at((*path, axis), str(e))
+            continue
+        for v in values:
+            if v == "all" and full and not isinstance(value, list):
+                continue  # inside a list `all` would reach expand() as a name and crash it
+            if v not in choices[axis] and (axis != "question" or questions):
+                c.at((*path, axis), f"unknown {axis} {v!r}{did_you_mean(v, choices[axis])}")
+    if full:
+        missing = [a for a in AXES if a not in rule and a != "question"]
+        if missing:
+            c.at(path, f"an include names every axis but question; missing: {', '.join(missing)}")
+
+
+def resolve(
+    spec: Spec,
+    path: Path,
+    data: dict[str, Any],
+    marks: dict[PathKey, Mark],
+    top: Mark,
+    files: list[Path],
+    root: Path,
+) -> Experiment:
+    c = ProblemList(data, marks, top)
+    if not spec.corpus.path.is_dir():
+        c.at(("corpus", "path"), f"corpus folder not found: {display_path(spec.corpus.path)}")
+    questions = _load_questions(spec, c)
+    pov_sets = _load_pov_sets(spec, c)
+    templates = _load_templates(spec, c)
+    _check_matrix(spec, questions, c)
+    for name, model in spec.models.items():
+        if model.backend not in BACKENDS:
+            c.at(
+                ("models", name, "backend"),
+                f"unknown backend {model.backend!r}{did_you_mean(model.backend, BACKENDS.names())}",
+            )
+    for key in ("embedder", "reranker"):
+        emb = getattr(spec, key)
+        if emb is not None and emb.provider not in EMBEDDERS:
+            c.at(
+                (key, "provider"),
+                f"unknown provider {emb.provider!r}{did_you_mean(emb.provider, EMBEDDERS.names())}",
+            )
+    if c.problems:
+        raise SpecError(c.problems)
+    sources = [*files, *(Path(t.path) for t in templates.values())]
+    if not isinstance(spec.questions, list):
+        sources.append(Path(spec.questions))
+    sources += [Path(v) for v in spec.pov_sets.values() if not isinstance(v, list)]
+    exp = Experiment(spec, path, root, questions, pov_sets, templates, data, sources)
+    if is_empty(exp):
+        c.at(("matrix",), "the matrix has no cells: matrix.exclude removes every combination")
+        raise SpecError(c.problems)
+    return exp
+
+
+def load_template(name: str, path: Path, label: str) -> TemplateInfo:
+    """Read a template file, parse its `pov:` header and check that it renders with sample values."""
+    info = parse_header(name, path, read_text(path, label), label)
+    check_renders(info, label)
+    return info

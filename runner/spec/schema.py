@@ -1,0 +1,300 @@
+"""The experiment spec: pydantic models with a docstring per field.
+
+A spec is a YAML file in git; `runner.spec.loader.load_spec` reads it (with `extends` and `--set`), validates it
+against these models, checks cross-references and templates, and returns an `Experiment`: the spec plus
+the content of every file it names, so that the rest of the runner never touches the spec's files again.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+AXES = ("model", "template", "persona", "pov_set", "k", "question")
+"""Matrix axes, in the order cells are listed."""
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
+
+
+class Chunking(Strict):
+    max_words: int = Field(180, ge=10, le=5000)
+    """Largest chunk, in words; paragraphs are packed up to this size and longer ones are split."""
+    overlap_words: int = Field(30, ge=0)
+    """Words repeated from the end of one chunk at the start of the next when a paragraph is split."""
+    drop_boilerplate: bool = True
+    """Leave out paragraphs that look like page furniture (link lists, menus, copyright lines, reference
+    entries, keyword lists) and chunks under 8 words; see runner/retrieval/chunking.py."""
+
+    @model_validator(mode="after")
+    def _overlap_smaller(self) -> Chunking:
+        if self.overlap_words >= self.max_words:
+            raise ValueError("overlap_words must be smaller than max_words")
+        return self
+
+
+class Corpus(Strict):
+    path: Path
+    """Folder of .md/.txt files (relative to the spec file)."""
+    collection: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]{1,510}[A-Za-z0-9]$")
+    """Chroma collection name (3-512 characters: letters, digits, `.`, `_`, `-`)."""
+    chunking: Chunking = Chunking()
+    """How files are cut into chunks."""
+    include: list[str] = ["*.md", "*.txt"]
+    """Glob patterns (relative to `path`, recursive) of the files to ingest."""
+    chroma_url: str | None = None
+    """`http://host:port` of a `chroma run` server; unset uses an embedded PersistentClient."""
+    persist_dir: Path | None = None
+    """Where the embedded Chroma store lives; default `.pov/chroma` in the project root."""
+
+
+class Embedder(Strict):
+    provider: str = "sentence-transformers"
+    """`sentence-transformers` or `cohere`."""
+    model: str = "all-MiniLM-L6-v2"
+    """Model name (hub name or local path for sentence-transformers; API model for cohere)."""
+    batch_size: int = Field(64, ge=1, le=4096)
+    """Texts per embedding call (cohere is capped at 96)."""
+    device: str | None = None
+    """Torch device for local embedders (`cpu`, `cuda`, ...); default picks one."""
+    query_prompt: str | None = None
+    """Name of the model's prompt used for queries (BGE-style instructions); default uses `query` if defined."""
+
+
+class Question(Strict):
+    id: str = Field(pattern=NAME_RE.pattern)
+    """Short stable id used in the matrix and in reports."""
+    text: str = Field(min_length=1)
+    """The question as the model sees it."""
+
+
+class Model(Strict):
+    backend: str = "transformers"
+    """Generation backend: `transformers` or `unsloth`."""
+    name: str = Field(min_length=1)
+    """Hub name, local directory, or `builtin:tiny-llama` (a tiny random model built locally)."""
+    revision: str | None = None
+    """Hub revision (commit) to pin; recorded with each run."""
+    load_in_4bit: bool = False
+    """Load weights in 4-bit (bitsandbytes; needs a GPU)."""
+    max_seq_length: int = Field(2048, ge=16)
+    """Longest prompt plus answer, in tokens; longer prompts are truncated from the left."""
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Weight dtype; `auto` is bfloat16 on a GPU that supports it, else float32."""
+    device: str = "auto"
+    """`auto` (a GPU when there is one), `cpu`, or `cuda`."""
+    chat_template: bool | None = None
+    """Wrap prompts in the tokenizer's chat template; default: when the tokenizer has one."""
+
+
+class Generation(Strict):
+    max_new_tokens: int = Field(512, ge=1)
+    """Most tokens generated per answer."""
+    min_new_tokens: int = Field(0, ge=0)
+    """Fewest tokens generated (set equal to max_new_tokens for fixed-length benchmarks)."""
+    temperature: float = Field(0.0, ge=0.0)
+    """0 decodes greedily; above 0 samples, seeded by `seed`."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling mass (sampling only)."""
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    """Penalty for repeated tokens (1.0 is none)."""
+    seed: int = 0
+    """Seed for sampling and for anything random in a cell."""
+    batch_size: int = Field(8, ge=1, le=1024)
+    """Prompts generated together in one call."""
+
+    @model_validator(mode="after")
+    def _min_le_max(self) -> Generation:
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError("min_new_tokens must not exceed max_new_tokens")
+        return self
+
+
+AxisValues = Literal["all"] | list[str]
+KSchedule = list[int]
+
+
+class Matrix(Strict):
+    model: AxisValues = "all"
+    """Model names to run, or `all`."""
+    template: AxisValues = "all"
+    """Template names, or `all`."""
+    persona: AxisValues = "all"
+    """Persona names, or `all`."""
+    pov_set: AxisValues = "all"
+    """POV set names, or `all`."""
+    k: list[KSchedule] = [[15, 10, 5]]
+    """Stage sizes `[k1, k2, k3]`: vector search, query rerank, POV rerank; k1 >= k2 >= k3 >= 1."""
+    question: AxisValues = "all"
+    """Question ids, or `all`."""
+    exclude: list[dict[str, Any]] = []
+    """Partial cells to drop: every axis given must match (e.g. `{template: a, persona: b}`)."""
+    include: list[dict[str, Any]] = []
+    """Extra cells to add; each names every axis but `question` (default all); a list value expands."""
+
+    @field_validator("model", "template", "persona", "pov_set", "question", mode="before")
+    @classmethod
+    def _axis_form(cls, v: Any) -> Any:
+        # Without this a lone name reads "Input should be 'all'", which hides the fix.
+        if isinstance(v, str) and v != "all":
+            raise ValueError(f"an axis is `all` or a list of names: write [{v}]")
+        if not isinstance(v, (str, list)):
+            raise ValueError(f"an axis is `all` or a list of names, got {v!r}")
+        return v
+
+    @field_validator("k")
+    @classmethod
+    def _k_schedules(cls, v: list[KSchedule]) -> list[KSchedule]:
+        if not v:
+            raise ValueError("at least one k schedule is needed")
+        for sched in v:
+            check_k(sched)
+        return v
+
+
+def check_k(sched: Any) -> None:
+    """Raise ValueError unless `sched` is three whole numbers k1 >= k2 >= k3 >= 1."""
+    if not isinstance(sched, list) or len(sched) != 3 or not all(isinstance(x, int) for x in sched):
+        raise ValueError(f"a k schedule is three whole numbers [k1, k2, k3], got {sched!r}")
+    k1, k2, k3 = sched
+    if min(sched) < 1:
+        raise ValueError(f"k schedule {sched}: every stage keeps at least 1 chunk")
+    if not k1 >= k2 >= k3:
+        raise ValueError(f"k schedule {sched}: stages can only narrow (k1 >= k2 >= k3)")
+
+
+class Limits(Strict):
+    cell_timeout_s: float = Field(600.0, gt=0)
+    """A batch that runs longer than this many seconds per cell is killed and recorded as `timeout`."""
+    gpu_memory_gb: float | None = Field(None, gt=0)
+    """Cap on the worker's CUDA memory, so a large GPU can stand in for a small one."""
+    max_worker_restarts: int = Field(100, ge=0)
+    """Crashed workers restarted before the remaining cells are marked `crashed` without running."""
+
+
+class Tracking(Strict):
+    experiment: str | None = None
+    """MLflow experiment name; default the spec's name."""
+    uri: str | None = None
+    """Tracking URI; MLFLOW_TRACKING_URI wins; default MLflow's own (`sqlite:///mlflow.db`)."""
+
+
+class Executor(Strict):
+    kind: Literal["local", "ray", "serve"] = "local"
+    """`local` (one worker process per GPU; the project's `pov serve` instead when one is running and no
+    `gpus` are named), `ray` (Ray actors) or `serve` (only the project's `pov serve`)."""
+    gpus: list[int] | None = None
+    """GPU indices for the local executor; default all visible, else the CPU."""
+    address: str | None = None
+    """Ray cluster address (`auto`, `ray://host:10001`); default starts a local Ray."""
+    num_gpus: float = Field(1.0, ge=0)
+    """GPUs per Ray actor; fractions let small models share a GPU."""
+    workers: int | None = Field(None, ge=1)
+    """Ray actors (or CPU workers) to run; default one per GPU, else one."""
+
+
+class Checks(Strict):
+    duplication_cosine: float = Field(0.85, ge=0, le=1)
+    """Sections whose embeddings are at least this similar are flagged as duplicates."""
+    duplication_overlap: float = Field(0.6, ge=0, le=1)
+    """Sections whose word-trigram overlap ratio is at least this are flagged as duplicates."""
+    word_tolerance: float = Field(0.0, ge=0)
+    """Slack on declared word ranges, as a fraction (0.1 accepts 10% outside)."""
+    repetition_ratio: float = Field(0.5, gt=0, le=1)
+    """An answer whose distinct-trigram ratio is below this is flagged degenerate."""
+    pov_retention: float = Field(0.8, ge=0)
+    """An answer whose POV score is below this fraction of its context chunks' mean score lost the
+    edge the POV rerank selected for."""
+
+
+class Fault(Strict):
+    """A deliberate fault, for testing crash handling end to end."""
+
+    cause: Literal["segfault", "abort", "killed", "exception", "timeout", "cuda_oom"]
+    """What the worker does when it meets a matching cell."""
+    match: dict[str, Any] = {}
+    """Axis values a cell must have (as in `matrix.exclude`); empty matches every cell."""
+    rate: float = Field(1.0, ge=0, le=1)
+    """Fraction of matching cells (chosen by a hash of the cell id, so the choice is stable)."""
+
+
+class Spec(Strict):
+    name: str = Field(pattern=NAME_RE.pattern)
+    """Experiment name (letters, digits, `_`, `-`, `.`)."""
+    description: str = ""
+    """What this experiment is for."""
+    extends: str | None = None
+    """Another spec file to deep-merge under this one (this file wins)."""
+    corpus: Corpus
+    """The documents to retrieve from."""
+    embedder: Embedder = Embedder()
+    """Embeds stored chunks and stage-1 queries."""
+    reranker: Embedder | None = None
+    """Embeds for stages 2 and 3; default the embedder (its stored vectors are reused)."""
+    questions: Path | list[Question]
+    """A YAML file with `questions: [{id, text}]`, or the list inline."""
+    pov_sets: dict[str, Path | list[str]]
+    """Named sets of short POV statements: a YAML file with `statements: [...]`, or a list inline."""
+    personas: dict[str, str]
+    """Named persona texts, put first in the prompt."""
+    templates: dict[str, Path]
+    """Named Jinja2 template files."""
+    models: dict[str, Model]
+    """Named models."""
+    generation: Generation = Generation()
+    """Decoding parameters shared by every cell."""
+    matrix: Matrix = Matrix()
+    """Which combinations to run."""
+    limits: Limits = Limits()
+    """Timeouts and memory caps."""
+    tracking: Tracking = Tracking()
+    """Where runs are recorded."""
+    executor: Executor = Executor()
+    """Where generation runs."""
+    checks: Checks = Checks()
+    """Thresholds of the per-cell output checks."""
+    faults: list[Fault] = []
+    """Injected faults (testing only)."""
+
+    @field_validator("personas", "templates", "models", "pov_sets")
+    @classmethod
+    def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        if not v:
+            raise ValueError("declare at least one")
+        for key in v:
+            if not isinstance(key, str) or not NAME_RE.match(key):
+                raise ValueError(f"name {key!r} must be letters, digits, '_', '-' or '.'")
+        return v
+
+    @field_validator("questions")
+    @classmethod
+    def _questions(cls, v: Path | list[Question]) -> Path | list[Question]:
+        if isinstance(v, list) and not v:
+            raise ValueError("no questions: give at least one {id, text}, or a questions file")
+        return v
+
+    @field_validator("pov_sets")
+    @classmethod
+    def _pov_sets(cls, v: dict[str, Path | list[str]]) -> dict[str, Path | list[str]]:
+        for key, val in v.items():
+            if isinstance(val, list) and not [s for s in val if s.strip()]:
+                raise ValueError(f"POV set {key!r} is empty: give at least one statement")
+        return v
+
+    @field_validator("personas")
+    @classmethod
+    def _personas(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, val in v.items():
+            if not val.strip():
+                raise ValueError(f"persona {key!r} is empty")
+        return v
+
+    @property
+    def effective_reranker(self) -> Embedder:
+        return self.reranker or self.embedder

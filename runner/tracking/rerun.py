@@ -1,0 +1,220 @@
+"""`pov rerun RUN_ID`: run a past execution again from what MLflow stored, naming what changed since.
+
+What an execution stores to make this possible (parent-run artifacts):
+
+- `spec.yaml`: the resolved spec, standalone. `extends` is flattened, every default is written out (so a
+  later runner with other defaults reproduces it), questions and POV sets are inline, and each template
+  points to `templates/<name>.j2` beside it. Paths that stay paths are absolute: the corpus folder (it
+  must still exist; the corpus fingerprint drift says whether it changed), `corpus.persist_dir` when set,
+  and local model folders.
+- `templates/<name>.j2`: the template files, byte for byte.
+- `manifest.json`: see runner/run/manifest.py.
+
+A rerun downloads these into `<project>/.pov/reruns/<RUN_ID>/`, loads `spec.yaml` with the ordinary loader,
+keeps the original project root (so the same Chroma store, caches and built models are used), compares
+the stored manifest with a fresh one, prints each drift, and runs every cell as a new execution tagged
+`pov.rerun_of=<RUN_ID>` in the same MLflow experiment. A killed rerun continues when the same command is
+given again (`--fresh` starts over). Cell ids hash the content of what a cell uses, not file locations, so
+the old and new child runs pair up by `pov.cell_id`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runner.errors import UserError
+from runner.redaction import redact
+
+if TYPE_CHECKING:
+    from runner.run.drift import Drift
+    from runner.spec import Cell, Experiment
+
+@dataclass
+class RerunPlan:
+    """A past execution, loaded and checked against today."""
+
+    run_id: str
+    tracking_uri: str
+    experiment_id: str
+    run_name: str
+    exp: Experiment
+    cells: list[Cell]
+    old_manifest: dict[str, Any]
+    manifest: dict[str, Any]
+    drifts: list[Drift] = field(default_factory=list)
+
+
+def _client(tracking_uri: str) -> Any:
+    import os
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def prepare(run_id: str, tracking_uri: str | None = None) -> RerunPlan:
+    """Load execution `run_id`'s spec and manifest from MLflow and compare the manifest with now."""
+    from mlflow.exceptions import MlflowException
+
+    from runner.run import build_manifest, compare
+    from runner.spec import expand, load_spec, project_root
+    from runner.tracking.client import resolve_tracking_uri
+
+    uri = tracking_uri or resolve_tracking_uri()
+    client = _client(uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as e:
+        raise UserError(
+            f"pov rerun: no run {run_id!r} in {redact(uri)} ({e.error_code}); set MLFLOW_TRACKING_URI "
+            "(or --tracking-uri) to the store that holds it"
+        ) from None
+    except Exception as e:  # a server that is down
+        raise UserError(f"pov rerun: cannot read {redact(uri)}: {redact(str(e))[:500]}") from None
+    tags = run.data.tags
+    if tags.get("pov.kind") == "cell":
+        parent = tags.get("mlflow.parentRunId", "?")
+        raise UserError(f"pov rerun: {run_id} is one cell's run; rerun its execution: pov rerun {parent}")
+    if tags.get("pov.kind") != "execution":
+        raise UserError(f"pov rerun: {run_id} is not a pov-runner execution (no tag pov.kind=execution)")
+    stored = {f.path for f in client.list_artifacts(run_id)}
+    if not {"spec.yaml", "manifest.json"} <= stored:
+        raise UserError(
+            f"pov rerun: execution {run_id} has no spec.yaml/manifest.json artifacts "
+            "(it was killed while starting); run its spec with `pov run` instead"
+        )
+    old_root = Path(_download_json(client, run_id, "manifest.json").get("project", {}).get("root", "."))
+    root = old_root if old_root.is_dir() else project_root(Path.cwd() / "spec.yaml")
+    dest = root / ".pov" / "reruns" / run_id
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for name in ("spec.yaml", "manifest.json", *(["templates"] if "templates" in stored else [])):
+        client.download_artifacts(run_id, name, str(dest))
+    old_manifest = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))
+    exp = load_spec(dest / "spec.yaml")
+    # The snapshot lives under .pov/, but the execution belongs to its original project: same Chroma
+    # store, caches and built models.
+    exp.root = root
+    manifest = build_manifest(exp)
+    return RerunPlan(
+        run_id,
+        uri,
+        run.info.experiment_id,
+        run.info.run_name or run_id,
+        exp,
+        expand(exp),
+        old_manifest,
+        manifest,
+        compare(old_manifest, manifest),
+    )
+
+
+def _download_json(client: Any, run_id: str, path: str) -> dict[str, Any]:
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="pov-rerun-") as tmp:
+        local = client.download_artifacts(run_id, path, tmp)
+        data = json.loads(Path(local).read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
+
+
+@dataclass
+class Agreement:
+    """How the new execution's cells compare with the old one's, by output and ranking hashes."""
+
+    cells: int = 0
+    same_output: int = 0
+    same_ranking: int = 0
+    differing: list[str] = field(default_factory=list)
+
+
+def agreement(tracking_uri: str, experiment_id: str, old_run: str, new_run: str) -> Agreement:
+    """Pair the two executions' live child runs by cell id and count identical outputs and rankings."""
+    from mlflow.entities import ViewType
+
+    client = _client(tracking_uri)
+
+    def children(pid: str) -> dict[str, dict[str, str]]:
+        out: dict[str, dict[str, str]] = {}
+        token = None
+        while True:
+            page = client.search_runs(
+                [experiment_id],
+                f"tags.`mlflow.parentRunId` = '{pid}'",
+                ViewType.ACTIVE_ONLY,
+                10_000,
+                None,
+                token,
+            )
+            for r in page:
+                out[r.data.tags.get("pov.cell_id", r.info.run_id)] = r.data.tags
+            token = page.token
+            if not token:
+                return out
+
+    old, new = children(old_run), children(new_run)
+    result = Agreement()
+    for cid in sorted(set(old) & set(new)):
+        result.cells += 1
+        same_out = old[cid].get("pov.output_hash") == new[cid].get("pov.output_hash") and old[cid].get(
+            "pov.status"
+        ) == new[cid].get("pov.status")
+        same_rank = old[cid].get("pov.ranking_hash") == new[cid].get("pov.ranking_hash")
+        result.same_output += same_out
+        result.same_ranking += same_rank
+        if not (same_out and same_rank):
+            result.differing.append(cid)
+    return result
+
+
+@dataclass
+class RerunOutcome:
+    plan: RerunPlan
+    new_run_id: str | None
+    summary: Any
+    agreement: Agreement | None
+
+
+def rerun(
+    run_id: str,
+    *,
+    tracking_uri: str | None = None,
+    fresh: bool = False,
+    retry_crashed: bool = False,
+    console: Any = None,
+    say: Any = print,
+) -> RerunOutcome:
+    """Run execution `run_id` again as a new execution linked by `pov.rerun_of`; `say` gets each line."""
+    from runner.tracking.mlflow_tracker import MlflowTracker
+
+    plan = prepare(run_id, tracking_uri)
+    say(f"rerunning {plan.run_name} ({run_id}): {len(plan.cells)} cells, spec from {plan.exp.path}")
+    if plan.drifts:
+        for drift in plan.drifts:
+            say(f"drift: {drift}")
+    else:
+        say("no drift: code, packages, corpus, models and GPU match the original execution")
+    tracker = MlflowTracker(plan.tracking_uri, experiment_id=plan.experiment_id, rerun_of=run_id)
+    summary = _run(plan, tracker, fresh=fresh, retry_crashed=retry_crashed, console=console)
+    agree = None
+    if tracker.run_id:
+        agree = agreement(plan.tracking_uri, plan.experiment_id, run_id, tracker.run_id)
+        say(
+            f"new execution {tracker.run_id}: outputs identical in {agree.same_output}/{agree.cells} cells, "
+            f"rankings identical in {agree.same_ranking}/{agree.cells}"
+        )
+    return RerunOutcome(plan, tracker.run_id, summary, agree)
+
+
+def _run(plan: RerunPlan, tracker: Any, *, fresh: bool, retry_crashed: bool, console: Any) -> Any:
+    from runner.run.engine import run_experiment
+
+    return run_experiment(
+        plan.exp, plan.cells, tracker, console=console, fresh=fresh, retry_crashed=retry_crashed
+    )
