@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from runner.errors import UserError
-from runner.retrieval.scoring import cosine_scores, rank_desc
+from runner.retrieval.scoring import cosine_scores, pov_scores, rank_desc
 
 if TYPE_CHECKING:
     from runner.retrieval.embedders.base import CachedEmbedder
@@ -200,7 +200,7 @@ class ChromaRetriever:
             s2.name = "query"
             stage12[(q, k1, k2)] = (s1, s2)
 
-        pov_scores: dict[str, dict[str, float]] = {}
+        pov_by_set: dict[str, dict[str, float]] = {}
         for pov in dict.fromkeys(p for _, p, _ in wanted):
             statements = self.exp.pov_sets[pov]
             pov_vecs = self.reranker.embed(statements, "query")
@@ -210,16 +210,16 @@ class ChromaRetriever:
                 )
             )
             if not docs:
-                pov_scores[pov] = {}
+                pov_by_set[pov] = {}
                 continue
             scores = pov_scores(np.stack([doc_vec[i] for i in docs]), pov_vecs, assume_normalized=True)
-            pov_scores[pov] = dict(zip(docs, (float(s) for s in scores), strict=True))
+            pov_by_set[pov] = dict(zip(docs, (float(s) for s in scores), strict=True))
 
         out: dict[Key, RetrievalResult] = {}
         for key in wanted:
             q, pov, (k1, k2, k3) = key
             s1, s2 = stage12[(q, k1, k2)]
-            scores3 = [pov_scores[pov][i] for i in s2.ids]
+            scores3 = [pov_by_set[pov][i] for i in s2.ids]
             _, s3 = _select(rank_desc(scores3), k3, s2.ids, s2.texts, scores3)
             s3.name = "pov"
             out[key] = RetrievalResult(q, pov, key[2], [s1, s2, s3])

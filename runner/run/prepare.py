@@ -83,7 +83,7 @@ def prepare(exp: Experiment, cells: list[Cell], retrieved: Mapping[Key, Retrieva
     }
     out: dict[str, Prepared] = {}
     for cell in cells:
-        result = retrieved[(cell.question, cell.pov_set, tuple(cell.k))]
+        result = retrieved[(cell.question, cell.pov_set, cell.k)]
         chunks = list(result.final_chunks())
         variables = {
             "persona": exp.spec.personas[cell.persona],

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
@@ -29,15 +27,15 @@ class GenerationOut:
     """The prompt was longer than max_seq_length - max_new_tokens and lost its beginning."""
 
 
-Generation = GenerationOut
-"""The name CONTRACTS.md uses for the result dataclass (spec.Generation is the decoding parameters)."""
-
-
 @runtime_checkable
 class Backend(Protocol):
     """Built as `backend_class(model.backend)(model_spec, device)`; loads the model in the constructor."""
 
     device: str
+
+    def __init__(self, model: Model, device: str | None = None) -> None:
+        """Load the model (on `device`, or the one `model.device` picks)."""
+        ...
 
     def generate(self, prompts: list[str], params: GenerationParams) -> list[GenerationOut]:
         """Answer every prompt of one batch, in order."""
@@ -67,18 +65,3 @@ def truncate_left(ids: list[int], budget: int, keep_first: int | None) -> tuple[
     if keep_first is not None and ids and ids[0] == keep_first and budget > 1:
         return [ids[0], *ids[len(ids) - budget + 1 :]], True
     return ids[len(ids) - budget :], True
-
-
-def local_revision(path: str | Path) -> str | None:
-    """Hash of a local model folder's files (names and bytes), so a run records exactly which weights it used;
-    None when `path` is not a local folder (a hub name)."""
-    root = Path(path)
-    if not root.is_dir():
-        return None
-    h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        h.update(str(f.relative_to(root)).encode() + b"\0")
-        with f.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return "sha256:" + h.hexdigest()[:16]
