@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.generation.backends.base import GenerationOut, local_revision, prompt_budget, truncate_left
+from runner.generation.backends.base import GenerationOut, prompt_budget, truncate_left
 from runner.spec import Generation, Model
 
 LONG = " ".join(
@@ -163,12 +163,20 @@ def test_missing_unsloth_names_the_extra() -> None:
     assert "pov-runner[gpu]" in run.stderr
 
 
-def test_local_revision_follows_the_files(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_model_revision_follows_the_files(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from runner.generation import model_revision
+    from runner.spec import Model
+
     copy = tmp_path / "copy"
     shutil.copytree(tiny_model_dir, copy)
-    assert local_revision(copy) == local_revision(tiny_model_dir)
-    assert (local_revision(copy) or "").startswith("sha256:")
+    revision = model_revision(Model(name=str(copy)))
+    assert revision == model_revision(Model(name=str(tiny_model_dir))), "same files, same revision"
+    assert revision.startswith("sha256:")
+    state = tmp_path / "state"
+    assert model_revision(Model(name=str(copy)), state) == revision, "the hash cache changes nothing"
+    assert (state / "cache" / "file_hashes.json").is_file()
     with (copy / "config.json").open("a") as fh:
         fh.write(" ")
-    assert local_revision(copy) != local_revision(tiny_model_dir)
-    assert local_revision("meta-llama/Llama-3-8B") is None
+    assert model_revision(Model(name=str(copy)), state) != revision, "an edited file is seen through the cache"
+    assert model_revision(Model(name="meta-llama/Llama-3-8B", revision="abc123")) == "abc123"
+    assert model_revision(Model(name="meta-llama/Llama-3-8B")) == "unpinned"
