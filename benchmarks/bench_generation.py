@@ -51,7 +51,7 @@ def build_model(out_root: Path) -> Path:
 
 
 class PassageRetriever:
-    """Stand-in for runner.retrieval.retriever when Chroma or the embedder cannot run here: the same shapes (k3
+    """A runner.retrieval.Retriever for when Chroma or the embedder cannot run here: the same shapes (k3
     passages of up to 180 words), chosen by a hash of the key."""
 
     def __init__(self, words: int = 180) -> None:
@@ -64,26 +64,20 @@ class PassageRetriever:
             self.passages += [" ".join(text[i : i + words]) for i in range(0, len(text), words)]
 
     def retrieve(self, keys: Any) -> dict[Any, Any]:
-        from types import SimpleNamespace
+        from runner.retrieval import RetrievalResult, Stage
 
         out = {}
         for q, p, k in keys:
             start = int(self._hash(f"{q}|{p}".encode()).hexdigest()[:8], 16)
             picked = [self.passages[(start + j) % len(self.passages)] for j in range(k[2])]
-            stage = SimpleNamespace(
-                name="pov",
-                ids=[f"p{j}" for j in range(len(picked))],
-                texts=picked,
-                scores=[1.0 - j / 10 for j in range(len(picked))],
-            )
-            chunks = [
-                {"id": i, "text": t, "score": s, "rank": r + 1}
-                for r, (i, t, s) in enumerate(zip(stage.ids, stage.texts, stage.scores, strict=True))
-            ]
-            out[(q, p, tuple(k))] = SimpleNamespace(
-                stages=[stage], final_chunks=lambda c=chunks: c, to_dict=lambda s=stage: {"stages": [vars(s)]}
-            )
+            ids = [f"p{j}" for j in range(len(picked))]
+            scores = [1.0 - j / 10 for j in range(len(picked))]
+            stages = [Stage(name, ids, picked, scores) for name in ("vector", "query", "pov")]
+            out[(q, p, tuple(k))] = RetrievalResult(q, p, tuple(k), stages)
         return out
+
+    def check_embedder(self) -> None:
+        return None
 
 
 def overrides(model_dir: Path, args: argparse.Namespace, batch_size: int, four_bit: str | None) -> list[str]:
@@ -115,10 +109,10 @@ def experiment(model_dir: Path, args: argparse.Namespace, batch_size: int, four_
 
 def pick_retriever(exp: Any) -> tuple[Any, str]:
     try:
-        from runner.run.engine import _default_retriever
+        from runner.retrieval import open_retriever
 
-        retriever = _default_retriever(exp)
-        return retriever, "runner.retrieval.retriever (Chroma + MiniLM)"
+        retriever = open_retriever(exp)
+        return retriever, "runner.retrieval (Chroma + MiniLM)"
     except Exception as e:  # no chromadb / no embedder weights on this host
         return PassageRetriever(), f"corpus passages (real retrieval unavailable: {type(e).__name__})"
 
@@ -126,13 +120,11 @@ def pick_retriever(exp: Any) -> tuple[Any, str]:
 def runner_pass(
     model_dir: Path, args: argparse.Namespace, batch_size: int, four_bit: str | None, warm: bool
 ) -> dict[str, Any]:
-    from runner.run.engine import run_experiment
-    from runner.generation.executors import make_executor
+    from runner.generation import make_executor
     from runner.generation.executors.local import LocalExecutor
     from runner.generation.executors.serve_client import ServeExecutor
+    from runner.run import NullTracker, read_results, run_experiment
     from runner.spec import expand
-    from runner.run.sinks import read_results
-    from runner.tracking.client import NullTracker
 
     exp = experiment(model_dir, args, batch_size, four_bit)
     cells = expand(exp)[: args.prompts]

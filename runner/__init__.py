@@ -54,7 +54,29 @@ _EXPORTS = {
     "rerun": "runner.tracking",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "Cell",
+    "ChromaRetriever",
+    "Experiment",
+    "MlflowTracker",
+    "NullTracker",
+    "Retriever",
+    "RunSummary",
+    "SpecError",
+    "Tracker",
+    "UserError",
+    "__version__",
+    "build_manifest",
+    "compare",
+    "expand",
+    "ingest",
+    "load_spec",
+    "make_executor",
+    "make_tracker",
+    "open_retriever",
+    "rerun",
+    "run_experiment",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -20,7 +20,7 @@ TEXTS = [
 def test_counts_match_the_transformers_tokenizer_and_need_no_transformers(tiny_model_dir: Path) -> None:
     code = f"""
 import json, sys
-from runner.run.prepare import token_counter
+from runner.run.tokens import token_counter
 from runner.spec import Model
 count = token_counter({{"tiny": Model(backend="transformers", name={str(tiny_model_dir)!r})}})("tiny")
 print(json.dumps({{"counts": [count(t) for t in {TEXTS!r}], "transformers": "transformers" in sys.modules}}))

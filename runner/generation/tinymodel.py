@@ -152,7 +152,8 @@ def build_tiny(
         (tmp / "pov_build.json").write_text(
             json.dumps(
                 {
-                    "builder": "runner.generation.tinymodel",
+                    # A stored value: changing it changes every built model's files and so its revision.
+                    "builder": "runner.tinymodel",
                     "version": BUILD_VERSION,
                     "seed": seed,
                     "dims": asdict(dims),
