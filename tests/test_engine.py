@@ -86,6 +86,19 @@ def test_real_faults_in_a_fifth_of_the_cells_crash_only_those_cells(fault_run: d
 
 
 @pytest.mark.slow
+def test_prompts_hold_the_pov_stage_chunks_best_first(fault_run: dict[str, Any]) -> None:
+    """The template's context is the last stage's chunks in rank order; what earlier stages kept and the POV
+    stage dropped never reaches the model."""
+    for r in fault_run["tracker"].results.values():
+        vector, _, pov = r.context["stages"]
+        assert [s["name"] for s in r.context["stages"]] == ["vector", "query", "pov"]
+        positions = [r.prompt.index(text) for text in pov["texts"]]
+        assert positions == sorted(positions), "best first"
+        dropped = set(vector["texts"]) - set(pov["texts"])
+        assert dropped and not [text for text in dropped if text in r.prompt]
+
+
+@pytest.mark.slow
 def test_the_results_file_matches_the_tracker(fault_run: dict[str, Any]) -> None:
     summary, tracker = fault_run["summary"], fault_run["tracker"]
     on_disk = read_results(summary.results_path)

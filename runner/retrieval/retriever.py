@@ -87,7 +87,7 @@ class RetrievalResult:
             Stage(str(s["name"]), list(s["ids"]), list(s["texts"]), [float(x) for x in s["scores"]])
             for s in d["stages"]
         ]
-        return cls(str(d["question"]), str(d["pov_set"]), k, stages)  # type: ignore[arg-type]
+        return cls(str(d["question"]), str(d["pov_set"]), k, stages)
 
 
 def _select(

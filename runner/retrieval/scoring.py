@@ -65,7 +65,7 @@ def pov_scores(doc_emb: ArrayT, pov_emb: Any, *, assume_normalized: bool = False
     if not assume_normalized:
         norms = np.sqrt(np.einsum("ij,ij->i", flat, flat))  # a second pass over the operand, but no copy
         out = np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
-    return out.astype(dtype, copy=False).reshape(lead)  # type: ignore[return-value]
+    return out.astype(dtype, copy=False).reshape(lead)  # type: ignore[no-any-return]
 
 
 _TORCH_MIN_BYTES = 64 << 20

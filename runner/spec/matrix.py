@@ -122,7 +122,7 @@ class CellHasher:
             combo["pov_set"],
             tuple(combo["k"]),
             combo["question"],
-        )  # type: ignore[arg-type]
+        )
 
 
 def _digest(obj: Any) -> str:

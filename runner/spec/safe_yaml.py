@@ -142,10 +142,11 @@ class _Builder:
                             )
                         ]
                     )
-                self.marks[(*path, key)] = Mark(
+                key_path: PathKey = (*path, key)  # mypy reads `marks[(*path, key)]` as 3.11 syntax
+                self.marks[key_path] = Mark(
                     self.file, key_node.start_mark.line + 1, key_node.start_mark.column + 1
                 )
-                out[key] = self.build(value_node, (*path, key))
+                out[key] = self.build(value_node, key_path)
             # YAML merge semantics: keys written in the mapping win over merged ones.
             return {**{k: v for k, v in merged.items() if k not in out}, **out} if merged else out
         if isinstance(node, yaml.SequenceNode):

@@ -60,7 +60,8 @@ MAX_REPEAT = 1_000_000
 @lru_cache(maxsize=1)
 def _env() -> Any:
     from jinja2 import StrictUndefined
-    from jinja2.sandbox import SandboxedEnvironment, SecurityError
+    from jinja2.exceptions import SecurityError
+    from jinja2.sandbox import SandboxedEnvironment
 
     class BoundedSandbox(SandboxedEnvironment):
         # The sandbox guards attributes but not sizes: `{{ "x" * 10**10 }}` would exhaust memory while the
@@ -190,7 +191,7 @@ def sample_variables() -> dict[str, Any]:
 def check_renders(info: TemplateInfo, label: str) -> None:
     """Render once with sample values; an undefined variable or sandbox violation is a SpecError."""
     from jinja2 import UndefinedError
-    from jinja2.sandbox import SecurityError
+    from jinja2.exceptions import SecurityError
 
     template = compile_template(info, label)
     try:

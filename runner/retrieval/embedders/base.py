@@ -50,7 +50,8 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     if arr.ndim != 2:
         raise ValueError(f"expected a 2-D array of embeddings, got shape {arr.shape}")
     norms = np.linalg.norm(arr, axis=1, keepdims=True)
-    return np.divide(arr, norms, out=np.zeros_like(arr), where=norms > 0)
+    out: np.ndarray = np.divide(arr, norms, out=np.zeros_like(arr), where=norms > 0)
+    return out
 
 
 def cache_namespace(spec: EmbedderSpec) -> str:

@@ -92,7 +92,7 @@ class CohereEmbedder:
                 resp = self._client.embed(
                     model=self.model,
                     texts=texts,
-                    input_type=input_type,  # type: ignore[arg-type]
+                    input_type=input_type,
                     embedding_types=["float"],
                 )
             except Exception as e:  # the SDK raises ApiError subclasses and httpx transport errors
@@ -132,7 +132,7 @@ class CohereEmbedder:
         )
         if not retryable or attempt >= self.max_retries:
             return None
-        wait = self.backoff_s * 2**attempt
+        wait: float = self.backoff_s * 2**attempt
         headers = getattr(e, "headers", None) or {}
         retry_after = {k.lower(): v for k, v in headers.items()}.get("retry-after")
         if retry_after is not None:
