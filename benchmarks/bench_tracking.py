@@ -29,9 +29,9 @@ MANIFEST = {
 def _results(n: int) -> list[Any]:
     from dataclasses import replace
 
-    from runner.spec import load_spec
-    from runner.spec import expand
-    from runner.run.results import CellResult
+    from runner.run import CellResult
+    from runner.spec import expand, load_spec
+    from runner.tracking import CHECK_PASS, Tags
 
     exp = load_spec(ROOT / "experiments" / "quickstart.yaml")
     base = expand(exp)
@@ -73,7 +73,7 @@ def _results(n: int) -> list[Any]:
                 error="OutOfMemoryError" if crashed else None,
                 stderr_tail="CUDA out of memory" if crashed else None,
                 metrics=metrics,
-                tags={f"check.c{j}": "pass" for j in range(6)},
+                tags={Tags.check(f"c{j}"): CHECK_PASS for j in range(6)},
                 started_at=time.time(),
                 ended_at=time.time(),
             )
@@ -83,7 +83,7 @@ def _results(n: int) -> list[Any]:
 
 def prepare(n: int, workdir: Path) -> tuple[Any, Any, list[Any]]:
     """A tracker on a fresh store whose schema is already created (MLflow's migrations are not timed)."""
-    from runner.tracking.mlflow_tracker import MlflowTracker
+    from runner.tracking import MlflowTracker
 
     results, exp = _results(n)  # type: ignore[misc]
     tracker = MlflowTracker(f"sqlite:///{workdir}/mlflow.db", "bench")

@@ -56,7 +56,9 @@ class Registry:
             missing = (e.name or "").split(".")[0]
             if not missing or missing == "runner":
                 raise
-            install = f"pip install 'pov-runner[{plugin.extra}]'" if plugin.extra else f"pip install {missing}"
+            install = (
+                f"pip install 'pov-runner[{plugin.extra}]'" if plugin.extra else f"pip install {missing}"
+            )
             raise UserError(f"the {self.kind} {name!r} needs the {missing!r} package: {install}") from None
 
 

@@ -177,6 +177,8 @@ def test_model_revision_follows_the_files(tiny_model_dir: Path, tmp_path: Path) 
     assert (state / "cache" / "file_hashes.json").is_file()
     with (copy / "config.json").open("a") as fh:
         fh.write(" ")
-    assert model_revision(Model(name=str(copy)), state) != revision, "an edited file is seen through the cache"
+    assert model_revision(Model(name=str(copy)), state) != revision, (
+        "an edited file is seen through the cache"
+    )
     assert model_revision(Model(name="meta-llama/Llama-3-8B", revision="abc123")) == "abc123"
     assert model_revision(Model(name="meta-llama/Llama-3-8B")) == "unpinned"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from runner.run.checks import evaluate, slug
-from runner.spec.templates import Section, TemplateInfo, parse_header
 from runner.spec import Checks
+from runner.spec.templates import Section, TemplateInfo, parse_header
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,9 +13,9 @@ import pytest
 from conftest import free_port, wait_until_answers
 
 from runner.errors import UserError
-from runner.spec import load_spec
 from runner.retrieval import ChromaRetriever
 from runner.retrieval.store import Store, ingest
+from runner.spec import load_spec
 
 
 def chroma_cli() -> str:

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from cohere_standin import StandIn, fake_vector, serve
 
+from runner.errors import UserError
 from runner.retrieval.embedders.base import normalize_rows
 from runner.retrieval.embedders.cohere import CohereEmbedder, CohereError
-from runner.errors import UserError
 from runner.spec import Embedder
 
 SPEC = Embedder(provider="cohere", model="embed-english-v3.0", batch_size=500)

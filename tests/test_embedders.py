@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runner.errors import UserError
 from runner.retrieval.embedders.base import (
     CachedEmbedder,
     build_embedder,
@@ -25,7 +26,6 @@ from runner.retrieval.embedders.base import (
 )
 from runner.retrieval.embedders.cache import EmbeddingCache, text_sha
 from runner.retrieval.embedders.sentence_transformers import SentenceTransformerEmbedder, resolve_model
-from runner.errors import UserError
 from runner.spec import Embedder
 
 

@@ -12,12 +12,10 @@ from typing import Any
 import pytest
 from conftest import RecordingTracker, StubRetriever, gen_spec
 
-from runner.run.prepare import fault_for
 from runner.run.engine import run_experiment
-from runner.spec import load_spec
-from runner.spec import expand
+from runner.run.prepare import fault_for
 from runner.run.sinks import read_results
-from runner.spec import Fault
+from runner.spec import Fault, expand, load_spec
 
 FAULTS = {  # (question, persona, pov_set) -> cause: exactly 6 of the 30 cells, one of each cause
     ("q1", "a1", "p1"): "segfault",
@@ -233,7 +231,9 @@ def test_faults_pick_cells_by_match_and_a_stable_rate(tmp_path: Path, tiny_model
     # The documented rule, computed here: fault i picks a cell when sha256("<cell id>:<i>") read as a
     # fraction of 2**32 (its first 8 hex digits) is below the rate. It depends on the cell id alone, so
     # the choice is stable across runs, machines and the order cells are listed in.
-    by_rule = {c.id for c in cells if int(hashlib.sha256(f"{c.id}:0".encode()).hexdigest()[:8], 16) < 0.3 * 2**32}
+    by_rule = {
+        c.id for c in cells if int(hashlib.sha256(f"{c.id}:0".encode()).hexdigest()[:8], 16) < 0.3 * 2**32
+    }
     assert picked == by_rule
     again = expand(load_spec(gen_spec(tmp_path, tiny_model_dir, questions=10, personas=2, pov_sets=3)))
     assert {c.id for c in reversed(again) if fault_for(everywhere, c)} == picked, "the choice is stable"

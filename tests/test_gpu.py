@@ -54,10 +54,9 @@ def _run(
     questions: int = 4,
     max_new_tokens: int = 16,
 ) -> tuple[Any, RecordingTracker]:
-    from runner.run.engine import run_experiment
     from runner.generation.executors.local import LocalExecutor
-    from runner.spec import load_spec
-    from runner.spec import expand
+    from runner.run.engine import run_experiment
+    from runner.spec import expand, load_spec
 
     path = gen_spec(tmp, model_dir, questions=questions, personas=2, pov_sets=1, limits=limits)
     text = path.read_text()

@@ -13,10 +13,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner.spec import Experiment
-from runner.spec import Cell, expand
-from runner.spec import TemplateInfo
-from runner.spec import Spec
+from runner.spec import Cell, Experiment, Spec, TemplateInfo, expand
 
 AXES = ("model", "template", "persona", "pov_set", "k", "question")
 NAMED = ("model", "template", "persona", "pov_set", "question")

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import wait_until_answers
 
-from runner.spec import Experiment, load_spec
-from runner.spec import Cell, expand
-from runner.run.results import CellResult
+from runner.run import CellResult
+from runner.spec import Cell, Experiment, expand, load_spec
 
 pytestmark = pytest.mark.slow
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per download is noise
@@ -119,7 +118,7 @@ def _result(cell: Cell, n: int, crashed: bool = False) -> CellResult:
 def test_logs_and_reads_back_every_field(server: str, exp: Experiment, tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from runner.tracking.mlflow_tracker import MlflowTracker
+    from runner.tracking import MlflowTracker
 
     cells = expand(exp)[:5]
     results = [_result(c, i, crashed=(i == 4)) for i, c in enumerate(cells)]
@@ -134,6 +133,7 @@ def test_logs_and_reads_back_every_field(server: str, exp: Experiment, tmp_path:
     assert parent.info.status == "FINISHED"
     want_tags = {
         "pov.kind": "execution",
+        "pov.schema_version": "1",
         "pov.state": "finished",
         "pov.spec_hash": exp.spec_hash,
         "pov.spec_name": exp.spec.name,
@@ -191,7 +191,7 @@ def test_resume_through_the_server(server: str, exp: Experiment) -> None:
     from mlflow.entities import ViewType
     from mlflow.tracking import MlflowClient
 
-    from runner.tracking.mlflow_tracker import MlflowTracker
+    from runner.tracking import MlflowTracker
 
     cells = expand(exp)[:4]
     t = MlflowTracker(server, "server-resume")

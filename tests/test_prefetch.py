@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from runner.generation.backends.base import GenerationOut
-from runner.generation.prefetch import Pipelined, Prefetcher
-from runner.spec import Generation, Model
 from runner.generation.jobs import Job, classify_exception
+from runner.generation.prefetch import Pipelined, Prefetcher
 from runner.generation.worker import serve_batch
+from runner.spec import Generation, Model
 
 PARAMS = Generation(max_new_tokens=5, temperature=0.0)
 PROMPTS = [

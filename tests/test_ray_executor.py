@@ -15,12 +15,14 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from runner.run.engine import run_experiment  # noqa: E402
 from runner.generation.executors.local import LocalExecutor  # noqa: E402
 from runner.generation.executors.ray import RayExecutor, death_cause  # noqa: E402
-from runner.spec import load_spec  # noqa: E402
-from runner.spec import expand  # noqa: E402
-from runner.spec import Executor  # noqa: E402
+from runner.run.engine import run_experiment  # noqa: E402
+from runner.spec import (  # noqa: E402
+    Executor,
+    expand,
+    load_spec,
+)
 
 
 @pytest.fixture(scope="module")

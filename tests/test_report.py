@@ -1,27 +1,43 @@
-"""`pov report` against a real MLflow sqlite store holding executions logged per CONTRACTS.md's schema.
+"""`pov report` against a real MLflow sqlite store holding executions written by the real tracker.
 
 The numbers the report prints and writes (report.json) are checked against counts made here straight from
-MlflowClient.search_runs: first on executions logged here per the schema (with superseded, KILLED and
+MlflowClient.search_runs: first on executions logged here through MlflowTracker (plus superseded, KILLED and
 unfinished child runs the report must leave out), then on a real `pov ingest` + `pov run` of a small spec
-whose complex template is given more injected faults than the simple one.
+whose complex template is given more injected faults than the simple one. Tag names come from
+runner.tracking's schema, so the tests follow a renamed tag and catch a reader that misreads one.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import random
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import log_pov_execution as log_execution
 from hypothesis import given
 from hypothesis import strategies as st
 
 from runner.cli import main as cli
 from runner.report.stats import bin_edges, bin_index, percentile, wilson
+from runner.run import CellResult
+from runner.spec import Cell, Experiment, load_spec
+from runner.tracking import (
+    CHECK_FAIL,
+    CHECK_PASS,
+    TRUE,
+    Kind,
+    Metrics,
+    MlflowTracker,
+    Status,
+    Tags,
+    make_client,
+    search_all,
+    tag_is,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = {"summary_opinion": 0.45, "opinion_only": 0.1}
@@ -65,7 +81,106 @@ def test_every_value_lands_in_one_bin(values):
     assert all(0 <= i < len(edges) - 1 for i in counts)
 
 
-# ---- a store with executions logged per the schema (conftest.log_pov_execution) ----------------------------
+# ---- a store with executions written by MlflowTracker ----------------------------------------------------
+
+MANIFEST = {
+    "git": {"commit": "0123456789abcdef", "branch": "main", "dirty": False},
+    "gpu": {"name": "none"},
+    "versions": {},
+    "corpus": {"fingerprint": "none"},
+}
+
+
+def demo_spec() -> Experiment:
+    return load_spec(REPO / "experiments" / "quickstart.yaml", ["name=demo"])
+
+
+def cell_result(cell: Cell, rng: random.Random, cause: str | None) -> CellResult:
+    """A finished cell (cause None) or a crashed one, with a prompt length that grows with the template."""
+    tokens = 500 + 400 * (cell.template == "summary_opinion") + rng.randint(0, 300)
+    metrics = {Metrics.COMPLEXITY_PROMPT_TOKENS: float(tokens), "complexity_sections": 1.0}
+    tags = {}
+    if cause is None:
+        metrics |= {
+            Metrics.LATENCY_S: rng.uniform(0.5, 2.0),
+            Metrics.PROMPT_TOKENS: float(tokens),
+            "new_tokens": 16.0,
+            Metrics.TOKENS_PER_S: 30.0,
+            Metrics.GPU_PEAK_ALLOCATED_MB: 100.0 + tokens / 10,
+        }
+        tags = {Tags.check("sections"): rng.choice([CHECK_PASS, CHECK_FAIL]), Tags.check("idk"): CHECK_PASS}
+    return CellResult(
+        cell=cell,
+        status=Status.FINISHED if cause is None else Status.CRASHED,
+        prompt=f"prompt of {cell.id}",
+        context={"stages": []},
+        output="an answer" if cause is None else None,
+        cause=cause,
+        error=f"{cause} in {cell.id}" if cause else None,
+        metrics=metrics,
+        tags=tags,
+        started_at=1_700_000_000.0,
+        ended_at=1_700_000_001.0,
+    )
+
+
+def log_execution(
+    uri: str,
+    exp: Experiment,
+    seed: int,
+    rates: dict[str, float],
+    experiment: str = "report-test",
+    questions: tuple[str, ...] = ("q1", "q2", "q3"),
+) -> str:
+    """One execution of `exp` through MlflowTracker, one cell per axis combination (crashing at the template's
+    rate), plus child runs the report must not count: a crash superseded by its retry (and restored from
+    MLflow's trash, as `mlflow runs restore` would), a duplicate child KILLED from outside, and one another
+    tool began and left RUNNING without a status."""
+    rng = random.Random(seed)
+    client = make_client(uri)
+    if client.get_experiment_by_name(experiment) is None:  # its artifacts beside the store, not in the cwd
+        client.create_experiment(
+            experiment, Path(uri.removeprefix("sqlite:///")).parent.joinpath("mlruns").as_uri()
+        )
+    cells = [
+        Cell(
+            f"{seed}-{template}-{model}-{persona}-{'-'.join(map(str, k))}-gs-{q}",
+            model,
+            template,
+            persona,
+            "gs",
+            k,
+            q,
+        )
+        for template in rates
+        for model in ("tiny-a", "tiny-b")
+        for persona in ("professor", "assistant")
+        for k in ((15, 10, 5), (15, 10, 3))
+        for q in questions
+    ]
+    retried = [c for i, c in enumerate(cells, 1) if i % 11 == 0]
+    killed = [c for i, c in enumerate(cells, 1) if i % 13 == 0]
+    first = MlflowTracker(uri, experiment)
+    first.start(exp, cells, MANIFEST, fresh=True)
+    first.log([cell_result(c, rng, "timeout") for c in retried])
+    first.finish({})  # interrupted: the other cells are still to do
+    second = MlflowTracker(uri, experiment)
+    assert second.start(exp, cells, MANIFEST, retry_crashed=True) == set() and second.run_id == first.run_id
+    for c in cells:
+        if c in killed:
+            second.log([cell_result(c, rng, "killed")])  # a second child of the cell, KILLED below
+        crashed = rng.random() < rates[c.template]
+        second.log([cell_result(c, rng, rng.choice(["exception", "segfault"]) if crashed else None)])
+    second.finish({})
+    pid, eid = second.run_id, second.experiment_id
+    assert pid is not None and eid is not None
+    for run in search_all(client, [eid], tag_is(Tags.PARENT_RUN_ID, pid), deleted_too=True):
+        if run.info.lifecycle_stage == "deleted":
+            client.restore_run(run.info.run_id)
+        elif run.data.tags.get(Tags.CAUSE) == "killed":
+            client.set_terminated(run.info.run_id, "KILLED")
+    client.create_run(eid, tags={Tags.PARENT_RUN_ID: pid, Tags.KIND: Kind.CELL, Tags.CELL_ID: cells[4].id})
+    return pid
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +190,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("mlstore")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(uri)
-    a = log_execution(client, "demo", "hash-a", 1, TEMPLATES, questions=QUESTIONS)
+    a = log_execution(uri, demo_spec(), 1, TEMPLATES, questions=QUESTIONS)
     b = log_execution(
-        client, "demo", "hash-b", 2, {"summary_opinion": 0.15, "opinion_only": 0.05}, questions=QUESTIONS
+        uri, demo_spec(), 2, {"summary_opinion": 0.15, "opinion_only": 0.05}, questions=QUESTIONS
     )
     return {"uri": uri, "client": client, "a": a, "b": b, "root": root}
 
@@ -89,20 +204,31 @@ def env(store: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     return store
 
 
+def children(client: Any, parent_id: str) -> list[Any]:
+    parent = client.get_run(parent_id)
+    return client.search_runs(
+        [parent.info.experiment_id], tag_is(Tags.PARENT_RUN_ID, parent_id), max_results=5000
+    )
+
+
+def counted(runs: list[Any]) -> list[Any]:
+    """The child runs that record a cell: not superseded, not KILLED, with a status."""
+    return [
+        r
+        for r in runs
+        if r.data.tags.get(Tags.SUPERSEDED) != TRUE
+        and r.info.status != "KILLED"
+        and r.data.tags.get(Tags.STATUS) in (Status.FINISHED, Status.CRASHED)
+    ]
+
+
 def hand_count(client: Any, parent_id: str) -> tuple[Counter[str], Counter[str], int]:
     """Crashed and total cells per template, counted straight from the child runs."""
-    parent = client.get_run(parent_id)
-    runs = client.search_runs(
-        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=5000
-    )
+    runs = children(client, parent_id)
     crashed, total = Counter(), Counter()
-    for r in runs:
-        if r.data.tags.get("pov.superseded") == "true" or r.info.status == "KILLED":
-            continue
-        if r.data.tags.get("pov.status") not in ("finished", "crashed"):
-            continue
+    for r in counted(runs):
         total[r.data.params["template"]] += 1
-        crashed[r.data.params["template"]] += r.data.tags["pov.status"] == "crashed"
+        crashed[r.data.params["template"]] += r.data.tags[Tags.STATUS] == Status.CRASHED
     return crashed, total, len(runs)
 
 
@@ -159,25 +285,14 @@ def test_causes_latency_and_checks(env: dict[str, Any]):
     out = Path("o")
     assert cli(["report", "--run", env["a"], "--out", str(out), "--no-log"]) == 0
     data = report_json(out)
-    runs = env["client"].search_runs(
-        [env["client"].get_run(env["a"]).info.experiment_id],
-        f"tags.`mlflow.parentRunId` = '{env['a']}'",
-        max_results=5000,
-    )
-    live = [
-        r
-        for r in runs
-        if r.data.tags.get("pov.superseded") != "true"
-        and r.info.status != "KILLED"
-        and "pov.status" in r.data.tags
-    ]
-    causes = Counter(r.data.tags["pov.cause"] for r in live if r.data.tags["pov.status"] == "crashed")
+    live = counted(children(env["client"], env["a"]))
+    causes = Counter(r.data.tags[Tags.CAUSE] for r in live if r.data.tags[Tags.STATUS] == Status.CRASHED)
     assert data["crash_causes"]["all"] == dict(causes)
-    finished = [r for r in live if r.data.tags["pov.status"] == "finished"]
-    lat = sorted(r.data.metrics["latency_s"] for r in finished if r.data.params["model"] == "tiny-a")
+    finished = [r for r in live if r.data.tags[Tags.STATUS] == Status.FINISHED]
+    lat = sorted(r.data.metrics[Metrics.LATENCY_S] for r in finished if r.data.params["model"] == "tiny-a")
     row = next(r for r in data["performance"]["model"] if r["value"] == "tiny-a")
     assert row["n"] == len(lat) and row["latency_p50"] == pytest.approx(float(np.median(lat)))
-    passed = sum(r.data.tags["check.sections"] == "pass" for r in finished)
+    passed = sum(r.data.tags[Tags.check("sections")] == CHECK_PASS for r in finished)
     check = next(r for r in data["checks"] if r["check"] == "sections")
     assert (check["k"], check["n"]) == (passed, len(finished))
 
@@ -202,8 +317,6 @@ def test_compare_puts_two_executions_side_by_side(env: dict[str, Any]):
 def test_spec_picks_its_latest_execution_and_logs_the_artifact(
     store: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from runner.spec import load_spec
-
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)
     spec = tmp_path / "spec.yaml"
@@ -212,11 +325,11 @@ def test_spec_picks_its_latest_execution_and_logs_the_artifact(
         f"tracking: {{uri: '{store['uri']}'}}\n"
     )
     exp = load_spec(spec)
-    old = log_execution(store["client"], "demo-spec", exp.spec_hash, 3, TEMPLATES, "spec-exp", ("q1",))
-    new = log_execution(store["client"], "demo-spec", exp.spec_hash, 4, TEMPLATES, "spec-exp", ("q1",))
-    log_execution(
-        store["client"], "demo-spec", "other-hash", 5, TEMPLATES, "spec-exp", ("q1",)
-    )  # newest, other hash
+    other = load_spec(spec, ["generation.max_new_tokens=7"])
+    assert other.spec.name == exp.spec.name and other.spec_hash != exp.spec_hash
+    old = log_execution(store["uri"], exp, 3, TEMPLATES, "spec-exp", ("q1",))
+    new = log_execution(store["uri"], exp, 4, TEMPLATES, "spec-exp", ("q1",))
+    log_execution(store["uri"], other, 5, TEMPLATES, "spec-exp", ("q1",))  # newest, other hash
     assert cli(["report", str(spec)]) == 0
     out = tmp_path / "report" / new
     assert (out / "report.html").is_file() and not (tmp_path / "report" / old).exists()
@@ -237,11 +350,7 @@ def test_spec_picks_its_latest_execution_and_logs_the_artifact(
 def test_bad_input_exits_2(
     env: dict[str, Any], argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ):
-    cell = env["client"].search_runs(
-        [env["client"].get_run(env["a"]).info.experiment_id],
-        f"tags.`mlflow.parentRunId` = '{env['a']}'",
-        max_results=1,
-    )[0]
+    cell = children(env["client"], env["a"])[0]
     argv = [{"CELL": cell.info.run_id, "A": env["a"]}.get(a, a) for a in argv]
     Path("a-file").write_text("not a folder")
     assert cli(["report", *argv]) == 2
@@ -302,7 +411,7 @@ def test_real_run_with_faults(
 
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     (parent,) = client.search_runs(
-        [client.get_experiment_by_name("report-e2e").experiment_id], "tags.`pov.kind` = 'execution'"
+        [client.get_experiment_by_name("report-e2e").experiment_id], tag_is(Tags.KIND, Kind.EXECUTION)
     )
     run_id = parent.info.run_id
     crashed, total, _ = hand_count(client, run_id)
@@ -317,8 +426,8 @@ def test_real_run_with_faults(
         assert f"{100 * r['lo']:.1f}% – {100 * r['hi']:.1f}%" in page  # the interval is shown
         assert f"{r['k']}/{r['n']}" in printed
     # Crash causes are the injected ones, counted as MLflow has them.
-    runs = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'")
-    causes = Counter(r.data.tags["pov.cause"] for r in runs if r.data.tags.get("pov.status") == "crashed")
+    runs = children(client, run_id)
+    causes = Counter(r.data.tags[Tags.CAUSE] for r in runs if r.data.tags.get(Tags.STATUS) == Status.CRASHED)
     assert data["crash_causes"]["all"] == dict(causes) and set(causes) <= {"segfault", "exception"}
     # Prompt complexity reached the report: every cell, crashed or not, sits in a prompt-token bin.
     assert sum(r["n"] for r in data["crash_rate"]["prompt_tokens"] if r["value"] != "unknown") == 20

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import log_pov_execution
+from test_report import demo_spec, log_execution
 
 from runner.cli import main as cli
 
@@ -48,16 +48,12 @@ def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mlflow.tracking import MlflowClient
-
     root = tmp_path_factory.mktemp("browser")
-    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    run = log_pov_execution(
-        client, "demo", "h", 1, {"summary_opinion": 0.5, "opinion_only": 0.1}, questions=("q1",)
-    )
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    run = log_execution(uri, demo_spec(), 1, {"summary_opinion": 0.5, "opinion_only": 0.1}, questions=("q1",))
     out = root / "report"
     mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
     try:
         assert cli(["report", "--run", run, "--out", str(out), "--no-log"]) == 0
     finally:

@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
+from runner.cli import main as cli
 from runner.errors import UserError
+from runner.tracking import Artifacts, Kind, State, Tags, tag_is
 
 pytestmark = pytest.mark.slow
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per download is noise
@@ -57,20 +59,22 @@ def _client(tmp: Path) -> Any:
 def _executions(tmp: Path) -> list[Any]:
     c = _client(tmp)
     eid = c.get_experiment_by_name("reruntest").experiment_id
-    return list(c.search_runs([eid], "tags.`pov.kind` = 'execution'", order_by=["attributes.start_time ASC"]))
+    return list(
+        c.search_runs([eid], tag_is(Tags.KIND, Kind.EXECUTION), order_by=["attributes.start_time ASC"])
+    )
 
 
 def _cells(tmp: Path, parent: Any, dest: Path) -> dict[str, dict[str, Any]]:
     """Per cell id: its output and the three ranked stages, read back from the child run's artifacts."""
     c = _client(tmp)
-    kids = c.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    kids = c.search_runs([parent.info.experiment_id], tag_is(Tags.PARENT_RUN_ID, parent.info.run_id))
     out = {}
     for kid in kids:
         files = Path(c.download_artifacts(kid.info.run_id, "", str(dest / kid.info.run_id)))
-        out[kid.data.tags["pov.cell_id"]] = {
-            "output": (files / "output.md").read_text(encoding="utf-8"),
-            "stages": json.loads((files / "context.json").read_text(encoding="utf-8"))["stages"],
-            "prompt": (files / "prompt.txt").read_text(encoding="utf-8"),
+        out[kid.data.tags[Tags.CELL_ID]] = {
+            "output": (files / Artifacts.OUTPUT).read_text(encoding="utf-8"),
+            "stages": json.loads((files / Artifacts.CONTEXT).read_text(encoding="utf-8"))["stages"],
+            "prompt": (files / Artifacts.PROMPT).read_text(encoding="utf-8"),
         }
     return out
 
@@ -94,8 +98,8 @@ def test_rerun_reproduces_rankings_and_outputs_then_names_a_corpus_drift(project
     runs = _executions(tmp)
     assert len(runs) == 2
     new = runs[1]
-    assert new.data.tags["pov.rerun_of"] == old_id and new.data.tags["pov.state"] == "finished"
-    assert new.data.tags["pov.spec_name"] == "reruntest"
+    assert new.data.tags[Tags.RERUN_OF] == old_id and new.data.tags[Tags.STATE] == State.FINISHED
+    assert new.data.tags[Tags.SPEC_NAME] == "reruntest"
     old_cells, new_cells = _cells(tmp, original, tmp / "dl-old"), _cells(tmp, new, tmp / "dl-new")
     assert len(old_cells) == 4 and set(new_cells) == set(old_cells)
     for cid, old in old_cells.items():
@@ -113,28 +117,36 @@ def test_rerun_reproduces_rankings_and_outputs_then_names_a_corpus_drift(project
 
 
 def test_rerun_refuses_what_is_not_an_execution(project: tuple[Path, Any]) -> None:
-    from runner.tracking.rerun import prepare
+    from runner.tracking.reproduce import prepare
 
     tmp, original = project
     with pytest.raises(UserError, match="no run"):
         prepare("0123456789abcdef0123456789abcdef", _uri(tmp))
     c = _client(tmp)
-    kid = c.search_runs(
-        [original.info.experiment_id], f"tags.`mlflow.parentRunId` = '{original.info.run_id}'"
-    )[0]
+    kid = c.search_runs([original.info.experiment_id], tag_is(Tags.PARENT_RUN_ID, original.info.run_id))[0]
     with pytest.raises(UserError, match=f"pov rerun {original.info.run_id}"):
         prepare(kid.info.run_id, _uri(tmp))
 
 
 def test_snapshot_loads_standalone(project: tuple[Path, Any], tmp_path: Path) -> None:
     """The stored spec.yaml and templates load with no other file than the corpus, and expand to the same cells."""
-    from runner.spec import load_spec
-    from runner.spec import expand
+    from runner.spec import expand, load_spec
 
     tmp, original = project
     dest = Path(_client(tmp).download_artifacts(original.info.run_id, "", str(tmp_path / "snap")))
     moved = tmp_path / "elsewhere"
     shutil.copytree(dest, moved)
-    exp = load_spec(moved / "spec.yaml")
+    exp = load_spec(moved / Artifacts.SPEC)
     assert {c.id for c in expand(exp)} == {c.id for c in expand(load_spec(tmp / "spec.yaml"))}
     assert all(Path(t.path).is_relative_to(moved) for t in exp.templates.values())
+
+
+def test_rerun_refuses_a_store_that_does_not_exist(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """MLflow would create an empty mlflow.db and then not find the run in it; nothing is created."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert cli(["rerun", "0123456789abcdef0123456789abcdef"]) == 2
+    assert "no MLflow store" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

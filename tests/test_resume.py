@@ -115,8 +115,7 @@ def _runs(tmp: Path) -> tuple[list[Any], list[Any]]:
 
 
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    from runner.spec import load_spec
-    from runner.spec import expand
+    from runner.spec import expand, load_spec
 
     spec = tmp_path / "spec.yaml"
     spec.write_text(SPEC)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from runner.retrieval.scoring import cosine_scores, rank_desc, pov_scores
+from runner.retrieval.scoring import cosine_scores, pov_scores, rank_desc
 
 REPO = Path(__file__).resolve().parent.parent
 

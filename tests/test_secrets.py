@@ -122,10 +122,9 @@ def _leaks(root: Path, db: Path, values: list[str]) -> list[str]:
 def test_tracker_redacts_everything_it_writes(
     keys: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    from runner.spec import load_spec
-    from runner.spec import expand
-    from runner.tracking.mlflow_tracker import MlflowTracker
-    from runner.run.results import CellResult
+    from runner.run import CellResult
+    from runner.spec import expand, load_spec
+    from runner.tracking import MlflowTracker, Tags
 
     monkeypatch.chdir(tmp_path)
     key, tok = keys["CO_API_KEY"], keys["MY_SERVICE_TOKEN"]
@@ -155,7 +154,7 @@ def test_tracker_redacts_everything_it_writes(
                 error=f"AuthError: bad key {key}" if crashed else None,
                 stderr_tail=f"env: CO_API_KEY={key}\nMY_SERVICE_TOKEN={tok}" if crashed else None,
                 metrics={"latency_s": 1.0},
-                tags={"note": f"token {tok}", f"check.{tok}": "pass"},
+                tags={"note": f"token {tok}", Tags.check(tok): "pass"},
             )
         )
     t = MlflowTracker(f"sqlite:///{tmp_path}/mlflow.db", "secrets")

@@ -23,12 +23,11 @@ from conftest import REPO, RecordingTracker, StubRetriever, gen_spec
 
 from runner import cli
 from runner.generation import server_info as serve
-from runner.run.engine import run_experiment
 from runner.generation.executors import make_executor
 from runner.generation.executors.local import LocalExecutor
 from runner.generation.executors.serve_client import ServeExecutor, ServerGone
-from runner.spec import load_spec
-from runner.spec import expand
+from runner.run.engine import run_experiment
+from runner.spec import expand, load_spec
 
 
 def _wait(predicate: Any, timeout_s: float, what: str) -> None:

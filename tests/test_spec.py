@@ -11,10 +11,9 @@ from jinja2 import UndefinedError
 from jinja2.sandbox import SecurityError
 
 from runner.errors import SpecError
-from runner.spec import load_spec
-from runner.spec import expand
-from runner.spec.templates import Section, TemplateInfo, check_renders, compile_template, parse_header, render
+from runner.spec import expand, load_spec
 from runner.spec.safe_yaml import parse_yaml
+from runner.spec.templates import Section, TemplateInfo, check_renders, compile_template, parse_header, render
 
 TEMPLATE = textwrap.dedent(
     """\

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from runner.retrieval.chunking import chunk_file, read_corpus
 from runner.cli import main
 from runner.errors import UserError
-from runner.spec import load_spec
+from runner.retrieval.chunking import chunk_file, read_corpus
 from runner.retrieval.store import Store, ingest
+from runner.spec import load_spec
 
 COUNTS = re.compile(r"(chunks|files):\s+added (\d+), updated (\d+), deleted (\d+), unchanged (\d+)")
 
@@ -134,8 +134,8 @@ def test_collection_records_embedder_dimension_and_cosine_space(brics_project: P
 def test_another_embedder_is_a_clear_error_until_rebuild(
     brics_project: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from runner.retrieval.embedders.sentence_transformers import resolve_model
     from runner.retrieval import ChromaRetriever
+    from runner.retrieval.embedders.sentence_transformers import resolve_model
 
     spec = brics_project / "experiments" / "quickstart.yaml"
     other = tmp_path / "other-minilm"

@@ -9,10 +9,9 @@ from typing import Any
 
 import pytest
 
-from runner.spec import Experiment, load_spec
-from runner.spec import Cell, expand
-from runner.run.results import CellResult
-from runner.tracking import NullTracker, make_tracker, resolve_tracking_uri
+from runner.run import CellResult
+from runner.spec import Cell, Experiment, expand, load_spec
+from runner.tracking import MlflowTracker, NullTracker, make_tracker, resolve_tracking_uri
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "experiments" / "quickstart.yaml"
@@ -81,9 +80,7 @@ def result(cell: Cell, status: str = "finished", cause: str | None = None) -> Ce
     )
 
 
-def tracker(exp: Experiment, uri: str, **kw: Any) -> Any:
-    from runner.tracking.mlflow_tracker import MlflowTracker
-
+def tracker(exp: Experiment, uri: str, **kw: Any) -> MlflowTracker:
     return MlflowTracker(uri, exp.spec.name, **kw)
 
 
@@ -128,6 +125,7 @@ def test_schema_of_parent_and_children(exp: Experiment, uri: str, tmp_path: Path
     assert parent.info.run_name.startswith(f"{exp.spec.name}-")
     tags, params, metrics = parent.data.tags, parent.data.params, parent.data.metrics
     assert tags["pov.kind"] == "execution" and tags["pov.state"] == "finished"
+    assert tags["pov.schema_version"] == "1"
     assert tags["pov.spec_hash"] == exp.spec_hash and tags["pov.spec_name"] == exp.spec.name
     assert (tags["git.commit"], tags["git.branch"], tags["git.dirty"]) == ("c0ffee", "main", "false")
     assert tags["corpus.fingerprint"] == "f1ng3r" and tags["gpu.name"] == "none"
@@ -328,6 +326,81 @@ def test_default_store_is_a_sqlite_db_that_mlflow_reads(
     with sqlite3.connect(tmp_path / "mlflow.db") as db:
         names = {row[0] for row in db.execute("select name from runs")}
     assert {c.id for c in cells} <= names
+
+
+def test_top_score_is_the_highest_even_when_scores_are_not_sorted(exp: Experiment, uri: str) -> None:
+    """The tracker once took a stage's first score and the report the highest; both must be the highest,
+    whether the score comes with the result (as the engine sends it) or is worked out from the context."""
+    from runner.run import stage_metrics
+
+    scores = ([0.2, 0.9, 0.5, 0.1], [0.3, 0.7, 0.6], [0.1, 0.8])
+    cells = expand(exp)[:2]
+    results = []
+    for cell in cells:
+        r = result(cell)
+        for stage, s in zip(r.context["stages"], scores, strict=True):
+            stage["ids"], stage["scores"] = stage["ids"][: len(s)], s
+        results.append(r)
+    results[1].metrics |= stage_metrics(results[1].context)  # what the engine's prepare step adds
+    assert not any(k.startswith("stage") for k in results[0].metrics)
+    t = tracker(exp, uri)
+    t.start(exp, cells, MANIFEST)
+    t.log(results)
+    t.finish({})
+    for cell in cells:
+        (child,) = live_by_cell(uri, t.run_id)[cell.id]
+        got = {k: v for k, v in child.data.metrics.items() if k.startswith("stage")}
+        assert got == {
+            "stage1_top_score": 0.9,
+            "stage2_top_score": 0.7,
+            "stage3_top_score": 0.8,
+            "stage3_mean_score": pytest.approx(0.45),
+        }, cell.id
+
+
+def test_only_executions_of_this_schema_version_are_resumed(exp: Experiment, uri: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(uri)
+    cells = expand(exp)[:2]
+    t = tracker(exp, uri)
+    t.start(exp, cells, MANIFEST)
+    t.log([result(cells[0])])
+    t.finish({"state": "interrupted"})
+    # Written before the tag existed: version 1, resumed, and tagged now.
+    c.delete_tag(t.run_id, "pov.schema_version")
+    t2 = tracker(exp, uri)
+    assert t2.start(exp, cells, MANIFEST) == {cells[0].id} and t2.run_id == t.run_id
+    assert c.get_run(t.run_id).data.tags["pov.schema_version"] == "1"
+    t2.finish({"state": "interrupted"})
+    # Written by a runner of another schema version: left alone, a new execution starts.
+    c.set_tag(t.run_id, "pov.schema_version", "2")
+    t3 = tracker(exp, uri)
+    assert t3.start(exp, cells, MANIFEST) == set() and t3.run_id != t.run_id
+    assert c.get_run(t.run_id).data.tags["pov.schema_version"] == "2"
+
+
+def test_schema_names_every_artifact_the_spec_snapshot_writes(exp: Experiment) -> None:
+    from runner.spec import snapshot_files
+    from runner.tracking import Artifacts
+
+    assert set(snapshot_files(exp)) == {Artifacts.SPEC, *(Artifacts.template(n) for n in exp.templates)}
+
+
+def test_schema_doc_lists_every_name_and_is_current() -> None:
+    from runner.tracking import schema
+
+    namespaces = {"Tags": schema.Tags, "Params": schema.Params, "Metrics": schema.Metrics}
+    namespaces["Artifacts"] = schema.Artifacts
+    assert set(namespaces) == set(schema.DOCS)
+    for section, namespace in namespaces.items():
+        names = {v for k, v in vars(namespace).items() if k.isupper()}
+        assert names <= set(schema.DOCS[section]), (
+            f"{section}: undocumented {names - set(schema.DOCS[section])}"
+        )
+    assert (ROOT / "docs" / "mlflow-schema.md").read_text(encoding="utf-8") == schema.markdown(), (
+        "regenerate it: python -m runner.tracking.schema > docs/mlflow-schema.md"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ manifest

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
-from runner.generation.executors.pool import RestartBudget, make_batches, run_group
 from runner.generation.executors.local import LocalExecutor
+from runner.generation.executors.pool import RestartBudget, make_batches, run_group
 from runner.generation.executors.process import ProcessWorker
-from runner.spec import Generation, Limits, Model
 from runner.generation.jobs import Job, JobResult, LoadFailed, WorkerCrash, classify_exception, classify_exit
 from runner.generation.worker import InjectedFault, serve_batch
+from runner.spec import Generation, Limits, Model
 
 PARAMS = Generation(max_new_tokens=3, batch_size=4)
 

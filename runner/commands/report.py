@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from runner.report import tables as report
+    from runner.report import build, latest_execution, load_execution, write_report
+    from runner.tracking import Artifacts, make_client, resolve_tracking_uri
 
     console = Console()
     if bool(args.spec) == bool(args.run):
@@ -41,35 +42,33 @@ def main(args: argparse.Namespace) -> int:
 
         exp = load_spec(args.spec, args.overrides)
         spec_uri = exp.spec.tracking.uri
-        client = report.client_for(report.tracking_uri(spec_uri))
-        run_id, same_hash = report.latest_execution(client, exp.spec.name, exp.spec_hash)
+        client = make_client(resolve_tracking_uri(spec_uri), must_exist=True)
+        run_id, same_hash = latest_execution(client, exp.spec.name, exp.spec_hash)
         if not same_hash:
             console.print(
                 f"[yellow]note:[/] no execution of {exp.spec.name} has spec hash {exp.spec_hash}; "
                 f"reporting the latest execution of that name ({run_id})"
             )
     else:
-        client = report.client_for(report.tracking_uri())
+        client = make_client(resolve_tracking_uri(), must_exist=True)
         run_id = args.run
-    executions = [report.load_execution(client, run_id)]
+    executions = [load_execution(client, run_id)]
     if args.compare:
         if args.compare == run_id:
             raise UserError("pov report: --compare names the same run as the report")
-        executions.append(report.load_execution(client, args.compare))
+        executions.append(load_execution(client, args.compare))
     for ex in executions:
         if not ex.cells:
             raise UserError(f"execution {ex.label} has no finished or crashed cells to report on")
 
-    from runner.report.html import write_report
-
     out = args.out or Path("report") / (run_id if not args.compare else f"{run_id}-vs-{args.compare}")
-    data = report.build(executions)
+    data = build(executions)
     title = "pov report: " + " vs ".join(ex.label for ex in executions)
     page = write_report(data, out, title)
     print_tables(console, data)
     console.print(f"report: [bold]{page}[/]", soft_wrap=True)
     if not args.no_log:
-        artifact_path = "report" if not args.compare else f"report-vs-{args.compare}"
+        artifact_path = Artifacts.REPORT if not args.compare else Artifacts.report_vs(args.compare)
         client.log_artifacts(run_id, str(out), artifact_path=artifact_path)
         console.print(f"logged as artifact [bold]{artifact_path}/[/] of run {run_id}")
     return 0
@@ -78,7 +77,7 @@ def main(args: argparse.Namespace) -> int:
 def print_tables(console: Any, data: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from runner.report.html import TITLES, fmt
+    from runner.report import CHART_AXES, PERFORMANCE_AXES, TITLES, fmt, table_rows, values_in
 
     execs = data["executions"]
     for ex in execs:
@@ -96,8 +95,7 @@ def print_tables(console: Any, data: dict[str, Any]) -> None:
         for ex in execs:
             tag = f" · {ex['run_id'][:8]}" if len(execs) > 1 else ""
             table.add_column(f"{what}/cells  rate [95% CI]{tag}", justify="right")
-        values = list(dict.fromkeys(r["value"] for ex in execs for r in rows_of(ex)))
-        for v in values:
+        for v in values_in(execs, rows_of):
             row = [v]
             for ex in execs:
                 r = next((r for r in rows_of(ex) if r["value"] == v), None)
@@ -110,8 +108,8 @@ def print_tables(console: Any, data: dict[str, Any]) -> None:
             table.add_row(*row)
         console.print(table)
 
-    for axis in ("template", "model", "persona", "k", "prompt_tokens"):
-        rates(f"crash rate by {TITLES[axis]}", lambda ex, a=axis: ex["crash_rate"][a])
+    for axis in CHART_AXES:
+        rates(f"crash rate by {TITLES[axis]}", table_rows("crash_rate", axis))
     causes = sorted({c for ex in execs for per in ex["crash_causes"].values() for c in per})
     if causes:
         table = Table(title="crash causes")
@@ -127,7 +125,7 @@ def print_tables(console: Any, data: dict[str, Any]) -> None:
     for col in ("", "by", "value", "n", "p50 s", "p95 s", "GPU max MiB"):
         table.add_column(col, justify="left" if col in ("", "by", "value") else "right")
     for ex in execs:
-        for axis in ("template", "model"):
+        for axis in PERFORMANCE_AXES:
             for r in ex["performance"][axis]:
                 table.add_row(
                     ex["run_id"][:8],

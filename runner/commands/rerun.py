@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tracking-uri",
         metavar="URI",
-        help="MLflow store holding the run (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)",
+        help="MLflow store holding the run (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db; "
+        "a sqlite file must exist)",
     )
     parser.add_argument(
         "--fresh", action="store_true", help="start a new rerun rather than resume a killed one"
@@ -28,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from runner.tracking.rerun import rerun
+    from runner.tracking import rerun
 
     err = Console(stderr=True, quiet=args.quiet)
     # Plain print: one line per drift, never re-wrapped, so it can be grepped.
@@ -41,9 +42,9 @@ def main(args: argparse.Namespace) -> int:
         say=lambda line: print(line, flush=True),
     )
     summary = outcome.summary
-    causes = ", ".join(f"{c} {n}" for c, n in sorted(getattr(summary, "crashed_by_cause", {}).items()))
+    causes = ", ".join(f"{c} {n}" for c, n in sorted(summary.crashed_by_cause.items()))
     print(
-        f"{getattr(summary, 'finished', 0)} finished, {getattr(summary, 'crashed', 0)} crashed"
-        f"{f' ({causes})' if causes else ''}, {getattr(summary, 'cells_skipped', 0)} already done"
+        f"{summary.finished} finished, {summary.crashed} crashed"
+        f"{f' ({causes})' if causes else ''}, {summary.cells_skipped} already done"
     )
     return 0

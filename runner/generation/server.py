@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from runner.spec import Limits, Model
 
+
 class Server:
     """Serves runs with workers that stay loaded; exits after `idle_timeout_s` without a request."""
 

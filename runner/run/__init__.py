@@ -6,8 +6,10 @@
 `manifest` records what outside the spec could change the results, and `compare` names what changed.
 """
 
+from runner.run.checks import CHECK_FAIL, CHECK_PASS, CHECK_TAG_PREFIX
 from runner.run.drift import Drift, compare
 from runner.run.engine import run_experiment
+from runner.run.environment import TAGGED_PACKAGES
 from runner.run.manifest import build_manifest
 from runner.run.prepare import stage_metrics
 from runner.run.results import CellResult
@@ -16,6 +18,10 @@ from runner.run.summary import RunSummary
 from runner.run.tracker import NullTracker, Tracker
 
 __all__ = [
+    "CHECK_FAIL",
+    "CHECK_PASS",
+    "CHECK_TAG_PREFIX",
+    "TAGGED_PACKAGES",
     "CellResult",
     "Drift",
     "JsonlSink",

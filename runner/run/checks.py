@@ -41,6 +41,11 @@ if TYPE_CHECKING:
 
 Embed = Callable[[list[str]], "np.ndarray"]
 
+CHECK_TAG_PREFIX = "check."
+"""Each check's verdict is a tag `check.<name>`; the tracker stores it as it is (runner.tracking.schema)."""
+CHECK_PASS = "pass"
+CHECK_FAIL = "fail"
+
 ANSWER_PIECE_WORDS = 180
 """Longest piece of an answer embedded at once, in words (the corpus chunk size)."""
 IDK_MAX_WORDS = 12
@@ -141,7 +146,7 @@ def _pieces(text: str) -> list[str]:
 
 
 def _pf(ok: bool) -> str:
-    return "pass" if ok else "fail"
+    return CHECK_PASS if ok else CHECK_FAIL
 
 
 def evaluate(
@@ -164,7 +169,7 @@ def evaluate(
         missing = sum(not f.present for f in found)
         m["check_sections_present"] = float(missing == 0)
         m["check_sections_missing"] = float(missing)
-        tags["check.sections"] = _pf(missing == 0)
+        tags[CHECK_TAG_PREFIX + "sections"] = _pf(missing == 0)
     ranged = [f for f in found if f.section.words]
     if ranged:
         ok_all = True
@@ -176,18 +181,18 @@ def evaluate(
             ok_all &= ok
             m[f"check_words_{slug(f.section.title)}"] = float(n)
         m["check_words_ok"] = float(ok_all)
-        tags["check.words"] = _pf(ok_all)
+        tags[CHECK_TAG_PREFIX + "words"] = _pf(ok_all)
 
     idk = is_idk(output) or any(f.present and is_idk(f.text) for f in found)
     m["check_idk"] = float(idk)
-    tags["check.idk"] = _pf(not idk)
+    tags[CHECK_TAG_PREFIX + "idk"] = _pf(not idk)
 
     ratio = distinct_trigram_ratio(output)
     n_grams = max(len(TOKEN_RE.findall(output)) - 2, 0)
     degenerate = not words(output) or (n_grams >= MIN_TRIGRAMS and ratio < checks.repetition_ratio)
     m["check_distinct_trigram_ratio"] = ratio
     m["check_degenerate"] = float(degenerate)
-    tags["check.degenerate"] = _pf(not degenerate)
+    tags[CHECK_TAG_PREFIX + "degenerate"] = _pf(not degenerate)
 
     present = [f for f in found if f.present and words(f.text)]
     pairs = list(combinations(range(len(present)), 2))
@@ -204,7 +209,7 @@ def evaluate(
             m.get("check_dup_cosine", 0.0) >= checks.duplication_cosine
         )
         m["check_duplicated"] = float(dup)
-        tags["check.duplication"] = _pf(not dup)
+        tags[CHECK_TAG_PREFIX + "duplication"] = _pf(not dup)
 
     if vecs is not None and "context" in vecs and "pov" in vecs:
         # The very score stage 3 ranked the chunks by, so the ratio compares like with like.
@@ -216,7 +221,7 @@ def evaluate(
         m["check_pov_context"] = context
         if context > 0:
             m["check_pov_retention"] = answer / context
-            tags["check.pov_retention"] = _pf(answer / context >= checks.pov_retention)
+            tags[CHECK_TAG_PREFIX + "pov_retention"] = _pf(answer / context >= checks.pov_retention)
     return m, tags
 
 

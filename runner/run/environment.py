@@ -13,7 +13,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-TAGGED_PACKAGES = ("python", "torch", "transformers", "unsloth", "chromadb", "mlflow", "sentence-transformers")
+TAGGED_PACKAGES = (
+    "python",
+    "torch",
+    "transformers",
+    "unsloth",
+    "chromadb",
+    "mlflow",
+    "sentence-transformers",
+)
 """Recorded in the manifest and tagged on each execution as `version.<pkg>`."""
 OTHER_PACKAGES = ("pov-runner", "numpy", "tokenizers", "huggingface-hub", "bitsandbytes", "cohere", "ray")
 """Also recorded in manifest.json (and compared), not tagged."""

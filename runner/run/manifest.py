@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 MANIFEST_VERSION = 1
 
 
-
 def build_manifest(exp: Experiment) -> dict[str, Any]:
     """Everything outside the spec that a rerun must match to reproduce `exp`'s results."""
     from runner.spec import expand

@@ -74,7 +74,9 @@ def retrieval_keys(cells: Iterable[Cell]) -> list[Key]:
     return sorted({(c.question, c.pov_set, (c.k[0], c.k[1], c.k[2])) for c in cells})
 
 
-def prepare(exp: Experiment, cells: list[Cell], retrieved: Mapping[Key, RetrievalResult]) -> dict[str, Prepared]:
+def prepare(
+    exp: Experiment, cells: list[Cell], retrieved: Mapping[Key, RetrievalResult]
+) -> dict[str, Prepared]:
     """Render every cell's prompt from its retrieved context (`retrieved` is keyed as retrieval_keys)."""
     templates = {
         name: compile_template(info, str(info.path))

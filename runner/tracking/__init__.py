@@ -10,23 +10,50 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from runner.run import NullTracker, Tracker
-from runner.tracking.client import make_client, resolve_tracking_uri, search_all
+from runner.tracking.client import find_run, make_client, quote, resolve_tracking_uri, search_all, tag_is
 from runner.tracking.mlflow_tracker import MlflowTracker
-from runner.tracking.rerun import RerunOutcome, rerun
+from runner.tracking.reproduce import RerunOutcome, rerun
+from runner.tracking.schema import (
+    CHECK_FAIL,
+    CHECK_PASS,
+    SCHEMA_VERSION,
+    TRUE,
+    Artifacts,
+    Kind,
+    Metrics,
+    Params,
+    State,
+    Status,
+    Tags,
+)
 
 if TYPE_CHECKING:
     from runner.spec import Experiment
 
 __all__ = [
+    "CHECK_FAIL",
+    "CHECK_PASS",
+    "SCHEMA_VERSION",
+    "TRUE",
+    "Artifacts",
+    "Kind",
+    "Metrics",
     "MlflowTracker",
     "NullTracker",
+    "Params",
     "RerunOutcome",
+    "State",
+    "Status",
+    "Tags",
     "Tracker",
+    "find_run",
     "make_client",
     "make_tracker",
+    "quote",
     "rerun",
     "resolve_tracking_uri",
     "search_all",
+    "tag_is",
 ]
 
 

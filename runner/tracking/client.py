@@ -1,6 +1,7 @@
 """The one way to reach MLflow: which tracking URI, a client for it, and paging through runs.
 
-Used by the tracker, `pov rerun` and `pov report`, so the three agree on where runs are and read every page.
+Used by the tracker, `pov rerun` and `pov report`, so the three agree on where runs are, read every page and
+quote search filters alike.
 """
 
 from __future__ import annotations
@@ -74,9 +75,35 @@ def search_all(
             return runs if limit is None else runs[:limit]
 
 
+def find_run(client: MlflowClient, run_id: str) -> Run | None:
+    """The run with this id, or None when the store has none (a malformed id included). Other failures (a
+    server that is down) propagate."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException:
+        return None
+
+
 def quote(value: str) -> str:
     """`value` as a string literal in an MLflow search filter."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def tag_is(name: str, value: str) -> str:
+    """The search filter for runs whose tag `name` is `value`."""
+    return f"tags.`{name}` = {quote(value)}"
+
+
+def download_json(client: MlflowClient, run_id: str, path: str) -> Any:
+    """A JSON artifact of a run, parsed (fetched into a temporary folder that is removed again)."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="pov-artifact-") as tmp:
+        local = client.download_artifacts(run_id, path, tmp)
+        return json.loads(Path(local).read_text(encoding="utf-8"))
 
 
 _TUNED: set[str] = set()

@@ -1,12 +1,14 @@
-"""MlflowTracker: one parent run per execution of `pov run`, one child run per cell (schema in CONTRACTS.md).
+"""MlflowTracker: one parent run per execution of `pov run`, one child run per cell, under the names in
+runner.tracking.schema (the values come from runner.tracking.records).
 
 Crash safety rests on one ordering: a child run is created with all its tags, then its params and metrics
 go in one `log_batch`, its artifacts in one `log_artifacts` of a temp folder, and only then is it set
 FINISHED (cell finished) or FAILED (cell crashed). A `kill -9` anywhere in between leaves it RUNNING, and
 the next `pov run` of the same spec marks it KILLED, tags it `pov.superseded=true`, soft-deletes it and runs
-the cell again. So after any number of kills each cell has exactly one live (not deleted) child, and it is
-FINISHED or FAILED with the `pov.status` tag. Superseded children stay in the store (deleted runs are kept
-until `mlflow gc`), so the history of a retried crash is not lost, but no default search sees them.
+the cell again (runner.tracking.resume). So after any number of kills each cell has exactly one live (not
+deleted) child, and it is FINISHED or FAILED with the `pov.status` tag. Superseded children stay in the
+store (deleted runs are kept until `mlflow gc`), so the history of a retried crash is not lost, but no
+default search sees them.
 
 The parent's `pov.state` tag is `running` while an execution is under way (and after a kill), `finished`
 once every cell has a live child, and `interrupted` when the runner stopped early on its own (Ctrl-C).
@@ -14,10 +16,7 @@ once every cell has a live child, and `interrupted` when the runner stopped earl
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import os
 import sys
 import tempfile
 import time
@@ -25,21 +24,31 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runner.errors import UserError
 from runner.redaction import install_log_redaction, redact, secret_values
-from runner.tracking import schema as schema
-from runner.tracking.client import tune_sqlite
+from runner.tracking import records
+from runner.tracking.client import download_json, make_client
+from runner.tracking.resume import LiveCell, children, has_snapshot, resumable, supersede, triage
+from runner.tracking.schema import (
+    DEFAULT_CAUSE,
+    NONE,
+    SCHEMA_VERSION,
+    Artifacts,
+    Metrics,
+    State,
+    Status,
+    Tags,
+)
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-    from runner.run.results import CellResult
+    from runner.run import CellResult, Drift
     from runner.spec import Cell, Experiment
 
 BATCH_PARAMS = 100  # mlflow.utils.validation.MAX_PARAMS_TAGS_PER_BATCH
 BATCH_METRICS = 1000  # MAX_METRICS_PER_BATCH
-PAGE = 10_000
-LIVE_STATUSES = ("FINISHED", "FAILED")
 
 
 def _ms(t: float | None = None) -> int:
@@ -63,11 +72,11 @@ class MlflowTracker:
         self.rerun_of = rerun_of
         self.run_id: str | None = None
         self.resumed = False
-        self.drifts: list[Any] = []
+        self.drifts: list[Drift] = []
         """Manifest drifts between the first session of a resumed execution and this one."""
         self._client: MlflowClient | None = None
         self._cells: dict[str, Cell] = {}
-        self._live: dict[str, tuple[str, str, str | None]] = {}  # cell id -> (run id, status, cause)
+        self._live: dict[str, LiveCell] = {}
         self._replace: dict[str, str] = {}  # cell id -> crashed child to supersede once the retry is logged
         self._models: dict[str, tuple[str, str]] = {}  # model key -> (name, revision)
         self._exec_start_ms = 0
@@ -78,14 +87,7 @@ class MlflowTracker:
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
-            # A progress bar per downloaded manifest is noise in the runner's output; so is the "View run"
-            # link MLflow prints (after fetching the run once more) each time a run ends on a server.
-            os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-            os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-            from mlflow.tracking import MlflowClient
-
-            tune_sqlite(self.tracking_uri)
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            self._client = make_client(self.tracking_uri)
         return self._client
 
     # ---------------------------------------------------------------------------------------- start
@@ -106,17 +108,15 @@ class MlflowTracker:
         self._models = {}
         for key, m in exp.spec.models.items():
             resolved = manifest.get("models", {}).get(key, {}).get("resolved_revision")
-            self._models[key] = (m.name, m.revision or resolved or "none")
+            self._models[key] = (m.name, m.revision or resolved or NONE)
         try:
             eid = self._experiment(exp)
         except Exception as e:  # a server that is down, a path that cannot be written, a bad URI
-            from runner.errors import UserError
-
             raise UserError(
                 f"cannot use the MLflow tracking store {redact(self.tracking_uri)}: {redact(str(e))[:500]}\n"
                 "check MLFLOW_TRACKING_URI or the spec's tracking.uri, or run with --no-track"
             ) from None
-        parent = None if fresh else self._resumable(eid, exp.spec_hash, retry_crashed)
+        parent = None if fresh else resumable(self.client, eid, exp.spec_hash, self.rerun_of)
         if parent is None:
             self._create(eid, exp, cells, manifest)
             return set()
@@ -143,51 +143,14 @@ class MlflowTracker:
         assert self.experiment_id is not None
         return self.experiment_id
 
-    def _search(
-        self,
-        eid: str,
-        filter_string: str,
-        view: str = "active",
-        order_by: list[str] | None = None,
-        max_results: int = PAGE,
-    ) -> list[Run]:
-        from mlflow.entities import ViewType
-
-        view_type = ViewType.ALL if view == "all" else ViewType.ACTIVE_ONLY
-        runs: list[Run] = []
-        token = None
-        while True:
-            page = self.client.search_runs(
-                [eid], filter_string, view_type, min(PAGE, max_results), order_by, token
-            )
-            runs.extend(page)
-            token = page.token
-            if not token or len(runs) >= max_results:
-                return runs
-
-    def _resumable(self, eid: str, spec_hash: str, retry_crashed: bool) -> Run | None:
-        query = f"tags.`pov.kind` = 'execution' AND tags.`pov.spec_hash` = '{spec_hash}'"
-        if self.rerun_of:
-            query += f" AND tags.`pov.rerun_of` = '{self.rerun_of}'"
-        runs = self._search(eid, query, order_by=["attributes.start_time DESC"], max_results=1000)
-        if not self.rerun_of:  # a rerun continues only its own killed attempts, never a plain run's
-            runs = [r for r in runs if "pov.rerun_of" not in r.data.tags]
-        for run in runs:
-            if run.data.tags.get("pov.state") != "finished":
-                return run
-        # Every execution of this spec is complete: continue the latest one, which has nothing left to do
-        # unless cells were added (a run with --limit) or crashes are retried. Redoing hours of GPU work
-        # takes asking for it (--fresh). A rerun is asked for explicitly: each is a new execution.
-        return runs[0] if runs and not self.rerun_of else None
-
     def _parent_params(self, exp: Experiment, cells: list[Cell]) -> list[Any]:
         from mlflow.entities import Param
 
-        return [Param(k, v) for k, v in schema.parent_params(exp, cells, secret_values()).items()]
+        return [Param(k, v) for k, v in records.parent_params(exp, cells, secret_values()).items()]
 
     def _log_parent_artifacts(self, exp: Experiment, manifest: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory(prefix="pov-exec-") as tmp:
-            for rel, text in schema.execution_files(exp, manifest, secret_values()).items():
+            for rel, text in records.execution_files(exp, manifest, secret_values()).items():
                 path = Path(tmp, rel)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text, encoding="utf-8")
@@ -195,7 +158,7 @@ class MlflowTracker:
 
     def _create(self, eid: str, exp: Experiment, cells: list[Cell], manifest: dict[str, Any]) -> None:
         name = f"{exp.spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        tags = schema.parent_tags(exp, manifest, self.rerun_of, secret_values())
+        tags = records.parent_tags(exp, manifest, self.rerun_of, secret_values())
         run = self.client.create_run(eid, tags=tags, run_name=name)
         self.run_id = run.info.run_id
         self._exec_start_ms = run.info.start_time or _ms()
@@ -210,66 +173,38 @@ class MlflowTracker:
     ) -> set[str]:
         from mlflow.entities import RunTag
 
-        from runner.run import compare
-
         self.run_id = pid = parent.info.run_id
         self.resumed = True
         self._exec_start_ms = parent.info.start_time or _ms()
-        self._wall_prior = float(parent.data.metrics.get("wall_time_s", 0.0))
-        children = self._search(
-            parent.info.experiment_id, f"tags.`mlflow.parentRunId` = '{pid}'", max_results=10**9
-        )
-        by_cell: dict[str, list[Run]] = {}
-        stale: list[Run] = []
-        for child in children:
-            cid = child.data.tags.get("pov.cell_id", "")
-            status_tag = child.data.tags.get("pov.status")
-            if (
-                child.info.status in LIVE_STATUSES
-                and status_tag in ("finished", "crashed")
-                and cid in self._cells
-                and child.data.tags.get("pov.superseded") != "true"
-            ):
-                by_cell.setdefault(cid, []).append(child)
-            else:
-                stale.append(child)  # left RUNNING by a kill, or half-written
-        self._live, self._replace = {}, {}
-        for cid, runs in by_cell.items():
-            # Normally one per cell; two only if a kill landed between logging a retry and superseding the
-            # crash it replaced. Keep a finished one over a crashed one, then the newest.
-            runs.sort(
-                key=lambda r: (r.data.tags.get("pov.status") == "finished", r.info.end_time or 0),
-                reverse=True,
-            )
-            keep = runs[0]
-            stale.extend(runs[1:])
-            self._live[cid] = (
-                keep.info.run_id,
-                keep.data.tags["pov.status"],
-                keep.data.tags.get("pov.cause"),
-            )
+        self._wall_prior = float(parent.data.metrics.get(Metrics.WALL_TIME_S, 0.0))
+        self._live, stale = triage(children(self.client, parent.info.experiment_id, pid), self._cells)
         for child in stale:
-            self._supersede(child.info.run_id, child.info.status)
+            supersede(self.client, child.info.run_id, child.info.status)
+        self._replace = {}
         skip = set()
-        for cid, (rid, status, _) in self._live.items():
-            if status == "crashed" and retry_crashed:
-                self._replace[cid] = rid
+        for cid, live in self._live.items():
+            if live.status == Status.CRASHED and retry_crashed:
+                self._replace[cid] = live.run_id
             else:
                 skip.add(cid)
-        sessions = int(parent.data.tags.get("pov.sessions", "1") or 1) + 1
+        sessions = int(parent.data.tags.get(Tags.SESSIONS, "1") or 1) + 1
         self.client.log_batch(
             pid,
             params=self._parent_params(exp, cells),
-            tags=[RunTag("pov.state", "running"), RunTag("pov.sessions", str(sessions))],
+            tags=[
+                RunTag(Tags.STATE, State.RUNNING),
+                RunTag(Tags.SESSIONS, str(sessions)),
+                # Only an execution of this version is resumed; one written before the tag existed gets it.
+                RunTag(Tags.SCHEMA_VERSION, str(SCHEMA_VERSION)),
+            ],
         )
         if parent.info.status != "RUNNING":
             self.client.update_run(pid, status="RUNNING")
-        stored = {f.path for f in self.client.list_artifacts(pid)}
-        if not {"spec.yaml", "manifest.json"} <= stored:  # the kill came before they were written
+        if not has_snapshot(self.client, pid):  # the kill came before they were written
             self._log_parent_artifacts(exp, manifest)
         else:
-            self.drifts = self._manifest_drifts(pid, manifest, compare)
-        kept_crashed = sum(1 for cid in skip if self._live[cid][1] == "crashed")
+            self.drifts = self._manifest_drifts(pid, manifest)
+        kept_crashed = sum(1 for cid in skip if self._live[cid].status == Status.CRASHED)
         print(
             f"pov: resuming execution {parent.info.run_name} ({pid}): {len(skip) - kept_crashed} finished, "
             f"{kept_crashed} crashed kept, {len(self._replace)} crashed to retry, {len(stale)} interrupted "
@@ -280,20 +215,14 @@ class MlflowTracker:
             print(f"pov: warning: changed since this execution began: {drift}", file=sys.stderr)
         return skip
 
-    def _manifest_drifts(self, pid: str, manifest: dict[str, Any], compare: Any) -> list[Any]:
-        with tempfile.TemporaryDirectory(prefix="pov-manifest-") as tmp:
-            try:
-                path = self.client.download_artifacts(pid, "manifest.json", tmp)
-                old = json.loads(Path(path).read_text(encoding="utf-8"))
-            except Exception:  # an unreadable manifest only costs the warning
-                return []
-        return list(compare(old, manifest))
+    def _manifest_drifts(self, pid: str, manifest: dict[str, Any]) -> list[Drift]:
+        from runner.run import compare
 
-    def _supersede(self, run_id: str, status: str) -> None:
-        if status not in ("FINISHED", "FAILED", "KILLED"):
-            self.client.set_terminated(run_id, "KILLED")
-        self.client.set_tag(run_id, "pov.superseded", "true")
-        self.client.delete_run(run_id)
+        try:
+            old = download_json(self.client, pid, Artifacts.MANIFEST)
+        except Exception:  # an unreadable manifest only costs the warning
+            return []
+        return list(compare(old, manifest)) if isinstance(old, dict) else []
 
     def _require_run(self) -> str:
         if self.run_id is None:
@@ -322,25 +251,26 @@ class MlflowTracker:
     def _log_cell(self, pid: str, r: CellResult, secrets: dict[str, str]) -> None:
         from mlflow.entities import Metric, Param
 
-        tags = schema.cell_tags(r, pid, secrets)
+        tags = records.cell_tags(r, pid, secrets)
         run = self.client.create_run(
             self._require_exp(), start_time=_ms(r.started_at), tags=tags, run_name=r.cell.id
         )
         rid = run.info.run_id
         end = _ms(r.ended_at)
-        model = self._models.get(r.cell.model, (r.cell.model, "none"))
-        params = [Param(k, v) for k, v in schema.cell_params(r, model, secrets).items()]
-        metrics = [Metric(k, v, end, 0) for k, v in schema.cell_metrics(r).items()]
+        model = self._models.get(r.cell.model, (r.cell.model, NONE))
+        params = [Param(k, v) for k, v in records.cell_params(r, model, secrets).items()]
+        metrics = [Metric(k, v, end, 0) for k, v in records.cell_metrics(r).items()]
         while params or metrics:  # one call per cell unless a cell carries over 1,000 values
             p, params = params[:BATCH_PARAMS], params[BATCH_PARAMS:]
             m, metrics = metrics[: BATCH_METRICS - len(p)], metrics[BATCH_METRICS - len(p) :]
             self.client.log_batch(rid, metrics=m, params=p)
-        self._write_artifacts(rid, run.info.artifact_uri, schema.cell_files(r, secrets))
-        self.client.set_terminated(rid, "FINISHED" if r.status == "finished" else "FAILED", end_time=end)
+        self._write_artifacts(rid, run.info.artifact_uri, records.cell_files(r, secrets))
+        finished = r.status == Status.FINISHED
+        self.client.set_terminated(rid, "FINISHED" if finished else "FAILED", end_time=end)
         old = self._replace.pop(r.cell.id, None)
         if old:  # the retried crash: only now, with its replacement in place, does it stop counting
-            self._supersede(old, "FAILED")
-        self._live[r.cell.id] = (rid, r.status, tags.get("pov.cause"))
+            supersede(self.client, old, "FAILED")
+        self._live[r.cell.id] = LiveCell(rid, r.status, tags.get(Tags.CAUSE))
 
     def _write_artifacts(self, rid: str, artifact_uri: str, files: dict[str, str]) -> None:
         """One log_artifacts call of a scratch folder holding the cell's files."""
@@ -366,17 +296,17 @@ class MlflowTracker:
         return self.experiment_id
 
     def _totals(self) -> dict[str, float]:
-        statuses = Counter(status for _, status, _ in self._live.values())
+        statuses = Counter(live.status for live in self._live.values())
         causes = Counter(
-            cause or "exception" for _, status, cause in self._live.values() if status == "crashed"
+            live.cause or DEFAULT_CAUSE for live in self._live.values() if live.status == Status.CRASHED
         )
         out = {
-            "cells_total": float(len(self._cells)),
-            "cells_finished": float(statuses["finished"]),
-            "cells_crashed": float(statuses["crashed"]),
-            "wall_time_s": self._wall_prior + (time.monotonic() - self._t0),
+            Metrics.CELLS_TOTAL: float(len(self._cells)),
+            Metrics.CELLS_FINISHED: float(statuses[Status.FINISHED]),
+            Metrics.CELLS_CRASHED: float(statuses[Status.CRASHED]),
+            Metrics.WALL_TIME_S: self._wall_prior + (time.monotonic() - self._t0),
         }
-        out.update({f"crashed.{c}": float(n) for c, n in causes.items()})
+        out.update({Metrics.crashed(c): float(n) for c, n in causes.items()})
         return out
 
     def _log_progress(self, extra: dict[str, float] | None = None) -> None:
@@ -392,26 +322,21 @@ class MlflowTracker:
 
     # --------------------------------------------------------------------------------------- finish
 
-    def finish(self, summary: Any) -> None:
-        """Close the execution: totals over every session, `pov.state`, and the run's status."""
+    def finish(self, summary: dict[str, Any]) -> None:
+        """Close the execution: totals over every session, `pov.state`, and the run's status. The
+        summary's other numbers (RunSummary.to_dict()) are recorded as `session.<name>`."""
         pid = self._require_run()
-        if dataclasses.is_dataclass(summary) and not isinstance(summary, type):
-            summary = dataclasses.asdict(summary)
-        elif not isinstance(summary, dict):
-            summary = dict(getattr(summary, "__dict__", {}) or {})
         totals = self._totals()
-        extra = {}
-        for k, v in summary.items():
-            if (
-                isinstance(v, (int, float))
-                and not isinstance(v, bool)
-                and math.isfinite(v)
-                and k not in totals
-                and not k.startswith("crashed.")
-            ):
-                extra[f"session.{k}"] = float(v)
+        extra = {
+            Metrics.session(k): float(v)
+            for k, v in summary.items()
+            if isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and k not in totals
+            and not k.startswith(Metrics.CRASHED_PREFIX)
+        }
         self._log_progress(extra)
         complete = all(cid in self._live for cid in self._cells)
-        state = "finished" if complete else "interrupted"
-        self.client.set_tag(pid, "pov.state", state)
+        self.client.set_tag(pid, Tags.STATE, State.FINISHED if complete else State.INTERRUPTED)
         self.client.set_terminated(pid, "FINISHED" if complete else "KILLED")

@@ -1,181 +1,289 @@
-"""What MlflowTracker writes, as plain data: the tags, params, metrics and files of parent and child runs.
+"""The MLflow schema as code: the name of every tag, param, metric and artifact pov-runner writes, the values
+its tags take, and the schema's version.
 
-The schema is agreed in CONTRACTS.md (the report reads it). Every string that leaves here has been through
-`runner.redaction.redact`, and every name is one MLflow accepts, so the tracker only has to send them.
-Beyond the contract, children carry `pov.ranking_hash` and `pov.output_hash` (so `pov rerun` can count
-identical cells without downloading artifacts) and `pov.error` (the crash message, cut to 500 characters);
-superseded children carry `pov.superseded=true`.
+The tracker (runner.tracking.mlflow_tracker and .records), `pov rerun` and `pov report` read and write
+MLflow only through these names, so this module is the one place that says what is stored. The names and
+values are a stored format: stores written by earlier versions must stay readable, so a name here changes
+only with a SCHEMA_VERSION bump and a reader that still understands the old one.
+
+    python -m runner.tracking.schema > docs/mlflow-schema.md
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
-import math
-import re
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
 
-from runner.redaction import redact
-from runner.spec import snapshot_files
+from runner import run
+from runner.spec import AXES
 
-if TYPE_CHECKING:
-    from runner.run.results import CellResult
-    from runner.spec import Cell, Experiment
+SCHEMA_VERSION = 1
+"""Written on every execution (parent run) as the tag `pov.schema_version`, as the string "1".
 
-MAX_PARAM = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
-MAX_TAG = 8000  # MAX_TAG_VAL_LENGTH
-TRACKED_PACKAGES = (
-    "python",
-    "torch",
-    "transformers",
-    "unsloth",
-    "chromadb",
-    "mlflow",
-    "sentence-transformers",
-)
-"""Tagged on the parent as `version.<pkg>`; manifest.json holds more."""
+Bump it when a reader of the runs would misread them otherwise: a tag, param, metric or artifact renamed or
+removed, or a value that changes meaning. Adding a name is not a bump (readers ignore what they do not
+know). After a bump, `pov run` starts a new execution rather than resume one of an older version, and the
+report and `pov rerun` must keep reading the older versions (an execution without the tag is version 1:
+it was written before the tag existed)."""
 
 
-def cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 15] + "...[truncated]"
+class Tags:
+    """Tag names. `pov.*` are pov-runner's own; git.*, gpu.name, corpus.fingerprint and version.<pkg> copy
+    the manifest so that the MLflow UI can filter on them; mlflow.* are MLflow's, set so its UI shows them."""
+
+    KIND = "pov.kind"
+    SCHEMA_VERSION = "pov.schema_version"
+    SPEC_NAME = "pov.spec_name"
+    SPEC_HASH = "pov.spec_hash"
+    STATE = "pov.state"
+    SESSIONS = "pov.sessions"
+    RERUN_OF = "pov.rerun_of"
+    CELL_ID = "pov.cell_id"
+    STATUS = "pov.status"
+    CAUSE = "pov.cause"
+    ERROR = "pov.error"
+    SUPERSEDED = "pov.superseded"
+    RANKING_HASH = "pov.ranking_hash"
+    OUTPUT_HASH = "pov.output_hash"
+    GIT_COMMIT = "git.commit"
+    GIT_BRANCH = "git.branch"
+    GIT_DIRTY = "git.dirty"
+    GPU_NAME = "gpu.name"
+    CORPUS_FINGERPRINT = "corpus.fingerprint"
+    VERSION_PREFIX = "version."
+    CHECK_PREFIX = run.CHECK_TAG_PREFIX
+    PARENT_RUN_ID = "mlflow.parentRunId"
+    SOURCE_TYPE = "mlflow.source.type"
+    SOURCE_NAME = "mlflow.source.name"
+    SOURCE_GIT_COMMIT = "mlflow.source.git.commit"
+    NOTE = "mlflow.note.content"
+
+    @staticmethod
+    def version(package: str) -> str:
+        return Tags.VERSION_PREFIX + package
+
+    @staticmethod
+    def check(name: str) -> str:
+        return Tags.CHECK_PREFIX + name
+
+    @staticmethod
+    def checks(tags: Mapping[str, str]) -> dict[str, str]:
+        """The `check.<name>` tags of a cell, by check name."""
+        return {
+            k.removeprefix(Tags.CHECK_PREFIX): v for k, v in tags.items() if k.startswith(Tags.CHECK_PREFIX)
+        }
 
 
-@functools.lru_cache(maxsize=4096)
-def key(name: str) -> str:
-    """A metric or tag name MLflow accepts: a bad character in a check's name must not stop the run."""
-    return re.sub(r"[^/\w.\- :]", "_", name).strip("/") or "_"
+class Kind:
+    """Values of `pov.kind`."""
+
+    EXECUTION = "execution"
+    CELL = "cell"
 
 
-def short_hash(obj: Any) -> str:
-    data = obj if isinstance(obj, str) else json.dumps(obj, sort_keys=True, default=str)
-    return hashlib.sha256(data.encode()).hexdigest()[:16]
+class State:
+    """Values of `pov.state` on an execution."""
+
+    RUNNING = "running"
+    """Under way, or killed while under way."""
+    FINISHED = "finished"
+    """Every cell has a live child run."""
+    INTERRUPTED = "interrupted"
+    """The runner stopped early on its own (Ctrl-C)."""
 
 
-def ranking_hash(context: dict[str, Any]) -> str:
-    """Hash of the chunk ids of the three stages in rank order: equal hashes mean identical rankings."""
-    stages = context.get("stages", []) if isinstance(context, dict) else []
-    return short_hash([[s.get("name"), s.get("ids")] for s in stages if isinstance(s, dict)])
+class Status:
+    """Values of `pov.status` on a cell: runner.run.CellResult.status."""
+
+    FINISHED = "finished"
+    CRASHED = "crashed"
 
 
-def stage_metrics(context: dict[str, Any]) -> dict[str, float]:
-    """Top score of each stage and the mean of the last, from a RetrievalResult.to_dict()."""
-    out: dict[str, float] = {}
-    stages = context.get("stages", []) if isinstance(context, dict) else []
-    for i, stage in enumerate(stages[:3], 1):
-        scores = [float(s) for s in (stage.get("scores") or []) if isinstance(s, (int, float))]
-        if scores:
-            out[f"stage{i}_top_score"] = max(scores)
-            if i == 3:
-                out["stage3_mean_score"] = sum(scores) / len(scores)
-    return out
+TRUE = "true"
+"""Value of `pov.superseded` and of `git.dirty` (with FALSE)."""
+FALSE = "false"
+UNKNOWN = "unknown"
+"""A git.* tag when the project is not a git checkout."""
+NONE = "none"
+"""`gpu.name` without a GPU, `corpus.fingerprint` without a corpus, a model without a revision."""
+NOT_INSTALLED = "not installed"
+"""A version.<pkg> tag for a package that is not installed."""
+DEFAULT_CAUSE = "exception"
+"""`pov.cause` of a crash the runner could not put a cause on."""
+CHECK_PASS = run.CHECK_PASS
+"""Value of a passed `check.<name>` tag (the run stage's checks write it)."""
+CHECK_FAIL = run.CHECK_FAIL
 
 
-def _clean(values: dict[str, Any], limit: int, secrets: dict[str, str]) -> dict[str, str]:
-    return {key(redact(k, secrets)): cut(redact(str(v), secrets), limit) for k, v in values.items()}
+class Params:
+    """Param names. A cell also has one param per axis, named as the axis (runner.spec.AXES)."""
+
+    SPEC_NAME = "spec_name"
+    SPEC_HASH = "spec_hash"
+    AXIS_PREFIX = "axis."
+    CELL_ID = "cell_id"
+    MODEL_NAME = "model_name"
+    MODEL_REVISION = "model_revision"
+
+    @staticmethod
+    def axis(name: str) -> str:
+        """The execution's param listing the values of one axis."""
+        return Params.AXIS_PREFIX + name
 
 
-def parent_tags(
-    exp: Experiment, manifest: dict[str, Any], rerun_of: str | None, secrets: dict[str, str]
-) -> dict[str, str]:
-    git = manifest.get("git", {})
-    versions = manifest.get("versions", {})
-    tags = {
-        "pov.kind": "execution",
-        "pov.spec_name": exp.spec.name,
-        "pov.spec_hash": exp.spec_hash,
-        "pov.state": "running",
-        "pov.sessions": "1",
-        "git.commit": git.get("commit") or "unknown",
-        "git.branch": git.get("branch") or "unknown",
-        "git.dirty": {True: "true", False: "false"}.get(git.get("dirty"), "unknown"),
-        "gpu.name": manifest.get("gpu", {}).get("name") or "none",
-        "corpus.fingerprint": manifest.get("corpus", {}).get("fingerprint") or "none",
-        # MLflow infers these only for its fluent API, from sys.argv[0]; set so that its UI shows them.
-        "mlflow.source.type": "LOCAL",
-        "mlflow.source.name": str(exp.path),
-    }
-    for pkg in TRACKED_PACKAGES:
-        tags[f"version.{pkg}"] = versions.get(pkg) or "not installed"
-    if git.get("commit"):
-        tags["mlflow.source.git.commit"] = git["commit"]
-    if exp.spec.description:
-        tags["mlflow.note.content"] = exp.spec.description
-    if rerun_of:
-        tags["pov.rerun_of"] = rerun_of
-    return _clean(tags, MAX_TAG, secrets)
+class Metrics:
+    """Metric names. An execution's are the tracker's totals; a cell's are runner.run.CellResult.metrics as
+    the run stage names them (these are the ones the report reads), plus the retrieval stages' scores."""
+
+    CELLS_TOTAL = "cells_total"
+    CELLS_FINISHED = "cells_finished"
+    CELLS_CRASHED = "cells_crashed"
+    WALL_TIME_S = "wall_time_s"
+    CRASHED_PREFIX = "crashed."
+    SESSION_PREFIX = "session."
+    STAGE_TOP_SCORE = "stage{n}_top_score"
+    STAGE3_MEAN_SCORE = "stage3_mean_score"
+    LATENCY_S = "latency_s"
+    PROMPT_TOKENS = "prompt_tokens"
+    COMPLEXITY_PROMPT_TOKENS = "complexity_prompt_tokens"
+    TOKENS_PER_S = "tokens_per_s"
+    GPU_PEAK_ALLOCATED_MB = "gpu_peak_allocated_mb"
+
+    @staticmethod
+    def crashed(cause: str) -> str:
+        return Metrics.CRASHED_PREFIX + cause
+
+    @staticmethod
+    def session(key: str) -> str:
+        return Metrics.SESSION_PREFIX + key
 
 
-def parent_params(exp: Experiment, cells: list[Cell], secrets: dict[str, str]) -> dict[str, str]:
-    from runner.spec import AXES
+class Artifacts:
+    """Artifact names, relative to the run's artifact root."""
 
-    params = {"spec_name": exp.spec.name, "spec_hash": exp.spec_hash}
-    for axis in AXES:
-        values = dict.fromkeys(c.k_label if axis == "k" else str(getattr(c, axis)) for c in cells)
-        params[f"axis.{axis}"] = ",".join(values)
-    return _clean(params, MAX_PARAM, secrets)
+    SPEC = "spec.yaml"
+    MANIFEST = "manifest.json"
+    TEMPLATES = "templates"
+    PROMPT = "prompt.txt"
+    CONTEXT = "context.json"
+    OUTPUT = "output.md"
+    STDERR = "stderr.txt"
+    REPORT = "report"
 
+    @staticmethod
+    def template(name: str) -> str:
+        return f"{Artifacts.TEMPLATES}/{name}.j2"
 
-def execution_files(exp: Experiment, manifest: dict[str, Any], secrets: dict[str, str]) -> dict[str, str]:
-    """The parent's artifacts: standalone spec.yaml, templates/<name>.j2, manifest.json."""
-    files = snapshot_files(exp)
-    files["manifest.json"] = json.dumps(manifest, indent=2, sort_keys=True, default=str)
-    return {rel: redact(text, secrets) for rel, text in files.items()}
-
-
-def cell_tags(r: CellResult, parent_id: str, secrets: dict[str, str]) -> dict[str, str]:
-    tags = {
-        "mlflow.parentRunId": parent_id,
-        "pov.kind": "cell",
-        "pov.cell_id": r.cell.id,
-        "pov.status": r.status,
-        "pov.ranking_hash": ranking_hash(r.context),
-    }
-    if r.output is not None:
-        tags["pov.output_hash"] = short_hash(r.output)
-    if r.status == "crashed":
-        tags["pov.cause"] = r.cause or "exception"
-        if r.error:
-            tags["pov.error"] = cut(r.error, 500)
-    for k, v in r.tags.items():
-        tags.setdefault(k, str(v))
-    return _clean(tags, MAX_TAG, secrets)
+    @staticmethod
+    def report_vs(run_id: str) -> str:
+        """The folder of a `pov report --compare RUN_ID` on the first execution."""
+        return f"{Artifacts.REPORT}-vs-{run_id}"
 
 
-def cell_params(r: CellResult, model: tuple[str, str], secrets: dict[str, str]) -> dict[str, str]:
-    """`model` is (name, revision) from the spec and manifest; the engine's tags, which hash the folder it
-    actually loaded, win over it."""
-    c = r.cell
-    params = {
-        "cell_id": c.id,
-        "model": c.model,
-        "template": c.template,
-        "persona": c.persona,
-        "pov_set": c.pov_set,
-        "k": c.k_label,
-        "question": c.question,
-        "model_name": r.tags.get("model_name", model[0]),
-        "model_revision": r.tags.get("model_revision", model[1]),
-    }
-    return _clean(params, MAX_PARAM, secrets)
+def stored_version(tags: Mapping[str, str]) -> int:
+    """The schema version an execution was written with (1 when it predates the tag)."""
+    try:
+        return int(tags.get(Tags.SCHEMA_VERSION, "1"))
+    except ValueError:
+        return 0  # not a version this runner wrote: matches none
 
 
-def cell_metrics(r: CellResult) -> dict[str, float]:
-    values = {**stage_metrics(r.context), **r.metrics}
-    return {
-        key(k): float(v) for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(float(v))
-    }
+# ---- the schema as a markdown page (docs/mlflow-schema.md) ----------------------------------------------
+
+_EXEC, _CELL, _BOTH = "execution", "cell", "both"
+_TAG_DOCS: dict[str, tuple[str, str]] = {
+    Tags.KIND: (_BOTH, f"`{Kind.EXECUTION}` on a parent run, `{Kind.CELL}` on a child run"),
+    Tags.SCHEMA_VERSION: (_EXEC, f"version of this schema (now `{SCHEMA_VERSION}`); absent means 1"),
+    Tags.SPEC_NAME: (_EXEC, "the spec's `name`"),
+    Tags.SPEC_HASH: (_EXEC, "hash of the resolved spec; `pov run` resumes an execution of the same hash"),
+    Tags.STATE: (
+        _EXEC,
+        f"`{State.RUNNING}` (also after a kill), `{State.FINISHED}` (every cell has a live child), "
+        f"`{State.INTERRUPTED}` (stopped early on its own)",
+    ),
+    Tags.SESSIONS: (_EXEC, "how many `pov run` sessions worked on the execution"),
+    Tags.RERUN_OF: (_EXEC, "the execution a `pov rerun` ran again"),
+    Tags.CELL_ID: (_CELL, "the cell's id (a hash of what it uses); pairs cells across executions"),
+    Tags.STATUS: (_CELL, f"`{Status.FINISHED}` or `{Status.CRASHED}`; absent on a child left half-written"),
+    Tags.CAUSE: (_CELL, f"a crash's cause (runner.generation.CAUSES; `{DEFAULT_CAUSE}` when unknown)"),
+    Tags.ERROR: (_CELL, "a crash's message, cut to 500 characters"),
+    Tags.SUPERSEDED: (_CELL, f"`{TRUE}` on a child that was redone; it is also deleted and KILLED or FAILED"),
+    Tags.RANKING_HASH: (_CELL, "hash of the chunk ids of the three retrieval stages, in rank order"),
+    Tags.OUTPUT_HASH: (_CELL, "hash of the generated answer (absent for a crash)"),
+    Tags.GIT_COMMIT: (_EXEC, f"the project's git commit (`{UNKNOWN}` outside git)"),
+    Tags.GIT_BRANCH: (_EXEC, "its branch"),
+    Tags.GIT_DIRTY: (_EXEC, f"`{TRUE}` when it had uncommitted changes, else `{FALSE}`"),
+    Tags.GPU_NAME: (_EXEC, f"the GPU's name (`{NONE}` without one)"),
+    Tags.CORPUS_FINGERPRINT: (_EXEC, "hash of the corpus files' names and contents"),
+    Tags.VERSION_PREFIX: (_EXEC, f"the package's version, or `{NOT_INSTALLED}`"),
+    Tags.CHECK_PREFIX: (_CELL, f"an output check (runner.run.checks): `{CHECK_PASS}` or `{CHECK_FAIL}`"),
+    Tags.PARENT_RUN_ID: (_CELL, "MLflow's link from a cell to its execution"),
+    Tags.SOURCE_TYPE: (_EXEC, "MLflow's, for its UI"),
+    Tags.SOURCE_NAME: (_EXEC, "MLflow's: the spec file"),
+    Tags.SOURCE_GIT_COMMIT: (_EXEC, "MLflow's: the git commit"),
+    Tags.NOTE: (_EXEC, "MLflow's description: the spec's `description`"),
+}
+_PARAM_DOCS: dict[str, tuple[str, str]] = {
+    Params.SPEC_NAME: (_EXEC, "the spec's name"),
+    Params.SPEC_HASH: (_EXEC, "the spec's hash"),
+    Params.AXIS_PREFIX: (_EXEC, "the axis's values in this execution, comma-separated"),
+    Params.CELL_ID: (_CELL, "the cell's id"),
+    **{axis: (_CELL, "the cell's value on this axis") for axis in AXES},
+    Params.MODEL_NAME: (_CELL, "the model as loaded (name or folder)"),
+    Params.MODEL_REVISION: (_CELL, f"its revision or files hash (`{NONE}` if unknown)"),
+}
+_METRIC_DOCS: dict[str, tuple[str, str]] = {
+    Metrics.CELLS_TOTAL: (_EXEC, "cells in the execution"),
+    Metrics.CELLS_FINISHED: (_EXEC, "cells with a finished live child"),
+    Metrics.CELLS_CRASHED: (_EXEC, "cells with a crashed live child"),
+    Metrics.WALL_TIME_S: (_EXEC, "seconds, over every session"),
+    Metrics.CRASHED_PREFIX: (_EXEC, "crashed cells with this cause"),
+    Metrics.SESSION_PREFIX: (_EXEC, "the last session's other summary numbers (runner.run.RunSummary)"),
+    Metrics.STAGE_TOP_SCORE: (_CELL, "highest score of retrieval stage n (1: vector, 2: query, 3: POV)"),
+    Metrics.STAGE3_MEAN_SCORE: (_CELL, "mean score of the POV stage's chunks"),
+    Metrics.LATENCY_S: (_CELL, "seconds of generation"),
+    Metrics.PROMPT_TOKENS: (_CELL, "prompt length in tokens, as generated"),
+    Metrics.COMPLEXITY_PROMPT_TOKENS: (_CELL, "prompt length in tokens, measured before generation"),
+    Metrics.TOKENS_PER_S: (_CELL, "generated tokens per second"),
+    Metrics.GPU_PEAK_ALLOCATED_MB: (_CELL, "peak GPU memory allocated, MiB"),
+}
+_ARTIFACT_DOCS: dict[str, tuple[str, str]] = {
+    Artifacts.SPEC: (_EXEC, "the resolved spec, standalone (what `pov rerun` loads)"),
+    Artifacts.MANIFEST: (_EXEC, "what outside the spec could change the results (runner.run.build_manifest)"),
+    Artifacts.TEMPLATES: (_EXEC, "the templates, byte for byte"),
+    Artifacts.PROMPT: (_CELL, "the rendered prompt"),
+    Artifacts.CONTEXT: (_CELL, "the three ranked retrieval stages (ids, texts, scores)"),
+    Artifacts.OUTPUT: (_CELL, "the answer (absent for a crash)"),
+    Artifacts.STDERR: (_CELL, "a crash's message and the end of its stderr"),
+    Artifacts.REPORT: (_EXEC, "`pov report`'s folder (`report-vs-<run id>` with --compare)"),
+}
+_SHOWN_AS = {
+    Tags.VERSION_PREFIX: "version.<package>",
+    Tags.CHECK_PREFIX: "check.<name>",
+    Params.AXIS_PREFIX: "axis.<axis>",
+    Metrics.CRASHED_PREFIX: "crashed.<cause>",
+    Metrics.SESSION_PREFIX: "session.<name>",
+    Artifacts.TEMPLATES: Artifacts.template("<name>"),
+}
+"""How a prefix (or folder) reads in the doc: with what follows it."""
+DOCS = {"Tags": _TAG_DOCS, "Params": _PARAM_DOCS, "Metrics": _METRIC_DOCS, "Artifacts": _ARTIFACT_DOCS}
+"""One line per name, by section: what docs/mlflow-schema.md says."""
 
 
-def cell_files(r: CellResult, secrets: dict[str, str]) -> dict[str, str]:
-    """prompt.txt, context.json (the three ranked stages), output.md, and stderr.txt for a crash.
-    context.json is redacted as text: redact() also finds a secret in its JSON-escaped form."""
-    files = {
-        "prompt.txt": r.prompt,
-        "context.json": json.dumps(r.context, indent=1, ensure_ascii=False, default=str),
-    }
-    if r.output is not None:
-        files["output.md"] = r.output
-    if r.status == "crashed":
-        files["stderr.txt"] = "\n".join(x for x in (r.error, r.stderr_tail) if x) or "(no output)"
-    return {name: redact(text, secrets) for name, text in files.items()}
+def markdown() -> str:
+    """docs/mlflow-schema.md: every name with the runs it is on and what it holds."""
+    lines = [
+        "# The MLflow schema",
+        "",
+        "Generated from `runner/tracking/schema.py` by `python -m runner.tracking.schema`; do not edit.",
+        "",
+        "One parent run per execution of `pov run` (or `pov rerun`), one child run per cell.",
+        f"Schema version: {SCHEMA_VERSION} (the parent's tag `{Tags.SCHEMA_VERSION}`).",
+    ]
+    for section, docs in DOCS.items():
+        lines += ["", f"## {section}", "", "| name | on | meaning |", "| --- | --- | --- |"]
+        lines += [f"| `{_SHOWN_AS.get(n, n)}` | {on} | {meaning} |" for n, (on, meaning) in docs.items()]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")

@@ -34,9 +34,7 @@ class Executor(Protocol):
         Workers write their stdout/stderr under `log_dir` unless the executor was given a folder of its own."""
         ...
 
-    def run(
-        self, groups: Groups, params: Generation, on_result: Callable[[list[JobResult]], None]
-    ) -> None:
+    def run(self, groups: Groups, params: Generation, on_result: Callable[[list[JobResult]], None]) -> None:
         """Generate every job of every group; each result reaches `on_result` exactly once."""
         ...
 

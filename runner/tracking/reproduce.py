@@ -10,6 +10,8 @@ What an execution stores to make this possible (parent-run artifacts):
 - `templates/<name>.j2`: the template files, byte for byte.
 - `manifest.json`: see runner/run/manifest.py.
 
+(Their names, and every tag below, are in runner.tracking.schema.)
+
 A rerun downloads these into `<project>/.pov/reruns/<RUN_ID>/`, loads `spec.yaml` with the ordinary loader,
 keeps the original project root (so the same Chroma store, caches and built models are used), compares
 the stored manifest with a fresh one, prints each drift, and runs every cell as a new execution tagged
@@ -28,10 +30,19 @@ from typing import TYPE_CHECKING, Any
 
 from runner.errors import UserError
 from runner.redaction import redact
+from runner.tracking.client import download_json, make_client, resolve_tracking_uri, search_all, tag_is
+from runner.tracking.mlflow_tracker import MlflowTracker
+from runner.tracking.resume import SNAPSHOT
+from runner.tracking.schema import Artifacts, Kind, Tags
 
 if TYPE_CHECKING:
-    from runner.run.drift import Drift
+    from collections.abc import Callable
+
+    from rich.console import Console
+
+    from runner.run import Drift, RunSummary
     from runner.spec import Cell, Experiment
+
 
 @dataclass
 class RerunPlan:
@@ -48,25 +59,15 @@ class RerunPlan:
     drifts: list[Drift] = field(default_factory=list)
 
 
-def _client(tracking_uri: str) -> Any:
-    import os
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri)
-
-
 def prepare(run_id: str, tracking_uri: str | None = None) -> RerunPlan:
     """Load execution `run_id`'s spec and manifest from MLflow and compare the manifest with now."""
     from mlflow.exceptions import MlflowException
 
     from runner.run import build_manifest, compare
     from runner.spec import expand, load_spec, project_root
-    from runner.tracking.client import resolve_tracking_uri
 
     uri = tracking_uri or resolve_tracking_uri()
-    client = _client(uri)
+    client = make_client(uri, must_exist=True)
     try:
         run = client.get_run(run_id)
     except MlflowException as e:
@@ -77,27 +78,31 @@ def prepare(run_id: str, tracking_uri: str | None = None) -> RerunPlan:
     except Exception as e:  # a server that is down
         raise UserError(f"pov rerun: cannot read {redact(uri)}: {redact(str(e))[:500]}") from None
     tags = run.data.tags
-    if tags.get("pov.kind") == "cell":
-        parent = tags.get("mlflow.parentRunId", "?")
+    if tags.get(Tags.KIND) == Kind.CELL:
+        parent = tags.get(Tags.PARENT_RUN_ID, "?")
         raise UserError(f"pov rerun: {run_id} is one cell's run; rerun its execution: pov rerun {parent}")
-    if tags.get("pov.kind") != "execution":
-        raise UserError(f"pov rerun: {run_id} is not a pov-runner execution (no tag pov.kind=execution)")
-    stored = {f.path for f in client.list_artifacts(run_id)}
-    if not {"spec.yaml", "manifest.json"} <= stored:
+    if tags.get(Tags.KIND) != Kind.EXECUTION:
         raise UserError(
-            f"pov rerun: execution {run_id} has no spec.yaml/manifest.json artifacts "
+            f"pov rerun: {run_id} is not a pov-runner execution (no tag {Tags.KIND}={Kind.EXECUTION})"
+        )
+    stored = {f.path for f in client.list_artifacts(run_id)}
+    if not stored >= SNAPSHOT:
+        raise UserError(
+            f"pov rerun: execution {run_id} has no {Artifacts.SPEC}/{Artifacts.MANIFEST} artifacts "
             "(it was killed while starting); run its spec with `pov run` instead"
         )
-    old_root = Path(_download_json(client, run_id, "manifest.json").get("project", {}).get("root", "."))
-    root = old_root if old_root.is_dir() else project_root(Path.cwd() / "spec.yaml")
+    stored_manifest = download_json(client, run_id, Artifacts.MANIFEST)
+    project = stored_manifest.get("project", {}) if isinstance(stored_manifest, dict) else {}
+    old_root = Path(project.get("root", "."))
+    root = old_root if old_root.is_dir() else project_root(Path.cwd() / Artifacts.SPEC)
     dest = root / ".pov" / "reruns" / run_id
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
-    for name in ("spec.yaml", "manifest.json", *(["templates"] if "templates" in stored else [])):
+    for name in (*sorted(SNAPSHOT), *([Artifacts.TEMPLATES] if Artifacts.TEMPLATES in stored else [])):
         client.download_artifacts(run_id, name, str(dest))
-    old_manifest = json.loads((dest / "manifest.json").read_text(encoding="utf-8"))
-    exp = load_spec(dest / "spec.yaml")
+    old_manifest = json.loads((dest / Artifacts.MANIFEST).read_text(encoding="utf-8"))
+    exp = load_spec(dest / Artifacts.SPEC)
     # The snapshot lives under .pov/, but the execution belongs to its original project: same Chroma
     # store, caches and built models.
     exp.root = root
@@ -115,15 +120,6 @@ def prepare(run_id: str, tracking_uri: str | None = None) -> RerunPlan:
     )
 
 
-def _download_json(client: Any, run_id: str, path: str) -> dict[str, Any]:
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="pov-rerun-") as tmp:
-        local = client.download_artifacts(run_id, path, tmp)
-        data = json.loads(Path(local).read_text(encoding="utf-8"))
-    return data if isinstance(data, dict) else {}
-
-
 @dataclass
 class Agreement:
     """How the new execution's cells compare with the old one's, by output and ranking hashes."""
@@ -136,36 +132,19 @@ class Agreement:
 
 def agreement(tracking_uri: str, experiment_id: str, old_run: str, new_run: str) -> Agreement:
     """Pair the two executions' live child runs by cell id and count identical outputs and rankings."""
-    from mlflow.entities import ViewType
-
-    client = _client(tracking_uri)
+    client = make_client(tracking_uri)
 
     def children(pid: str) -> dict[str, dict[str, str]]:
-        out: dict[str, dict[str, str]] = {}
-        token = None
-        while True:
-            page = client.search_runs(
-                [experiment_id],
-                f"tags.`mlflow.parentRunId` = '{pid}'",
-                ViewType.ACTIVE_ONLY,
-                10_000,
-                None,
-                token,
-            )
-            for r in page:
-                out[r.data.tags.get("pov.cell_id", r.info.run_id)] = r.data.tags
-            token = page.token
-            if not token:
-                return out
+        runs = search_all(client, [experiment_id], tag_is(Tags.PARENT_RUN_ID, pid))
+        return {r.data.tags.get(Tags.CELL_ID, r.info.run_id): r.data.tags for r in runs}
 
     old, new = children(old_run), children(new_run)
     result = Agreement()
     for cid in sorted(set(old) & set(new)):
         result.cells += 1
-        same_out = old[cid].get("pov.output_hash") == new[cid].get("pov.output_hash") and old[cid].get(
-            "pov.status"
-        ) == new[cid].get("pov.status")
-        same_rank = old[cid].get("pov.ranking_hash") == new[cid].get("pov.ranking_hash")
+        a, b = old[cid], new[cid]
+        same_out = all(a.get(t) == b.get(t) for t in (Tags.OUTPUT_HASH, Tags.STATUS))
+        same_rank = a.get(Tags.RANKING_HASH) == b.get(Tags.RANKING_HASH)
         result.same_output += same_out
         result.same_ranking += same_rank
         if not (same_out and same_rank):
@@ -177,7 +156,7 @@ def agreement(tracking_uri: str, experiment_id: str, old_run: str, new_run: str)
 class RerunOutcome:
     plan: RerunPlan
     new_run_id: str | None
-    summary: Any
+    summary: RunSummary
     agreement: Agreement | None
 
 
@@ -187,11 +166,11 @@ def rerun(
     tracking_uri: str | None = None,
     fresh: bool = False,
     retry_crashed: bool = False,
-    console: Any = None,
-    say: Any = print,
+    console: Console | None = None,
+    say: Callable[[str], None] = print,
 ) -> RerunOutcome:
     """Run execution `run_id` again as a new execution linked by `pov.rerun_of`; `say` gets each line."""
-    from runner.tracking.mlflow_tracker import MlflowTracker
+    from runner.run import run_experiment
 
     plan = prepare(run_id, tracking_uri)
     say(f"rerunning {plan.run_name} ({run_id}): {len(plan.cells)} cells, spec from {plan.exp.path}")
@@ -201,7 +180,9 @@ def rerun(
     else:
         say("no drift: code, packages, corpus, models and GPU match the original execution")
     tracker = MlflowTracker(plan.tracking_uri, experiment_id=plan.experiment_id, rerun_of=run_id)
-    summary = _run(plan, tracker, fresh=fresh, retry_crashed=retry_crashed, console=console)
+    summary = run_experiment(
+        plan.exp, plan.cells, tracker, console=console, fresh=fresh, retry_crashed=retry_crashed
+    )
     agree = None
     if tracker.run_id:
         agree = agreement(plan.tracking_uri, plan.experiment_id, run_id, tracker.run_id)
@@ -210,11 +191,3 @@ def rerun(
             f"rankings identical in {agree.same_ranking}/{agree.cells}"
         )
     return RerunOutcome(plan, tracker.run_id, summary, agree)
-
-
-def _run(plan: RerunPlan, tracker: Any, *, fresh: bool, retry_crashed: bool, console: Any) -> Any:
-    from runner.run.engine import run_experiment
-
-    return run_experiment(
-        plan.exp, plan.cells, tracker, console=console, fresh=fresh, retry_crashed=retry_crashed
-    )
