@@ -73,8 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `pov ... | head` closed the pipe: not an error; keep Python from complaining at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
+    except KeyboardInterrupt as e:
+        # A run's interruption says what it recorded and how to resume (runner.run.RunInterrupted).
+        sys.stderr.write(f"{str(e) or 'interrupted'}\n")
         return 130
 
 

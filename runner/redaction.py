@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 # Name segments (split on `_`, `-`, `.`) that mark a credential. Whole segments, so TOKENIZERS_PARALLELISM
@@ -44,7 +44,13 @@ _NOT_SECRET_NAMES = frozenset({"PWD", "OLDPWD", "SSH_AUTH_SOCK", "GPG_AGENT_INFO
 _MIN_SECRET_LEN = 6
 """Shorter values (`1`, `true`) would redact ordinary words everywhere; no real key is that short."""
 
-_URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^/@\s:]*):(?P<pw>[^/@\s]+)@")
+# The scheme's length is bounded so that a long run of letters costs a bounded scan per position (linear,
+# not quadratic, in the text's length).
+_URL_USERINFO = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]{0,31}://)(?P<user>[^/@\s:]*):(?P<pw>[^/@\s]+)@"
+)
+# A query parameter: `?api_key=...`, `&token=...`; matches start only at `?` or `&` with a bounded name.
+_URL_PARAM = re.compile(r"(?P<lead>[?&])(?P<name>[A-Za-z0-9_.\-]{1,100})=(?P<value>[^&#\s'\"<>\[\]()]+)")
 _TOKEN_SHAPES = re.compile(
     "|".join(
         (
@@ -92,10 +98,63 @@ def redact(text: str, secrets: Mapping[str, str] | None = None) -> str:
                 text = text.replace(form, f"[redacted {name}]")
     if "://" in text:
         text = _URL_USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:[redacted]@", text)
+        text = _URL_PARAM.sub(_redact_param, text)
     # The token regex is slow on long texts (prompts, contexts); most hold none of its prefixes.
     if any(t in text for t in _TOKEN_TRIGGERS) or "bearer" in text.lower():
         text = _TOKEN_SHAPES.sub("[redacted token]", text)
     return text
+
+
+def _redact_param(m: re.Match[str]) -> str:
+    return f"{m['lead']}{m['name']}=[redacted]" if is_secret_name(m["name"]) else m[0]
+
+
+def redact_setting(setting: str, secrets: Mapping[str, str] | None = None) -> str:
+    """A `KEY=VALUE` command-line setting (`--set`) as a message may quote it: the whole value hidden when
+    KEY reads like a credential (`tracking.api_key=...`), whatever the value looks like; other secrets
+    redacted as in any text."""
+    key, sep, value = setting.partition("=")
+    if sep and value and is_secret_name(key):
+        return f"{redact(key, secrets)}=[redacted]"
+    return redact(setting, secrets)
+
+
+def setting_secrets(settings: Iterable[str], environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`secret_values()` plus the values that `KEY=VALUE` settings give to credential-named keys: a message
+    that quotes such a value in any form redacts it too."""
+    given = {}
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if sep:
+            given[key.strip()] = value.strip()
+    found = {**secret_values(environ), **secret_values(given)}
+    return dict(sorted(found.items(), key=lambda kv: -len(kv[0])))
+
+
+MARKER = re.compile(r"\[redacted(?: (?P<name>[^\]\s]{1,200}))?\]")
+"""What redaction leaves in place of a secret: `[redacted NAME]` for an environment variable's value (or a
+value under a credential-named key), `[redacted]` for a URL's password or query parameter, `[redacted token]`
+for a token shape."""
+_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def restore(text: str, environ: Mapping[str, str] | None = None) -> tuple[str, set[str]]:
+    """`text` with each `[redacted NAME]` put back to the value of the credential variable NAME, where the
+    environment has it; and the names put back. redact()'s inverse for a value written as itself (a value
+    that was written escaped, inside a JSON or double-quoted YAML string, holding `"` or `\\`, comes back
+    unescaped)."""
+    env = os.environ if environ is None else environ
+    done: set[str] = set()
+
+    def put_back(m: re.Match[str]) -> str:
+        name = m["name"]
+        value = env.get(name) if name and _VARIABLE.match(name) and is_secret_name(name) else None
+        if not value or len(value.strip()) < _MIN_SECRET_LEN:
+            return m[0]
+        done.add(name)
+        return value
+
+    return MARKER.sub(put_back, text), done
 
 
 def redact_obj(obj: Any, secrets: Mapping[str, str] | None = None) -> Any:

@@ -96,6 +96,9 @@ class RecordingTracker:
         self.finished: dict[str, Any] | None = None
         self.run_id = "rec-1"
 
+    def check(self) -> None:
+        return None
+
     def start(
         self,
         exp: Any,

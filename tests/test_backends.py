@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -182,3 +184,68 @@ def test_model_revision_follows_the_files(tiny_model_dir: Path, tmp_path: Path) 
     )
     assert model_revision(Model(name="meta-llama/Llama-3-8B", revision="abc123")) == "abc123"
     assert model_revision(Model(name="meta-llama/Llama-3-8B")) == "unpinned"
+
+
+def _stop_token_for_different_lengths(
+    backend: Any, prompts: list[str], params: Generation
+) -> tuple[int, list[int]]:
+    """A token of the tiny model's greedy answers that, taken as the end-of-sequence token, stops the rows of
+    this batch at different steps (the tiny model never writes its own EOS): the token and each row's length."""
+    enc = backend.encode_batch(prompts, params)
+    out = backend.model.generate(
+        input_ids=enc.input_ids, attention_mask=enc.mask, generation_config=backend._generation_config(params)
+    )
+    answers = out[:, enc.width :].tolist()
+    n = params.max_new_tokens
+    best: tuple[int, int, list[int]] = (0, -1, [])
+    for token in sorted({t for row in answers for t in row} - {backend.tokenizer.pad_token_id}):
+        lengths = [row.index(token) + 1 if token in row else n for row in answers]
+        if (spread := len(set(lengths))) > best[0]:
+            best = (spread, token, lengths)
+    return best[1], best[2]
+
+
+def test_each_row_of_a_batch_is_timed_on_its_own(backend) -> None:  # type: ignore[no-untyped-def]
+    prompts = [
+        "Tell me about local currency settlement and the dollar.",
+        "Why?",
+        "G7 and BRICS",
+        "What is BRICS?",
+        "a",
+        "b c d e f",
+        "Summarize the trade.",
+        "Who leads?",
+    ]
+    params = Generation(max_new_tokens=32)
+    stop, lengths = _stop_token_for_different_lengths(backend, prompts, params)
+    assert len(set(lengths)) >= 3, "the batch's rows must stop at different steps"
+    eos = backend.eos_ids
+    backend.eos_ids = {stop}  # what a model's own end-of-sequence token does, at steps this test knows
+    try:
+        outs = backend.generate(prompts, params)
+    finally:
+        backend.eos_ids = eos
+    assert [o.new_tokens for o in outs] == lengths
+    assert len({o.latency_s for o in outs}) == len(set(lengths)), "one time per step at which rows stopped"
+    batch = outs[0].batch_latency_s
+    assert batch is not None and batch > 0
+    assert all(o.batch_latency_s == batch for o in outs), "one generate call, one batch time"
+    for o in outs:
+        assert 0 < o.latency_s <= batch
+        assert o.tokens_per_s == pytest.approx(o.new_tokens / o.latency_s)
+    # A row that stopped earlier was done earlier; rows that stopped at the same step share its time.
+    by_length = sorted(outs, key=lambda o: o.new_tokens)
+    for a, b in itertools.pairwise(by_length):
+        assert (a.latency_s < b.latency_s) if a.new_tokens < b.new_tokens else (a.latency_s == b.latency_s)
+    # The longest row ran until the last step: its time is the batch's, less what generate does after it.
+    assert by_length[-1].latency_s >= 0.5 * batch
+
+
+def test_row_latencies_fall_back_to_the_batch_when_steps_were_not_seen() -> None:
+    from runner.generation.backends.transformers import row_latencies
+
+    assert row_latencies([0.1, 0.2, 0.3], [1, 3, 2], 0.35) == [0.1, 0.3, 0.2]
+    assert row_latencies([0.1, 0.2, 0.5], [3], 0.4) == [0.4], "never past the batch's own time"
+    # A generate that never called the clock (or called it for fewer steps): no row is guessed.
+    assert row_latencies([], [2, 3], 1.0) == [None, None]
+    assert row_latencies([0.1, 0.2], [2, 3], 1.0) == [None, None]

@@ -164,3 +164,30 @@ def test_one_bad_spec_does_not_hide_the_others(capsys: pytest.CaptureFixture[str
     assert rc == 2
     assert "at least 1 chunk" in out.err
     assert f"{good}: ok" in out.out
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("models.tiny.name", "'   '"),
+        ("models.tiny.revision", "' '"),
+        ("models.tiny.device", "''"),
+        ("embedder.model", "' '"),
+        ("embedder.device", "' '"),
+        ("embedder.query_prompt", "''"),
+        ("tracking.experiment", "'  '"),
+        ("tracking.uri", "' '"),
+        ("executor.address", "' '"),
+        ("corpus.include", "['*.md', '  ']"),
+    ],
+)
+def test_blank_strings_are_refused_where_they_name_something(key: str, value: str) -> None:
+    """A blank model name, device, revision or pattern would fail far from the spec (or, for a pattern,
+    silently match nothing); the spec names the field instead."""
+    from runner.errors import SpecError
+    from runner.spec import load_spec
+
+    with pytest.raises(SpecError) as err:
+        load_spec(BAD / "fixtures" / "base.yaml", [f"{key}={value}"])
+    [problem] = err.value.problems
+    assert problem.path.startswith(key) and "blank" in problem.message, problem

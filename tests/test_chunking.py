@@ -11,16 +11,13 @@ from hypothesis import strategies as st
 
 from runner.retrieval.chunking import (
     MIN_CHUNK_WORDS,
-    Skipped,
-    SourceFile,
     boilerplate_reason,
     chunk_file,
     chunk_text,
     corpus_fingerprint,
-    read_corpus,
-    read_source,
     split_paragraphs,
 )
+from runner.spec import Skipped, SourceFile, read_corpus, read_source
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -204,3 +201,54 @@ def test_word_list_rule_spares_languages_without_english_stopwords() -> None:
         "Iran und die Vereinigten Arabischen Emirate nahmen Anfang 2024 ihre Plätze ein."
     )
     assert chunk_text(german, 180, 30, drop_boilerplate=True) == [german]
+
+
+# Inputs that make a backtracking pattern go quadratic or worse, each about 1 MB: one long token, URL-ish
+# and e-mail-ish runs, and the shapes the citation and separator rules look for.
+_MB = 1_000_000
+_HOSTILE_TEXTS = {
+    "one token": "a" * _MB,
+    "url": "http://" + "a" * _MB,
+    "www": "www." * (_MB // 4),
+    "at signs": "a@" * (_MB // 2),
+    "dots": "a." * (_MB // 2),
+    "local part, no domain": "a.b+c-" * (_MB // 6) + "@",
+    "domain without a dot": "a@" + "b-" * (_MB // 2),
+    "e-mail chain": "a@b.c" * (_MB // 5),
+    "citation initials": "Castellanos, " + "R. " * (_MB // 3),
+    "hyphenated surname": "A" + "-Bc" * (_MB // 3),
+    "separators": "x | " * (_MB // 4),
+    "spaces after a newline": "x\n" + " \t" * (_MB // 2),
+}
+_HOSTILE_SCRIPT = """
+import sys
+from runner.retrieval.chunking import boilerplate_reason, chunk_text, split_paragraphs
+from tests.test_chunking import _HOSTILE_TEXTS
+for name, text in _HOSTILE_TEXTS.items():
+    boilerplate_reason(text)
+    split_paragraphs(text)
+    chunk_text(text, 180, 30, drop_boilerplate=True)
+    print(name, flush=True)
+"""
+
+
+def test_text_rules_take_linear_time_on_hostile_input() -> None:
+    """A 40 KB token once took 17 s in the URL pattern and 500 KB most of an hour. Each 1 MB input takes
+    well under a second now; the bound here only stops a regression from hanging the suite."""
+    import subprocess
+    import sys
+
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _HOSTILE_SCRIPT],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as e:
+        done = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+        pytest.fail(f"still running after 60 s; finished: {done.split()!r}")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == list(_HOSTILE_TEXTS)

@@ -176,3 +176,76 @@ def test_light_commands_import_nothing_heavy(argv: list[str]) -> None:
     assert proc.returncode == 0, proc.stderr
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
     assert loaded == [], f"`pov {' '.join(argv)}` imported {loaded}"
+
+
+# ---- pov run: what can be checked is checked before an execution is created --------------------------------
+
+
+def _run_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A 2-cell spec in its own project, tracked in a sqlite store there. Its model folder is empty: nothing
+    here gets as far as loading a model."""
+    from conftest import gen_spec
+
+    (tmp_path / "model").mkdir()
+    spec = gen_spec(tmp_path, tmp_path / "model", questions=2, personas=1, pov_sets=1)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return spec
+
+
+def _executions(db: Path) -> int:
+    """MLflow runs in the store (read with sqlite3, so that a store never created counts as empty)."""
+    import sqlite3
+
+    if not db.exists():
+        return 0
+    with sqlite3.connect(db) as con:
+        tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        return int(con.execute("SELECT COUNT(*) FROM runs").fetchone()[0]) if "runs" in tables else 0
+
+
+def _no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as without Ray
+
+
+def _no_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
+def _corpus_without_ingestible_files(spec: Path) -> None:
+    corpus = spec.parent / "corpus"
+    corpus.mkdir()
+    (corpus / "weights.bin").write_bytes(b"\0\1\2")
+    spec.write_text(spec.read_text().replace(f"path: {REPO / 'data' / 'brics'}", f"path: {corpus}"))
+
+
+@pytest.mark.parametrize(
+    ("args", "setup", "message"),
+    [
+        (["--gpus", "3"], _no_gpus, "--gpus 3: only 0 GPU(s) are visible"),
+        (["--executor", "serve"], None, "no `pov serve` is running"),
+        (["--executor", "ray"], _no_ray, "the ray executor needs Ray"),
+        ([], "corpus", "no ingestible files in"),
+    ],
+    ids=["gpus-without-gpus", "serve-without-server", "ray-not-installed", "corpus-without-files"],
+)
+def test_pov_run_checks_before_it_starts_and_a_failure_writes_nothing(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    setup: Any,
+    message: str,
+) -> None:
+    spec = _run_project(tmp_path, monkeypatch)
+    if setup == "corpus":
+        _corpus_without_ingestible_files(spec)
+    elif setup is not None:
+        setup(monkeypatch)
+    code = cli.main(["run", str(spec), "--quiet", *args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert message in err
+    assert "Traceback" not in err
+    assert _executions(tmp_path / "mlflow.db") == 0, "an execution was created before the check failed"
+    assert not (tmp_path / ".pov" / "runs").exists(), "a run folder was written before the check failed"

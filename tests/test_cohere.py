@@ -169,3 +169,23 @@ def test_retrieval_with_a_cohere_reranker_end_to_end_never_leaks_the_key(
     for path in brics_project.rglob("*"):
         if path.is_file():
             assert api_key.encode() not in path.read_bytes(), path
+
+
+def test_cohere_at_a_closed_port_through_the_cli_exits_2(
+    monkeypatch: pytest.MonkeyPatch, api_key: str, brics_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The real SDK against an address nobody listens on: one clear message, no traceback, no minute of
+    retries (the stored chunks are MiniLM's; the Cohere reranker is first needed by the retrieval)."""
+    from conftest import free_port
+
+    from runner.cli import main
+
+    url = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("CO_API_URL", url)
+    spec = brics_project / "experiments" / "seed_replica.yaml"
+    assert main(["ingest", str(spec)]) == 0
+    capsys.readouterr()
+    assert main(["retrieve", str(spec), "--question", "g7-response", "--pov-set", "security"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot reach the Cohere API at {url}" in err and "CO_API_URL" in err
+    assert "Traceback" not in err and api_key not in err

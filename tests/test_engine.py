@@ -244,3 +244,155 @@ def test_faults_pick_cells_by_match_and_a_stable_rate(tmp_path: Path, tiny_model
     first_wins = [Fault(cause="segfault", match={"question": "q1"}), Fault(cause="abort")]
     assert {fault_for(first_wins, c) for c in cells if c.question == "q1"} == {"segfault"}
     assert {fault_for(first_wins, c) for c in cells if c.question != "q1"} == {"abort"}
+
+
+# ---- issue 14: --limit, final writes, crash messages ------------------------------------------------------------
+
+
+def _tracked_project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Track into a sqlite store of this test's own; the CLI's retrieval is the stand-in retriever."""
+    import runner.run.engine as engine
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(engine, "open_retriever", lambda exp: StubRetriever())
+    return uri
+
+
+def _execution_runs(uri: str) -> tuple[list[Any], list[Any]]:
+    """(executions, cell runs), deleted ones included."""
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = [
+        r
+        for e in client.search_experiments()
+        for r in client.search_runs([e.experiment_id], "", ViewType.ALL)
+    ]
+    return (
+        [r for r in runs if r.data.tags.get("pov.kind") == "execution"],
+        [r for r in runs if r.data.tags.get("pov.kind") == "cell"],
+    )
+
+
+def test_limit_runs_part_of_one_execution_and_a_plain_run_finishes_it(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runner import cli
+
+    spec = gen_spec(tmp_path, tiny_model_dir, questions=2, personas=1, pov_sets=2)
+    uri = _tracked_project(tmp_path, monkeypatch)
+    cells = [c.id for c in expand(load_spec(spec))]
+    assert len(cells) == 4
+
+    assert cli.main(["run", str(spec), "--fresh", "--limit", "1", "--quiet"]) == 0
+    assert cli.main(["run", str(spec), "--limit", "1", "--quiet"]) == 0, "a later --limit run continues"
+    out = capsys.readouterr().out
+    parents, kids = _execution_runs(uri)
+    assert len(parents) == 1 and len(kids) == 2, "each --limit run took cells not recorded yet"
+    assert len({k.data.tags["pov.cell_id"] for k in kids}) == 2
+    assert parents[0].data.tags["pov.state"] != "finished", "half the cells are not recorded yet"
+    assert "not run (--limit" in out
+
+    assert cli.main(["run", str(spec), "--quiet"]) == 0  # failed with "Changing param values is not allowed"
+    out = capsys.readouterr().out
+    assert "gen-test: 4 cells: 2 finished, 0 crashed, 2 already done" in out
+    parents, kids = _execution_runs(uri)
+    assert len(parents) == 1, "every run continued the one execution"
+    parent = parents[0]
+    assert parent.data.tags["pov.state"] == "finished" and parent.info.status == "FINISHED"
+    assert parent.data.params["axis.pov_set"] == "p1,p2" and parent.data.params["axis.question"] == "q1,q2"
+    assert sorted(k.data.tags["pov.cell_id"] for k in kids) == sorted(cells), "each cell recorded once"
+
+    assert cli.main(["run", str(spec), "--limit", "1", "--quiet"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    assert len(_execution_runs(uri)[1]) == 4
+
+
+def _disk_full(*args: Any, **kwargs: Any) -> None:
+    import errno
+    import os
+
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "summary.json.tmp")
+
+
+def test_a_failed_summary_write_does_not_hide_the_error_that_stopped_the_run(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from runner.run.sinks import JsonlSink
+
+    class ChromaWentAway(StubRetriever):
+        def retrieve(self, keys: Any) -> Any:
+            raise RuntimeError("chroma went away")
+
+    exp = load_spec(gen_spec(tmp_path, tiny_model_dir, questions=2, personas=1, pov_sets=1))
+    monkeypatch.setattr(JsonlSink, "finish", _disk_full)
+    tracker = RecordingTracker()
+    with pytest.raises(RuntimeError, match="chroma went away"):
+        run_experiment(exp, expand(exp), tracker, retriever=ChromaWentAway(), quiet=True)
+    assert "summary.json" in caplog.text and "No space left on device" in caplog.text
+    assert tracker.finished is not None and tracker.finished["state"] == "interrupted", (
+        "the tracker is closed"
+    )
+
+
+def test_a_failed_summary_write_after_the_run_is_a_clear_error(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runner.errors import RunAborted
+    from runner.run.sinks import JsonlSink
+
+    exp = load_spec(gen_spec(tmp_path, tiny_model_dir, questions=2, personas=1, pov_sets=1))
+    cells = expand(exp)
+    monkeypatch.setattr(JsonlSink, "finish", _disk_full)
+    tracker = RecordingTracker(skip={c.id for c in cells})
+    with pytest.raises(RunAborted) as e:
+        run_experiment(exp, cells, tracker, retriever=StubRetriever(), quiet=True)
+    message = str(e.value)
+    assert "summary.json" in message and str(exp.state_dir / "runs") in message and "disk full?" in message
+    assert tracker.finished is not None and tracker.finished["state"] == "finished"
+
+
+def test_a_run_where_every_cell_crashed_the_same_way_exits_1_naming_the_cause(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from runner import cli
+
+    (tmp_path / "model").mkdir()  # no config, no weights: the model cannot load
+    spec = gen_spec(tmp_path, tmp_path / "model", questions=2, personas=1, pov_sets=1)
+    _tracked_project(tmp_path, monkeypatch)
+    code = cli.main(["run", str(spec), "--no-track", "--quiet"])
+    captured = capsys.readouterr()
+    results = read_results(Path(captured.out.split("results: ")[1].split()[0]))
+    assert {r["status"] for r in results.values()} == {"crashed"} and len(results) == 2
+    causes = {(r["cause"], r["error"].splitlines()[0]) for r in results.values()}
+    assert len(causes) == 1
+    ((cause, first_line),) = causes
+    assert f"2 crashed: {cause} 2 — {first_line}" in captured.out
+    assert code == 1, captured.out + captured.err
+    assert f"every cell crashed the same way ({cause}: {first_line})" in captured.err
+
+
+def test_a_full_disk_mid_run_is_a_clear_error(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    from runner.errors import RunAborted
+    from runner.run.sinks import JsonlSink
+
+    def full(self: JsonlSink, results: list[Any]) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+
+    exp = load_spec(gen_spec(tmp_path, tiny_model_dir, questions=2, personas=1, pov_sets=1))
+    monkeypatch.setattr(JsonlSink, "write", full)
+    tracker = RecordingTracker()
+    with pytest.raises(RunAborted) as e:
+        run_experiment(exp, expand(exp), tracker, retriever=StubRetriever(), quiet=True)
+    message = str(e.value)
+    assert "results.jsonl: No space left on device (disk full?)" in message
+    assert "0 of 2 cells recorded" in message and "run the same command to resume" in message
+    assert tracker.finished is not None and tracker.finished["state"] == "interrupted"

@@ -71,9 +71,8 @@ def test_one_corpus_listing_leaves_hidden_files_out_everywhere(tmp_path: Path) -
     hidden scratch file must change none of them (the manifest once counted it, so resuming warned of a
     corpus drift that ingest never saw)."""
     from runner.generation.tinymodel import training_files
-    from runner.retrieval.chunking import read_corpus
     from runner.run.manifest import corpus_info
-    from runner.spec import load_spec
+    from runner.spec import load_spec, read_corpus
 
     corpus = tmp_path / "corpus"
     shutil.copytree(REPO / "data" / "brics", corpus)

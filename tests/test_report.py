@@ -434,3 +434,61 @@ def test_real_run_with_faults(
     # The finished cells carry the output checks, and the report went back to the parent run.
     assert {"sections", "words", "idk", "degenerate"} <= {r["check"] for r in data["checks"]}
     assert "report/report.html" in {f.path for f in client.list_artifacts(run_id, "report")}
+
+
+# ---- what a latency measures ------------------------------------------------------------------------------
+
+
+def test_the_report_says_whether_latency_is_per_cell_or_per_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    """tiny-a's backend timed each cell (latency_per_cell 1); tiny-b's could only time batches (0); an
+    execution recorded before cells were timed carries no latency_per_cell at all and is per batch too."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = demo_spec()
+
+    def execution(timed: dict[str, float | None]) -> str:
+        cells = [
+            Cell(f"{m}-{t}-{q}", m, t, "professor", "gs", (15, 10, 5), q)
+            for m in timed
+            for t in TEMPLATES
+            for q in QUESTIONS
+        ]
+        tracker = MlflowTracker(uri, "latency-scope")
+        tracker.start(exp, cells, MANIFEST, fresh=True)
+        rng = random.Random(7)
+        results = [cell_result(c, rng, None) for c in cells]
+        for r in results:
+            flag = timed[r.cell.model]
+            if flag is not None:
+                r.metrics["latency_per_cell"] = flag
+        tracker.log(results)
+        tracker.finish({})
+        assert tracker.run_id is not None
+        return tracker.run_id
+
+    per_cell, mixed, old = (
+        execution({"tiny-a": 1.0, "tiny-b": 1.0}),
+        execution({"tiny-a": 1.0, "tiny-b": 0.0}),
+        execution({"tiny-a": None, "tiny-b": None}),
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    pages = {}
+    for name, run in (("per_cell", per_cell), ("mixed", mixed), ("old", old)):
+        assert cli(["report", "--run", run, "--out", name, "--no-log"]) == 0
+        pages[name] = (Path(name) / "report.html").read_text()
+        data = report_json(Path(name))
+        scopes = {r["value"]: r["latency_scope"] for r in data["performance"]["model"]}
+        if name == "per_cell":
+            assert data["latency_scope"] == "per cell" and set(scopes.values()) == {"per cell"}
+        elif name == "mixed":
+            assert scopes == {"tiny-a": "per cell", "tiny-b": "per batch (backend cannot time cells)"}
+            assert data["latency_scope"] == "per cell, or per batch where the backend cannot time cells"
+        else:
+            assert data["latency_scope"] == "per batch (backend cannot time cells)"
+    assert "latency p50 (s), per cell" in pages["per_cell"] and "Latency: per cell." in pages["per_cell"]
+    assert "latency p50 (s), per batch (backend cannot time cells)" in pages["old"]
+    assert "<th>latency is</th>" in pages["mixed"]
+    assert "<td>per batch (backend cannot time cells)</td>" in pages["mixed"]
+    capsys.readouterr()

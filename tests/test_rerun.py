@@ -150,3 +150,60 @@ def test_rerun_refuses_a_store_that_does_not_exist(
     assert cli(["rerun", "0123456789abcdef0123456789abcdef"]) == 2
     assert "no MLflow store" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_rerun_of_a_spec_with_a_redacted_secret_compares_its_cells(tmp_path: Path) -> None:
+    """The stored spec.yaml holds `[redacted MY_SERVICE_TOKEN]` where the persona had the token: the rerun
+    puts the value back from the environment, so its cells are the same cells; without the variable it
+    refuses before recording anything rather than compare 0/0 cells."""
+    import secrets as pysecrets
+
+    token = "tok_" + pysecrets.token_hex(12)
+    (tmp_path / "brics").symlink_to(ROOT / "data" / "brics", target_is_directory=True)
+    (tmp_path / "spec.yaml").write_text(
+        SPEC.replace("name: reruntest", "name: secretrerun")
+        .replace("persona: [professor]", "persona: [keyholder]")
+        .replace("pov_set: [global_south, security]", "pov_set: [global_south]")
+        .replace("tracking: {experiment: reruntest}", "tracking: {experiment: secretrerun}")
+        + f'personas: {{keyholder: "You are an analyst; your service token is {token}."}}\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        MLFLOW_TRACKING_URI=_uri(tmp_path),
+        MY_SERVICE_TOKEN=token,
+    )
+
+    def pov(*args: str, environ: dict[str, str] = env) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [POV, *args], cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=900
+        )
+
+    for args in (["ingest", "spec.yaml"], ["run", "spec.yaml", "--quiet"]):
+        assert pov(*args).returncode == 0
+    c = _client(tmp_path)
+    eid = c.get_experiment_by_name("secretrerun").experiment_id
+    [original] = c.search_runs([eid], tag_is(Tags.KIND, Kind.EXECUTION))
+    stored = Path(c.download_artifacts(original.info.run_id, Artifacts.SPEC, str(tmp_path / "dl")))
+    assert "[redacted MY_SERVICE_TOKEN]" in stored.read_text() and token not in stored.read_text()
+
+    unset = {k: v for k, v in env.items() if k != "MY_SERVICE_TOKEN"}
+    refused = pov("rerun", original.info.run_id, "--quiet", environ=unset)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "MY_SERVICE_TOKEN" in refused.stderr and "personas.keyholder" in refused.stderr
+    assert len(c.search_runs([eid], tag_is(Tags.KIND, Kind.EXECUTION))) == 1  # nothing recorded
+
+    done = pov("rerun", original.info.run_id[:8], "--quiet")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "outputs identical in 2/2 cells, rankings identical in 2/2" in done.stdout, done.stdout
+    assert token not in done.stdout + done.stderr
+    assert (
+        "put back from the environment where the stored spec had them redacted: MY_SERVICE_TOKEN"
+        in done.stdout
+    )
+    assert len(c.search_runs([eid], tag_is(Tags.RERUN_OF, original.info.run_id))) == 1
+    leftover = [
+        p for p in (tmp_path / ".pov" / "reruns").rglob("*") if p.is_file() and token in p.read_text()
+    ]
+    assert leftover == []  # the value was on disk only while the snapshot was loaded

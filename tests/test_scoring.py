@@ -161,7 +161,8 @@ def test_rank_desc_is_stable_on_ties() -> None:
 def test_real_minilm_embeddings_match_reference(minilm) -> None:  # type: ignore[no-untyped-def]
     import yaml
 
-    from runner.retrieval.chunking import chunk_file, read_corpus
+    from runner.retrieval.chunking import chunk_file
+    from runner.spec import read_corpus
 
     corpus = read_corpus(REPO / "data" / "brics", ["*.md"])
     chunks = [c.text for f in corpus.files for c in chunk_file(f, 180, 30)]

@@ -30,6 +30,10 @@ TEMPLATE = textwrap.dedent(
     {% endfor %}"""
 )
 
+QUICKSTART = Path(__file__).resolve().parent.parent / "experiments" / "quickstart.yaml"
+QUICKSTART_HASH = "f8a5540ecdc71fbb"
+"""The quickstart's spec hash before chroma_url and persist_dir left it: it must not change."""
+
 
 def write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -435,3 +439,19 @@ def test_editing_a_template_file_re_ids_only_its_cells(project: Path) -> None:
     after = {(c.template, c.persona, c.pov_set, c.question): c.id for c in expand(load_spec(spec))}
     assert after.keys() == before.keys()
     assert {k for k in before if after[k] != before[k]} == {k for k in before if k[0] == "t2"}
+
+
+def test_where_the_chroma_store_lives_is_not_part_of_the_spec_hash(project: Path) -> None:
+    """corpus.chroma_url and corpus.persist_dir say where the chunks are kept, not what the experiment is:
+    moving the store keeps the execution (and every cell id); a spec that sets neither keeps its old hash."""
+    assert load_spec(QUICKSTART).spec_hash == QUICKSTART_HASH  # existing executions still resume
+    spec = project / "specs" / "spec.yaml"
+    plain = load_spec(spec)
+    moved = [
+        load_spec(spec, ["corpus.chroma_url=http://127.0.0.1:8000"]),
+        load_spec(spec, ["corpus.chroma_url=https://chroma.example.org:443"]),
+        load_spec(spec, [f"corpus.persist_dir={project / 'elsewhere'}"]),
+    ]
+    assert {exp.spec_hash for exp in moved} == {plain.spec_hash}
+    assert all([c.id for c in expand(exp)] == [c.id for c in expand(plain)] for exp in moved)
+    assert load_spec(spec, ["corpus.collection=col-b"]).spec_hash != plain.spec_hash

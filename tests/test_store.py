@@ -10,9 +10,9 @@ import pytest
 
 from runner.cli import main
 from runner.errors import UserError
-from runner.retrieval.chunking import chunk_file, read_corpus
+from runner.retrieval.chunking import chunk_file
 from runner.retrieval.store import Store, ingest
-from runner.spec import load_spec
+from runner.spec import load_spec, read_corpus
 
 COUNTS = re.compile(r"(chunks|files):\s+added (\d+), updated (\d+), deleted (\d+), unchanged (\d+)")
 
@@ -268,3 +268,66 @@ def test_a_corpus_with_nothing_to_ingest_is_a_user_error(tmp_path: Path) -> None
         (tmp_path / "corpus" / f).unlink()
     with pytest.raises(UserError, match=r"no ingestible files.*empty\.md"):
         ingest(load_spec(spec))
+
+
+def test_a_collection_made_by_another_corpus_is_refused_before_any_write(
+    brics_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two specs naming one corpus.collection used to delete each other's chunks on every ingest."""
+    experiments = brics_project / "experiments"
+    other = brics_project / "data" / "other"
+    other.mkdir()
+    (other / "notes.md").write_text(
+        "A paragraph about something else entirely, long enough to be a chunk. " * 4
+    )
+    (experiments / "other.yaml").write_text(
+        "name: other\nextends: base.yaml\ncorpus: {path: ../data/other, collection: brics-minilm}\n"
+    )
+    (experiments / "rechunked.yaml").write_text(
+        "name: rechunked\nextends: base.yaml\ncorpus: {chunking: {max_words: 120}}\n"
+    )
+    base = experiments / "base.yaml"
+    run_ingest(base, capsys)
+    before = stored(base)
+
+    for spec in ("other.yaml", "rechunked.yaml"):
+        assert main(["ingest", str(experiments / spec)]) == 2
+        err = capsys.readouterr().err
+        assert "collection 'brics-minilm'" in err and "made by spec 'base'" in err, err
+        assert "give this spec its own corpus.collection" in err and "--rebuild" in err
+        assert "Traceback" not in err
+        assert stored(base) == before
+    assert Store(load_spec(base)).metadata()["pov.spec"] == "base"
+
+    # Another spec over the same corpus shares the collection, and an edited file still re-ingests.
+    counts, _ = run_ingest(experiments / "quickstart.yaml", capsys)
+    assert counts["chunks"]["added"] == 0
+    path = brics_project / "data" / "brics" / "03_g7_response.md"
+    path.write_text(
+        path.read_text() + "\n\nA closing paragraph that the G7 added much later than the rest.\n"
+    )
+    counts, _ = run_ingest(base, capsys)
+    assert counts["chunks"]["added"] >= 1 and stored(base) == expected(base)
+    # The spec that made the collection may change its own chunking (it re-ingests, as before).
+    counts, _ = run_ingest(base, capsys, "--set", "corpus.chunking.max_words=120")
+    assert counts["chunks"]["deleted"] >= 1
+
+
+def test_a_collection_without_a_recorded_spec_is_adopted(brics_project: Path) -> None:
+    """Collections made before the spec was recorded carry no `pov.spec`: ingest takes them over."""
+    base = load_spec(brics_project / "experiments" / "base.yaml")
+    ingest(base)
+    col = Store(base).collection()
+    assert col is not None
+    legacy = {
+        k: v
+        for k, v in (col.metadata or {}).items()
+        if k not in ("pov.spec", "pov.spec_path", "pov.corpus", "pov.include")
+    }
+    col.modify(metadata=legacy)
+    assert "pov.spec" not in Store(base).metadata()
+    rechunked = load_spec(
+        brics_project / "experiments" / "quickstart.yaml", ["corpus.chunking.max_words=120"]
+    )
+    assert ingest(rechunked).chunks["deleted"] >= 1
+    assert Store(base).metadata()["pov.spec"] == "quickstart"

@@ -503,3 +503,64 @@ def test_gpu_names_come_from_the_driver_in_bus_order(tmp_path: Path) -> None:
     (tmp_path / "0000:99:00.0").mkdir()  # a GPU whose file cannot be read: the caller asks nvidia-smi
     assert _driver_gpu_names(tmp_path) == []
     assert _driver_gpu_names(tmp_path / "absent") == []
+
+
+ROUNDS = 3
+
+
+def _create_fresh_stores(folder: str, me: str, other: str) -> None:
+    """In each round, wait until the other process is ready too, then open a fresh sqlite store in the
+    round's folder and use it; print `ok` for each round (a failure ends the process with its traceback)."""
+    import time
+
+    from runner.tracking import make_client
+
+    for n in range(ROUNDS):
+        round_dir = Path(folder, f"round{n}")
+        (round_dir / f"ready-{me}").touch()
+        deadline = time.monotonic() + 60
+        while not (round_dir / f"ready-{other}").exists():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"round {n}: the other process never came")
+            time.sleep(0.001)
+        client = make_client(f"sqlite:///{round_dir / 'mlflow.db'}")
+        client.search_experiments(max_results=1)
+        print("ok", flush=True)
+
+
+def test_two_processes_creating_one_fresh_store_both_succeed(tmp_path: Path) -> None:
+    """MLflow's schema migration is not safe against a second process doing the same: unguarded, the
+    loser died on `duplicate column name: step`."""
+    import os
+    import subprocess
+    import sys
+
+    for n in range(ROUNDS):
+        (tmp_path / f"round{n}").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).parent), env.get("PYTHONPATH")) if p)
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                f"import test_tracking as t; t._create_fresh_stores({str(tmp_path)!r}, {me!r}, {other!r})",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for me, other in (("a", "b"), ("b", "a"))
+    ]
+    outcomes = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            pytest.fail("store creation did not finish within 180 s")
+        outcomes.append((proc.returncode, out.split(), err[-2000:]))
+    for rc, out, err in outcomes:
+        assert rc == 0 and out == ["ok"] * ROUNDS, err

@@ -324,3 +324,57 @@ def test_local_executor_without_gpus_runs_one_cpu_worker(monkeypatch: pytest.Mon
     monkeypatch.setattr("runner.generation.executors.local.visible_gpus", lambda: [])
     assert LocalExecutor(None, Limits()).slots() == [("cpu", None)]
     assert LocalExecutor([], Limits()).slots() == [("cpu", "")]
+
+
+# -- latency: per cell where the backend times rows, per batch (and said so) where it cannot ----------------------
+class TimesRows(InProcessEcho):
+    """Rows that finished at different moments of one 2-second generate call."""
+
+    def generate(self, prompts: list[str], params: Any) -> list[Any]:
+        from runner.generation.backends.base import GenerationOut
+
+        rows = [(2, 0.5), (8, 2.0)]
+        return [
+            GenerationOut(p.upper(), len(p), n, lat, n / lat, False, batch_latency_s=2.0)
+            for p, (n, lat) in zip(prompts, rows, strict=True)
+        ]
+
+
+def test_serve_batch_keeps_each_cells_latency_apart_from_its_batchs() -> None:
+    a, b = (r.metrics for r in serve_batch(TimesRows(), [Job("a", "one"), Job("b", "two")], PARAMS))
+    assert (a["latency_s"], b["latency_s"]) == (0.5, 2.0)
+    assert (a["tokens_per_s"], b["tokens_per_s"]) == (4.0, 4.0)
+    assert a["batch_latency_s"] == b["batch_latency_s"] == 2.0 and a["batch_size"] == 2.0
+    assert a["batch_tokens_per_s"] == (2 + 8) / 2.0
+    assert a["latency_per_cell"] == b["latency_per_cell"] == 1.0
+
+
+def test_serve_batch_says_so_when_a_backend_can_only_time_the_batch() -> None:
+    # InProcessEcho gives no batch_latency_s: its latency_s is the batch's, which each cell keeps as such.
+    a, b = (r.metrics for r in serve_batch(InProcessEcho(), [Job("a", "one"), Job("b", "two")], PARAMS))
+    assert a["latency_s"] == b["latency_s"] == a["batch_latency_s"] == 0.5
+    assert a["latency_per_cell"] == b["latency_per_cell"] == 0.0
+    assert a["batch_tokens_per_s"] == (2 + 2) / 0.5
+
+
+def test_a_runs_generate_time_counts_each_batch_once(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from conftest import RecordingTracker, StubRetriever, gen_spec
+
+    from runner.run.engine import run_experiment
+    from runner.spec import expand, load_spec
+
+    exp = load_spec(gen_spec(tmp_path, tiny_model_dir, questions=3, personas=2, pov_sets=1))
+    tracker = RecordingTracker()
+    summary = run_experiment(exp, expand(exp), tracker, retriever=StubRetriever(), quiet=True)
+    results = list(tracker.results.values())
+    assert len(results) == 6 and {r.status for r in results} == {"finished"}
+    batches: dict[tuple[float, float], list[dict[str, float]]] = {}
+    for r in results:
+        batches.setdefault((r.started_at, r.ended_at), []).append(r.metrics)
+    assert sorted(len(b) for b in batches.values()) == [2, 4]  # batch_size 4
+    for cells in batches.values():
+        assert len({m["batch_latency_s"] for m in cells}) == 1
+        assert all(m["latency_per_cell"] == 1.0 for m in cells)  # the transformers backend times rows
+        assert all(0 < m["latency_s"] <= m["batch_latency_s"] for m in cells)
+    once = sum(cells[0]["batch_latency_s"] for cells in batches.values())
+    assert summary.generate_time_s == pytest.approx(once, rel=1e-9)

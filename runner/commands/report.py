@@ -3,7 +3,8 @@
 Reads the runs back from MLflow (SPEC: the latest execution of that spec; or --run RUN_ID), writes
 report.html with its PNG charts and report.json into --out (default report/<run id>/), prints the key
 tables, and logs the folder as the `report` artifact of the execution's parent run. --compare RUN_ID puts a
-second execution beside the first. Tracking URI: MLFLOW_TRACKING_URI, else the spec's tracking.uri, else
+second execution beside the first. A run id may be shortened to a unique prefix (the report shows 8
+characters). Tracking URI: MLFLOW_TRACKING_URI, else the spec's tracking.uri, else
 sqlite:///mlflow.db in the current directory.
 """
 
@@ -19,8 +20,14 @@ from runner.errors import UserError
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_spec_arguments(parser, optional_help="experiment YAML file (its latest execution)")
-    parser.add_argument("--run", metavar="RUN_ID", help="MLflow run id of an execution (instead of SPEC)")
-    parser.add_argument("--compare", metavar="RUN_ID", help="a second execution to put side by side")
+    parser.add_argument(
+        "--run",
+        metavar="RUN_ID",
+        help="MLflow run id of an execution, or a unique prefix of it (6 characters or more), instead of SPEC",
+    )
+    parser.add_argument(
+        "--compare", metavar="RUN_ID", help="a second execution (run id or prefix) to put side by side"
+    )
     parser.add_argument("--out", metavar="DIR", type=Path, help="output folder (default report/<run id>/)")
     parser.add_argument("--no-log", action="store_true", help="do not log the report to the MLflow run")
 
@@ -29,7 +36,12 @@ def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from runner.report import build, latest_execution, load_execution, write_report
-    from runner.tracking import Artifacts, make_client, resolve_tracking_uri
+    from runner.tracking import (
+        Artifacts,
+        make_client,
+        resolve_run_id,  # runner.tracking exports it once __init__ does
+        resolve_tracking_uri,
+    )
 
     console = Console()
     if bool(args.spec) == bool(args.run):
@@ -51,24 +63,25 @@ def main(args: argparse.Namespace) -> int:
             )
     else:
         client = make_client(resolve_tracking_uri(), must_exist=True)
-        run_id = args.run
+        run_id = resolve_run_id(client, args.run)
+    compare = resolve_run_id(client, args.compare) if args.compare else None
     executions = [load_execution(client, run_id)]
-    if args.compare:
-        if args.compare == run_id:
+    if compare:
+        if compare == run_id:
             raise UserError("pov report: --compare names the same run as the report")
-        executions.append(load_execution(client, args.compare))
+        executions.append(load_execution(client, compare))
     for ex in executions:
         if not ex.cells:
             raise UserError(f"execution {ex.label} has no finished or crashed cells to report on")
 
-    out = args.out or Path("report") / (run_id if not args.compare else f"{run_id}-vs-{args.compare}")
+    out = args.out or Path("report") / (run_id if not compare else f"{run_id}-vs-{compare}")
     data = build(executions)
     title = "pov report: " + " vs ".join(ex.label for ex in executions)
     page = write_report(data, out, title)
     print_tables(console, data)
     console.print(f"report: [bold]{page}[/]", soft_wrap=True)
     if not args.no_log:
-        artifact_path = Artifacts.REPORT if not args.compare else Artifacts.report_vs(args.compare)
+        artifact_path = Artifacts.REPORT if not compare else Artifacts.report_vs(compare)
         client.log_artifacts(run_id, str(out), artifact_path=artifact_path)
         console.print(f"logged as artifact [bold]{artifact_path}/[/] of run {run_id}")
     return 0
@@ -122,8 +135,8 @@ def print_tables(console: Any, data: dict[str, Any]) -> None:
             table.add_row(g, *[str(ex["crash_causes"].get(g, {}).get(c, 0)) for ex in execs for c in causes])
         console.print(table)
     table = Table(title="latency and peak GPU memory (finished cells)")
-    for col in ("", "by", "value", "n", "p50 s", "p95 s", "GPU max MiB"):
-        table.add_column(col, justify="left" if col in ("", "by", "value") else "right")
+    for col in ("", "by", "value", "n", "latency is", "p50 s", "p95 s", "GPU max MiB"):
+        table.add_column(col, justify="left" if col in ("", "by", "value", "latency is") else "right")
     for ex in execs:
         for axis in PERFORMANCE_AXES:
             for r in ex["performance"][axis]:
@@ -132,6 +145,7 @@ def print_tables(console: Any, data: dict[str, Any]) -> None:
                     axis,
                     r["value"],
                     str(r["n"]),
+                    r.get("latency_scope") or "–",
                     fmt(r["latency_p50"]),
                     fmt(r["latency_p95"]),
                     fmt(r["gpu_peak_mb_max"]),

@@ -7,10 +7,16 @@ is given again."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_id", metavar="RUN_ID", help="MLflow run id of a past execution (a parent run)")
+    parser.add_argument(
+        "run_id",
+        metavar="RUN_ID",
+        help="MLflow run id of a past execution (a parent run), or a unique prefix of it (6 characters or "
+        "more: the report shows 8)",
+    )
     parser.add_argument(
         "--tracking-uri",
         metavar="URI",
@@ -47,4 +53,12 @@ def main(args: argparse.Namespace) -> int:
         f"{summary.finished} finished, {summary.crashed} crashed"
         f"{f' ({causes})' if causes else ''}, {summary.cells_skipped} already done"
     )
+    if summary.crashed:
+        print(f"{summary.crashed} crashed: {summary.top_crashes()}")
+    common = summary.common_crash()
+    if common:
+        cause, line = common
+        # As in `pov run`: every cell crashing the same way is a failure of the run, not data about cells.
+        sys.stderr.write(f"pov: every cell crashed the same way ({cause}: {line})\n")
+        return 1
     return 0

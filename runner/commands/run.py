@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+from typing import TYPE_CHECKING
 
 from runner.commands import add_spec_arguments, gpu_list
+
+if TYPE_CHECKING:
+    from runner.spec import Experiment
 
 
 def _positive(text: str) -> int:
@@ -40,7 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--gpus", type=gpu_list, metavar="0,1", help="GPU indices to use (default: all visible)"
     )
     parser.add_argument(
-        "--limit", type=_positive, metavar="N", help="run only the first N cells (to try a spec)"
+        "--limit",
+        type=_positive,
+        metavar="N",
+        help="run at most N of the cells not yet recorded (to try a spec); a later run continues the same "
+        "execution with the rest",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar; print only the summary")
 
@@ -51,11 +60,8 @@ def _duration(seconds: float) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from rich.console import Console
-
-    from runner.run import run_experiment
-    from runner.spec import expand, load_spec
-    from runner.tracking import make_tracker
+    from runner.run import execution_lock
+    from runner.spec import load_spec
 
     overrides = list(args.overrides)
     # Through --set, so that the spec's own validation checks these too (and they never change its hash).
@@ -66,9 +72,21 @@ def main(args: argparse.Namespace) -> int:
     if args.gpus is not None:
         overrides.append(f"executor.gpus={json.dumps(args.gpus)}")
     exp = load_spec(args.spec, overrides)
+    # Taken before the engine and its libraries are imported, so a second run of the spec is refused at once
+    # (run_experiment takes it again, a no-op here, for its other callers).
+    with execution_lock(exp):
+        return _run(args, exp)
+
+
+def _run(args: argparse.Namespace, exp: Experiment) -> int:
+    from rich.console import Console
+
+    from runner.run import run_experiment
+    from runner.spec import expand
+    from runner.tracking import make_tracker
+
+    # Every cell, whatever --limit says: they are the execution's identity, and a later run continues it.
     cells = expand(exp)
-    if args.limit:
-        cells = cells[: args.limit]
     executor = None
     if args.executor == "local":
         from runner.generation import make_executor
@@ -86,18 +104,25 @@ def main(args: argparse.Namespace) -> int:
         fresh=args.fresh,
         retry_crashed=args.retry_crashed,
         quiet=args.quiet,
+        limit=args.limit,
     )
-    out = Console(highlight=False, soft_wrap=True)
-    causes = ", ".join(f"{c} {n}" for c, n in sorted(summary.crashed_by_cause.items()))
+    # No markup: error lines and paths may hold [brackets].
+    out = Console(highlight=False, soft_wrap=True, markup=False)
     out.print(
-        f"[bold]{exp.spec.name}[/bold]: {summary.cells_total} cells: {summary.finished} finished, "
-        f"{summary.crashed} crashed{f' ({causes})' if causes else ''}, "
-        f"{summary.cells_skipped} already done"
+        f"{exp.spec.name}: {summary.cells_total - summary.cells_deferred} cells: {summary.finished} finished, "
+        f"{summary.crashed} crashed, {summary.cells_skipped} already done"
     )
+    if summary.crashed:
+        out.print(f"{summary.crashed} crashed: {summary.top_crashes()}")
+    if summary.cells_deferred:
+        out.print(
+            f"{summary.cells_deferred} more cell{'s' if summary.cells_deferred > 1 else ''} not run "
+            f"(--limit {args.limit}): the same command runs the next ones, without --limit all of them"
+        )
     out.print(
         f"wall time {_duration(summary.wall_time_s)} (inside generate {_duration(summary.generate_time_s)})"
     )
-    if summary.cells_run == 0 and summary.cells_skipped:
+    if summary.cells_run == 0 and summary.cells_skipped and not summary.cells_deferred:
         out.print(
             "nothing to do: every cell is recorded in this spec's latest execution "
             "(--retry-crashed runs its crashed cells again, --fresh starts a new execution)"
@@ -107,4 +132,13 @@ def main(args: argparse.Namespace) -> int:
     if run_id:
         experiment = exp.spec.tracking.experiment or exp.spec.name
         out.print(f"MLflow: run {run_id} in experiment {experiment!r}")
+    common = summary.common_crash()
+    if common:
+        cause, line = common
+        retry = f"`pov run {args.spec} --retry-crashed`" if run_id else "the same command"
+        # Not a crash of some cells but of the run itself (a model that cannot load, say): not a success.
+        sys.stderr.write(
+            f"pov: every cell crashed the same way ({cause}: {line}); fix that, then {retry} runs them again\n"
+        )
+        return 1
     return 0

@@ -2,7 +2,10 @@
 
 It lets the whole pipeline run offline anywhere (its answers are gibberish; everything around them is real),
 and it is loaded through the same code path as a real checkpoint (`AutoModelForCausalLM.from_pretrained`).
-The same seed, dims and corpus give byte-identical files. Larger dims (`TinyDims(hidden=2048, ...)`) give
+The same seed, dims and corpus give byte-identical files. The corpus is read by the one corpus reader
+(runner.spec.corpus): the files ingest would skip are skipped here too, and the tokenizer trains on at most
+MAX_FILE_BYTES of text in all (training takes about 100 bytes of memory per byte: a 200 MB file once took
+the builder to 18.5 GB and the OOM killer). Larger dims (`TinyDims(hidden=2048, ...)`) give
 Llama-shaped models for GPU tests and benchmarks.
 """
 
@@ -17,10 +20,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import runner.spec.corpus as corpus_reader
 from runner.errors import UserError
-from runner.spec import corpus_files
+from runner.spec import Skipped, SourceFile, iter_corpus, read_source
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from runner.spec import Experiment, Model
 
 BUILTIN_PREFIX = "builtin:"
@@ -60,16 +66,62 @@ def default_corpus() -> Path:
     return Path(__file__).resolve().parents[2] / "data" / "brics"
 
 
-def training_files(corpus: Path, include: tuple[str, ...] | list[str] = ("*.md", "*.txt")) -> list[Path]:
-    """The text the tokenizer is trained on: one file, or the corpus files of a folder (as ingest reads them)."""
+@dataclass(frozen=True)
+class TrainingCorpus:
+    """What the tokenizer is trained on, as the corpus reader reads it."""
+
+    names: tuple[str, ...]
+    """File names of the files whose text is trained on (recorded in pov_build.json)."""
+    key: tuple[tuple[str, str], ...]
+    """(file name, sha256 of its bytes) for every file read, trained on or beyond the budget."""
+    texts: tuple[str, ...]
+    """The text trained on: at most MAX_FILE_BYTES of UTF-8 in all."""
+    truncated: bool
+    """Whether the budget cut the text short (then the build key says so)."""
+    skipped: tuple[Skipped, ...] = ()
+
+
+def training_files(corpus: Path, include: tuple[str, ...] | list[str] = ("*.md", "*.txt")) -> TrainingCorpus:
+    """The text the tokenizer is trained on: one file, or the corpus files of a folder, read as ingest
+    reads them and cut to the reader's size limit in all."""
     if corpus.is_file():
-        return [corpus]
+        entries: list[SourceFile | Skipped] = [read_source(corpus, corpus.name)]
+        if isinstance(entries[0], Skipped):
+            raise UserError(f"{corpus}: {entries[0].reason}")
+        return _within_budget(entries)
     if not corpus.is_dir():
         raise UserError(f"{corpus}: corpus not found (give a folder of .md/.txt files or one text file)")
-    files = corpus_files(corpus, include)
-    if not files:
-        raise UserError(f"{corpus}: no files matching {', '.join(include)} to train the tokenizer on")
-    return files
+    got = _within_budget(iter_corpus(corpus, include))
+    if not got.names:
+        why = "".join(f"\n  skipped {s}" for s in got.skipped)
+        raise UserError(f"{corpus}: no files matching {', '.join(include)} to train the tokenizer on{why}")
+    return got
+
+
+def _within_budget(entries: Iterable[SourceFile | Skipped]) -> TrainingCorpus:
+    budget = corpus_reader.MAX_FILE_BYTES  # looked up per call, like the reader's own limit
+    names: list[str] = []
+    key: list[tuple[str, str]] = []
+    texts: list[str] = []
+    skipped: list[Skipped] = []
+    truncated = False
+    for got in entries:  # one file's text in hand at a time, beyond what is kept
+        if isinstance(got, Skipped):
+            skipped.append(got)
+            continue
+        key.append((got.path.name, got.sha256))
+        if budget <= 0:
+            truncated = True
+            continue
+        raw = got.text.encode()
+        if len(raw) > budget:
+            truncated = True
+            texts.append(raw[:budget].decode("utf-8", errors="ignore"))
+        else:
+            texts.append(got.text)
+        budget -= len(raw)
+        names.append(got.path.name)
+    return TrainingCorpus(tuple(names), tuple(key), tuple(texts), truncated, tuple(skipped))
 
 
 def _train_tokenizer(texts: list[str], vocab: int) -> Any:
@@ -116,17 +168,16 @@ def build_tiny(
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out}: already exists and is not empty; remove it or choose another folder")
-    files = training_files(Path(corpus) if corpus else default_corpus(), include)
+    training = training_files(Path(corpus) if corpus else default_corpus(), include)
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    texts = [f.read_text(encoding="utf-8", errors="replace") for f in files]
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        tokenizer = _train_tokenizer(texts, dims.vocab)
+        tokenizer = _train_tokenizer(list(training.texts), dims.vocab)
         special = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
         config = LlamaConfig(
             vocab_size=max(dims.vocab, len(tokenizer)),
@@ -158,7 +209,7 @@ def build_tiny(
                     "seed": seed,
                     "dims": asdict(dims),
                     "dtype": dtype,
-                    "corpus": [f.name for f in files],
+                    "corpus": list(training.names),
                 },
                 indent=1,
                 sort_keys=True,
@@ -184,16 +235,19 @@ def _portable_tokenizer_config(path: Path) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def builtin_key(name: str, corpus_paths: list[Path], seed: int, dims: TinyDims, dtype: str) -> str:
-    """What a builtin build depends on: builder version, seed, dims and the corpus bytes."""
+def builtin_key(name: str, corpus: TrainingCorpus, seed: int, dims: TinyDims, dtype: str) -> str:
+    """What a builtin build depends on: builder version, seed, dims and the bytes of the corpus files read
+    (hashed as before the reader's budget existed, so earlier builds keep their folders)."""
     h = hashlib.sha256(
         json.dumps(
             {"v": BUILD_VERSION, "name": name, "seed": seed, "dims": asdict(dims), "dtype": dtype},
             sort_keys=True,
         ).encode()
     )
-    for f in corpus_paths:
-        h.update(f.name.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    for file_name, sha256 in corpus.key:
+        h.update(file_name.encode() + b"\0" + bytes.fromhex(sha256))
+    if corpus.truncated:
+        h.update(f"\0budget={corpus_reader.MAX_FILE_BYTES}".encode())
     return h.hexdigest()[:12]
 
 
@@ -206,9 +260,9 @@ def resolve_model(exp: Experiment, model: Model) -> Model:
         raise UserError(
             f"unknown builtin model {model.name!r} (known: {', '.join(BUILTIN_PREFIX + b for b in BUILTINS)})"
         )
-    files = training_files(exp.spec.corpus.path, exp.spec.corpus.include)
+    training = training_files(exp.spec.corpus.path, exp.spec.corpus.include)
     dims, seed, dtype = TinyDims(), 0, "float32"
-    dest = exp.state_dir / "models" / f"{kind}-{builtin_key(kind, files, seed, dims, dtype)}"
+    dest = exp.state_dir / "models" / f"{kind}-{builtin_key(kind, training, seed, dims, dtype)}"
     if not (dest / "config.json").exists():
         build_tiny(
             dest,

@@ -3,7 +3,8 @@
 A worker is a child process (spawn context) that loads one model once and answers batches of jobs. The
 parent alone renders prompts and receives results; a worker never writes to the tracker. The worker's
 stdout and stderr go to a file (with faulthandler on), so the tail of what it printed survives a segfault.
-The parent's side of a worker process is runner.generation.executors.process.ProcessWorker.
+A worker never outlives its parent (`die_with_parent`). The parent's side of a worker process is
+runner.generation.executors.process.ProcessWorker.
 
 Jobs, results and crash causes are in runner.generation.jobs.
 """
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -28,6 +31,10 @@ if TYPE_CHECKING:
     from runner.spec import Generation
 
 STDERR_TAIL_CHARS = 8000
+PARENT_CHECK_S = 0.5
+"""How often the watchdog looks for its parent: the longest a worker outlives it where the kernel's
+parent-death signal is not there (or was switched off by a library)."""
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 LOAD_TIMEOUT_S = 1800.0
 """Longest a model may take to load (a large checkpoint from a slow disk) before its worker is killed."""
 
@@ -89,6 +96,10 @@ def serve_batch(
     """Generate one batch and measure it. Raises whatever the backend (or an injected fault) raises; the
     caller classifies it with `classify_exception`. Shared by the process worker and the Ray actor.
 
+    Per cell: `latency_s` (its own time where the backend times rows, `latency_per_cell` 1; else the
+    batch's, `latency_per_cell` 0), `tokens_per_s` (new_tokens / latency_s); per batch, on each of its cells:
+    `batch_latency_s`, `batch_size`, `batch_tokens_per_s` (the batch's new tokens / batch_latency_s).
+
     With a `prefetch`, the batch's inputs may already be encoded, and `ahead` (the batch the driver will
     send next) is encoded in a thread while this one generates."""
     faulty = next((j for j in jobs if j.fault), None)
@@ -115,11 +126,18 @@ def serve_batch(
 
         alloc = torch.cuda.max_memory_allocated(device) / 2**20
         reserved = torch.cuda.max_memory_reserved(device) / 2**20
+    # A backend that timed each row gives each its own latency and the batch's wall time apart; one that
+    # could not gives the batch's wall time as every row's latency, and says so (latency_per_cell 0).
+    per_cell = all(o.batch_latency_s is not None for o in outs)
+    batch_s = max((o.batch_latency_s if per_cell else o.latency_s) or 0.0 for o in outs)
     shared = {
         "gpu_peak_allocated_mb": alloc,
         "gpu_peak_reserved_mb": reserved,
         "host_rss_mb": host_peak_rss_mb(),
         "batch_size": float(len(jobs)),
+        "batch_latency_s": batch_s,
+        "batch_tokens_per_s": sum(o.new_tokens for o in outs) / batch_s if batch_s > 0 else 0.0,
+        "latency_per_cell": float(per_cell),
     }
     info = backend.info() if hasattr(backend, "info") else {}
     results = []
@@ -169,6 +187,64 @@ def file_size(path: Path) -> int:
 
 
 # -- the child process -------------------------------------------------------------------------------------------
+def die_with_parent(parent_pid: int | None, conn: Connection) -> None:
+    """End this worker when `parent_pid` dies, whatever the worker is doing: a `pov run` killed with SIGKILL
+    in the middle of a long batch must not leave a process holding a GPU's memory.
+
+    Two mechanisms, because either alone misses a case. On Linux the kernel sends SIGKILL when the parent
+    goes (PR_SET_PDEATHSIG): it works while the main thread holds the GIL in native code, where no Python
+    thread can run. Everywhere, a watchdog thread leaves when the parent's pid is no longer our parent or
+    the pipe to it hangs up: it covers other systems and a library that clears the signal. The parent starts
+    workers from a thread that lives as long as it does (runner.generation.executors.process), since the
+    kernel sends the signal when the *thread* that forked us ends."""
+    if parent_pid is None:
+        return
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):  # no libc prctl: the watchdog still runs
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    # The parent may have died before the signal was asked for: then we were re-parented already.
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    try:
+        fd = os.dup(conn.fileno())  # our own descriptor: the main thread may close its connection
+    except (OSError, ValueError):
+        fd = -1
+    watchdog = threading.Thread(
+        target=_watch_parent, args=(parent_pid, fd), name="pov-parent-watchdog", daemon=True
+    )
+    watchdog.start()
+
+
+def _watch_parent(parent_pid: int, fd: int) -> None:
+    poller: Any = None
+    hangup = 0
+    if fd >= 0 and hasattr(select, "poll"):
+        poller = select.poll()
+        hangup = select.POLLHUP | select.POLLERR | getattr(select, "POLLRDHUP", 0)
+        # Hang-ups only, not POLLIN: the messages on the pipe are the main thread's to read.
+        poller.register(fd, hangup)
+    while True:
+        if os.getppid() != parent_pid:
+            _leave(f"its parent {parent_pid} is gone")
+        if poller is None:
+            time.sleep(PARENT_CHECK_S)
+            continue
+        for _, events in poller.poll(PARENT_CHECK_S * 1000):
+            if events & hangup:
+                _leave(f"the pipe to its parent {parent_pid} closed")
+            if events & select.POLLNVAL:  # not a descriptor any more: watch the pid alone
+                poller = None
+
+
+def _leave(why: str) -> NoReturn:
+    with contextlib.suppress(Exception):
+        sys.stderr.write(f"pov worker {os.getpid()}: exiting, {why}\n")
+        sys.stderr.flush()
+    os._exit(1)
+
+
 def redirect_output(path: str) -> None:
     # dup2 onto fds 1 and 2 so that native code (CUDA, faulthandler) writes there too, not only Python.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -201,8 +277,10 @@ def worker_main(
     cuda_visible: str | None,
     gpu_memory_gb: float | None,
     stderr_path: str,
+    parent_pid: int | None = None,
 ) -> None:
     """Entry point of the worker process: load the model once, then answer batches until told to stop."""
+    die_with_parent(parent_pid, conn)
     redirect_output(stderr_path)
     import faulthandler
     import traceback

@@ -9,7 +9,17 @@ import math
 from pathlib import Path
 from typing import Any
 
-from runner.report.tables import CHART_AXES, PERFORMANCE_AXES, TITLES, RowsOf, table_rows, values_in
+from runner.report.tables import (
+    CHART_AXES,
+    PER_BATCH,
+    PER_CELL,
+    PERFORMANCE_AXES,
+    TITLES,
+    RowsOf,
+    latency_label,
+    table_rows,
+    values_in,
+)
 
 COLORS = ("#3b6ea8", "#e07b39")
 """One colour per execution."""
@@ -151,7 +161,9 @@ def perf_chart(execs: list[dict[str, Any]], out: Path, metric: str) -> str | Non
         ax.set_ylabel("seconds" if metric == "latency" else "MiB")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Latency of finished cells" if metric == "latency" else "Peak GPU memory (allocated)")
+    scope = latency_label(execs)
+    latency_title = "Latency of finished cells" + (f", {scope}" if scope else "")
+    fig.suptitle(latency_title if metric == "latency" else "Peak GPU memory (allocated)", fontsize=10)
     return _save(fig, out, f"{metric}.png")
 
 
@@ -161,7 +173,9 @@ def scatter_chart(execs: list[dict[str, Any]], out: Path) -> str | None:
     if not pts:
         return None
     plt = _plt()
-    panels = [("latency_s", "latency (s)")]
+    scope = latency_label(execs)
+    unit = {PER_CELL: ", per cell", PER_BATCH: ", per batch"}.get(scope, "")
+    panels = [("latency_s", f"latency (s){unit}")]
     if any((p["gpu_peak_mb"] or 0) > 0 for _, p in pts):
         panels.append(("gpu_peak_mb", "peak GPU MiB"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
@@ -193,7 +207,7 @@ def scatter_chart(execs: list[dict[str, Any]], out: Path) -> str | None:
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Against prompt length")
+    fig.suptitle("Against prompt length" + (f" (latency {scope})" if scope else ""), fontsize=10)
     return _save(fig, out, "vs_prompt_tokens.png")
 
 

@@ -18,10 +18,14 @@ from runner.report.charts import CHARTS, render_charts
 from runner.report.tables import (
     CHART_AXES,
     DISPLAY_AXES,
+    MIXED,
+    PER_BATCH,
+    PER_CELL,
     PERFORMANCE_AXES,
     TABLE_ONLY,
     TITLES,
     RowsOf,
+    latency_label,
     table_rows,
     values_in,
 )
@@ -39,6 +43,13 @@ img{max-width:100%;border:1px solid #eee;margin:.4em 0}.grid{display:flex;flex-w
 """
 
 
+LATENCY_NOTES = {
+    PER_CELL: "A cell's latency runs from the start of its batch to the end of its own answer.",
+    PER_BATCH: "Each cell shows the wall time of its whole batch (its batch_latency_s), not a time of its own.",
+    MIXED: "A cell's latency is its own answer's time where its backend times cells, else its batch's.",
+}
+
+
 def fmt(v: Any, kind: str = "") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–"
@@ -53,6 +64,24 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _performance_table(ex: dict[str, Any], axis: str) -> str:
+    """Latency, tokens/s and GPU memory per value of `axis`; the latency headers say what it measures, or,
+    when that differs between rows (one backend times cells, another cannot), a column says it per row."""
+    scope = ex.get("latency_scope") or ""
+    mixed = scope == MIXED
+    lat = "latency {} (s)" + (f", {scope}" if scope and not mixed else "")
+    headers = [axis, "finished", lat.format("p50"), lat.format("p95")]
+    headers += ["latency is"] if mixed else []
+    headers += ["tokens/s p50", "GPU peak p50 (MiB)", "GPU peak max (MiB)"]
+    rows = []
+    for r in ex["performance"][axis]:
+        row = [html.escape(r["value"]), str(r["n"]), fmt(r["latency_p50"]), fmt(r["latency_p95"])]
+        row += [html.escape(r["latency_scope"] or "–")] if mixed else []
+        row += [fmt(r["tokens_per_s_p50"]), fmt(r["gpu_peak_mb_p50"]), fmt(r["gpu_peak_mb_max"])]
+        rows.append(row)
+    return _table(headers, rows)
 
 
 def rate_table(execs: list[dict[str, Any]], rows_of: RowsOf, first: str, what: str = "crashed") -> str:
@@ -160,7 +189,12 @@ def render_html(data: dict[str, Any], charts: dict[str, str | None], title: str)
         parts.append(_table(["cells", *causes], rows) if causes else '<p class="note">No crashes.</p>')
     parts.append("</div></div>")
 
-    parts.append('<h2>Latency and GPU memory</h2><div class="grid">')
+    parts.append("<h2>Latency and GPU memory</h2>")
+    scope = latency_label(execs)
+    if scope:
+        note = LATENCY_NOTES.get(scope, LATENCY_NOTES[MIXED])
+        parts.append(f'<p class="note">Latency: {html.escape(scope)}. {html.escape(note)}</p>')
+    parts.append('<div class="grid">')
     for key, alt in (
         ("latency", "latency"),
         ("gpu", "peak GPU memory (none recorded: CPU run?)"),
@@ -170,33 +204,8 @@ def render_html(data: dict[str, Any], charts: dict[str, str | None], title: str)
     for ex in execs:
         for axis in PERFORMANCE_AXES:
             title_ = f"By {axis}" + (f" · {ex['label']}" if len(execs) > 1 else "")
-            rows = [
-                [
-                    html.escape(r["value"]),
-                    str(r["n"]),
-                    fmt(r["latency_p50"]),
-                    fmt(r["latency_p95"]),
-                    fmt(r["tokens_per_s_p50"]),
-                    fmt(r["gpu_peak_mb_p50"]),
-                    fmt(r["gpu_peak_mb_max"]),
-                ]
-                for r in ex["performance"][axis]
-            ]
             parts.append(
-                f'<div class="card"><h3>{html.escape(title_)}</h3>'
-                + _table(
-                    [
-                        axis,
-                        "finished",
-                        "latency p50 (s)",
-                        "latency p95 (s)",
-                        "tokens/s p50",
-                        "GPU peak p50 (MiB)",
-                        "GPU peak max (MiB)",
-                    ],
-                    rows,
-                )
-                + "</div>"
+                f'<div class="card"><h3>{html.escape(title_)}</h3>{_performance_table(ex, axis)}</div>'
             )
     parts.append("</div>")
 

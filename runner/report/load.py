@@ -15,7 +15,18 @@ from typing import TYPE_CHECKING
 
 from runner.errors import UserError
 from runner.spec import AXES
-from runner.tracking import TRUE, Kind, Metrics, Params, Status, Tags, find_run, search_all, tag_is
+from runner.tracking import (
+    LIST_HINT,  # runner.tracking exports it once its __init__ does
+    TRUE,
+    Kind,
+    Metrics,
+    Params,
+    Status,
+    Tags,
+    find_run,
+    search_all,
+    tag_is,
+)
 
 if TYPE_CHECKING:
     from runner.tracking.client import MlflowClient, Run
@@ -89,7 +100,7 @@ def load_execution(client: MlflowClient, run_id: str) -> Execution:
     """The parent run and its counted cells."""
     parent = find_run(client, run_id)
     if parent is None:
-        raise UserError(f"no MLflow run with id {run_id!r} in this tracking store")
+        raise UserError(f"no MLflow run with id {run_id!r} in this tracking store; {LIST_HINT}")
     tags = dict(parent.data.tags)
     if tags.get(Tags.KIND) != Kind.EXECUTION:
         hint = (

@@ -35,6 +35,9 @@ TITLES = {
     "pov_set": "POV set",
     TOKENS: "prompt tokens (bins)",
 }
+PER_CELL = "per cell"
+PER_BATCH = "per batch (backend cannot time cells)"
+MIXED = "per cell, or per batch where the backend cannot time cells"
 Bins = tuple[list[float], list[str]]
 RowsOf = Callable[[dict[str, Any]], list[dict[str, Any]]]
 """Picks one table's rows (each with a "value") out of an execution's summary."""
@@ -89,8 +92,23 @@ def _values(cells: list[CellRow], metric: str) -> list[float]:
     return [c.metrics[metric] for c in cells if metric in c.metrics]
 
 
+def latency_scope(cells: list[CellRow]) -> str:
+    """What the latencies of these cells measure: PER_CELL, PER_BATCH, MIXED, or "" when none has one."""
+    timed = {
+        c.metrics.get(Metrics.LATENCY_PER_CELL, 0.0) == 1.0
+        for c in cells
+        if not c.crashed and Metrics.LATENCY_S in c.metrics
+    }
+    if not timed:
+        return ""
+    if timed == {True}:
+        return PER_CELL
+    return PER_BATCH if timed == {False} else MIXED
+
+
 def performance(cells: list[CellRow], axis: str) -> list[dict[str, Any]]:
-    """Latency p50/p95 and peak GPU memory of finished cells, per value of an axis."""
+    """Latency p50/p95 (with what it measures: `latency_scope`) and peak GPU memory of finished cells, per
+    value of an axis."""
     groups: dict[str, list[CellRow]] = defaultdict(list)
     for c in cells:
         if not c.crashed:
@@ -106,6 +124,7 @@ def performance(cells: list[CellRow], axis: str) -> list[dict[str, Any]]:
                 "n": len(groups[value]),
                 "latency_p50": percentile(lat, 50),
                 "latency_p95": percentile(lat, 95),
+                "latency_scope": latency_scope(groups[value]),
                 "tokens_per_s_p50": percentile(tps, 50),
                 "gpu_peak_mb_max": max(mem) if mem else math.nan,
                 "gpu_peak_mb_p50": percentile(mem, 50),
@@ -168,10 +187,19 @@ def summarize(ex: Execution, bins: Bins) -> dict[str, Any]:
         "crash_rate": {axis: crash_rates(cells, axis, bins) for axis in (*AXES, TOKENS)},
         "crash_causes": crash_causes(cells),
         "performance": {axis: performance(cells, axis) for axis in PERFORMANCE_AXES},
+        "latency_scope": latency_scope(cells),
         "checks": check_rates(cells),
         "checks_by_template": check_rates(cells, "template"),
         "points": points(cells),
     }
+
+
+def latency_label(execs: list[dict[str, Any]]) -> str:
+    """What the latencies shown measure, for a chart or table title: one scope, or one per execution."""
+    scopes = {ex["run_id"]: ex["latency_scope"] for ex in execs if ex.get("latency_scope")}
+    if len(set(scopes.values())) <= 1:
+        return next(iter(scopes.values()), "")
+    return "; ".join(f"{run_id[:8]}: {scope}" for run_id, scope in scopes.items())
 
 
 def table_rows(table: str, axis: str) -> RowsOf:

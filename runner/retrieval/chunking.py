@@ -20,8 +20,12 @@ the spirit of jusText (Pomikálek 2011), by signals that prose does not produce:
 Chunks left with fewer than 8 words are dropped too: such a chunk is a lone heading or label, carries
 nothing worth retrieving, and (being short) sits close to the short POV statements in embedding space.
 
-Files that cannot be ingested (empty, binary, not UTF-8) are reported as `Skipped` with the reason; the
-caller decides whether that is a warning or an error.
+Reading the files is not done here: runner.spec.corpus is the one reader (ingest, the manifest and the
+tiny-model builder share its skip rules and limits).
+
+Every text rule here runs in linear time: no pattern can backtrack over the same characters twice, and the
+one anchored pattern with nested repetition (the citation) is bounded in length, so a megabyte token costs
+what a megabyte of prose does.
 """
 
 from __future__ import annotations
@@ -29,16 +33,14 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from runner.spec import corpus_files
+from runner.spec import SourceFile, corpus_digests
 
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n+")
 _HEADING = re.compile(r"^#{1,6}\s")
 MIN_CHUNK_WORDS = 8
-MAX_FILE_BYTES = 20_000_000
-"""A single corpus file larger than this is almost certainly not prose; refuse it rather than eat memory."""
 
 
 @dataclass(frozen=True)
@@ -58,40 +60,22 @@ class Chunk:
         return {"source": self.source, "position": self.position, "words": self.words}
 
 
-@dataclass(frozen=True)
-class SourceFile:
-    path: Path
-    rel: str
-    sha256: str
-    text: str
-
-
-@dataclass(frozen=True)
-class Skipped:
-    rel: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.rel}: {self.reason}"
-
-
-@dataclass
-class Corpus:
-    root: Path
-    files: list[SourceFile] = field(default_factory=list)
-    skipped: list[Skipped] = field(default_factory=list)
-
-
 def split_paragraphs(text: str) -> list[str]:
     """Paragraphs separated by blank lines, stripped; empty ones dropped."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     return [p.strip() for p in _PARAGRAPH_BREAK.split(text) if p.strip()]
 
 
-_URL = re.compile(r"(?:https?://|www\.)\S+|[\w.+-]+@[\w-]+\.[\w.]+")
+# The e-mail branch starts only where a run of local-part characters starts: without the lookbehind it
+# was tried again at every character of a long run, each try scanning to the run's end (quadratic).
+_URL = re.compile(r"(?:https?://|www\.)\S+|(?<![\w.+-])[\w.+-]+@[\w-]+\.[\w.]+")
 _SEPARATOR = re.compile(r"(?:^|\s)[|•·»](?=\s|$)")
+# Bounded repeats: a surname, a few initials, then the year within 200 characters. Unbounded, a paragraph of
+# initials made the lazy `.{0,200}?` rescan 200 characters for every initial.
 _CITATION = re.compile(
-    r"^[A-Z][\w'\-]+(?:-[A-Z][\w']+)?,\s+(?:[A-Z]\.\s*)+.{0,200}?\((?:1[89]|20)\d\d[a-z]?\)"
+    r"^[A-Z][\w'\-]{1,60}(?:-[A-Z][\w']{1,40})?,\s{1,5}"  # Surname, (or Double-Barrelled,)
+    r"(?:[A-Z]\.\s{0,3}){1,8}"  # initials
+    r".{0,200}?\((?:1[89]|20)\d\d[a-z]?\)"  # and the year in parentheses soon after
 )
 _WORD = re.compile(r"[A-Za-z']+")
 _STOPWORD_TEXT = """a about above after again against all am an and any are as at be because been before being below
@@ -207,42 +191,12 @@ def chunk_file(
     return out
 
 
-def read_source(path: Path, rel: str) -> SourceFile | Skipped:
-    """A corpus file as text, or why it cannot be ingested."""
-    try:
-        if path.stat().st_size > MAX_FILE_BYTES:
-            return Skipped(rel, f"larger than {MAX_FILE_BYTES:,} bytes; split it up")
-        raw = path.read_bytes()
-    except OSError as e:
-        return Skipped(rel, f"cannot read ({e.strerror})")
-    if b"\0" in raw[:8192]:
-        return Skipped(rel, "binary file (contains NUL bytes); only UTF-8 text is ingested")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        return Skipped(rel, f"not UTF-8 (byte 0x{raw[e.start]:02x} on line {line}); save it as UTF-8")
-    if not text.strip():
-        return Skipped(rel, "empty file (no text)")
-    return SourceFile(path, rel, hashlib.sha256(raw).hexdigest(), text)
-
-
-def read_corpus(root: Path, include: Sequence[str]) -> Corpus:
-    corpus = Corpus(root)
-    for path in corpus_files(root, include):
-        got = read_source(path, path.relative_to(root).as_posix())
-        (corpus.files if isinstance(got, SourceFile) else corpus.skipped).append(got)  # type: ignore[arg-type]
-    return corpus
-
-
 def corpus_fingerprint(root: Path, include: Sequence[str], chunking: str) -> str:
-    """Hash of what an ingest reads: every matching file's path and bytes (skipped files too, so that a
-    repaired file counts as a change), and the chunking parameters. Reads the files but chunks nothing."""
+    """Hash of what an ingest reads: each file's path and bytes, each skipped file's path and reason (so
+    that repairing one counts as a change), and the chunking parameters. Reads the files but chunks
+    nothing. A corpus with no skipped file hashes as it did before skipped files were recorded by reason,
+    so existing stores are not reported as changed."""
     h = hashlib.sha256(f"chunking={chunking}\n".encode())
-    for path in corpus_files(root, include):
-        try:
-            digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        except OSError:
-            digest = "unreadable"
-        h.update(f"{path.relative_to(root).as_posix()}\0{digest}\n".encode())
+    for rel, digest in corpus_digests(root, include).items():
+        h.update(f"{rel}\0{digest}\n".encode())
     return h.hexdigest()[:32]

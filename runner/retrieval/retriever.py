@@ -90,6 +90,50 @@ class RetrievalResult:
         return cls(str(d["question"]), str(d["pov_set"]), k, stages)
 
 
+@dataclass
+class Hits:
+    """One query's nearest chunks, nearest first."""
+
+    ids: list[str]
+    texts: list[str]
+    embeddings: np.ndarray
+    scores: list[float]
+    """Cosine similarity, 1 - Chroma's cosine distance."""
+
+
+def nearest(col: Any, embeddings: np.ndarray, n: int) -> list[Hits]:
+    """Stage 1: the `n` chunks of the collection nearest to each embedding."""
+    n = min(n, col.count())
+    if len(embeddings) == 0 or n < 1:
+        return []
+    dim = (col.metadata or {}).get("pov.dim")
+    if dim is not None and embeddings.shape[1] != dim:
+        raise UserError(
+            f"query embeddings have dimension {embeddings.shape[1]}, collection {col.name!r} "
+            f"holds dimension {dim}: the embedder changed; `pov ingest SPEC --rebuild`"
+        )
+    res = col.query(
+        query_embeddings=np.asarray(embeddings, dtype=np.float32),
+        n_results=n,
+        include=["embeddings", "documents", "distances"],
+    )
+    out = []
+    for ids, docs, embs, dists in zip(
+        res["ids"], res["documents"], res["embeddings"], res["distances"], strict=True
+    ):
+        # Equal distances come back in an order Chroma does not promise; the id makes it deterministic.
+        order = sorted(range(len(ids)), key=lambda i: (dists[i], ids[i]))
+        out.append(
+            Hits(
+                [ids[i] for i in order],
+                [docs[i] for i in order],
+                np.asarray(embs, dtype=np.float32)[order],
+                [1.0 - float(dists[i]) for i in order],
+            )
+        )
+    return out
+
+
 def _select(
     order: list[int], keep: int, ids: list[str], texts: list[str], scores: Any
 ) -> tuple[list[int], Stage]:
@@ -148,7 +192,8 @@ class ChromaRetriever:
 
     def _open(self) -> Any:
         if self._collection is None:
-            self._collection, warnings = self.store.open_for_query(self.exp.spec.embedder)
+            with self.store.answering(mid_run=True):
+                self._collection, warnings = self.store.open_for_query(self.exp.spec.embedder)
             for w in warnings:
                 log.warning(w)
             self.warnings += warnings
@@ -173,7 +218,8 @@ class ChromaRetriever:
         qtexts = [self.exp.questions[q].text for q in qids]
         q_store = self.embedder.embed(qtexts, "query")
         k1_max = max(k[0] for _, _, k in wanted)
-        hits = dict(zip(qids, self.store.query(col, q_store, k1_max), strict=True))
+        with self.store.answering(mid_run=True):  # a run is under way: a dead server aborts it
+            hits = dict(zip(qids, nearest(col, q_store, k1_max), strict=True))
 
         # Stage 2 depends on (question, k1, k2) only: share it across POV sets.
         texts_by_id = {i: t for h in hits.values() for i, t in zip(h.ids, h.texts, strict=True)}

@@ -1,4 +1,4 @@
-"""The Chroma store: ingest a corpus into a collection, and query it.
+"""The Chroma store: ingest a corpus into a collection, and open it for queries.
 
 Where: an embedded `PersistentClient` under `corpus.persist_dir` (default `<project>/.pov/chroma`, which
 git ignores), or an `HttpClient` when `corpus.chroma_url` names a `chroma run` server. Collections use the
@@ -13,26 +13,48 @@ it computed with the ids stored and writes only the difference: adds, metadata u
 Crash safety: every chunk and embedding is computed before the first write; the fingerprint and the
 `complete` state are written last. A crash mid-write leaves state `writing` (retrieval warns), and the
 next ingest finishes the job, since the ids say what is stored already.
+
+One collection, one corpus: the metadata also names the spec that last ingested and its corpus (path,
+include patterns). Another spec whose corpus or chunking differs is refused before any write, since its
+ingest would delete the first one's chunks; a collection without these names (older versions) is adopted.
+
+A `chroma run` server that does not answer is one clear message: `ChromaDown`, a UserError, before a run,
+and RunAborted mid-run (`Store.answering`). Chroma's HTTP client has no timeout of its own; the Store gives
+it one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-import numpy as np
-
-from runner.errors import UserError
-from runner.retrieval.chunking import Chunk, Skipped, chunk_file, corpus_fingerprint, read_corpus
+from runner.errors import RunAborted, UserError
+from runner.redaction import redact
+from runner.retrieval.chunking import Chunk, chunk_file, corpus_fingerprint
 from runner.spec import Embedder as EmbedderSpec
-from runner.spec import Experiment
+from runner.spec import Experiment, Skipped, portable, read_corpus
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
+CONNECT_TIMEOUT_S = 5.0
+REQUEST_TIMEOUT_S = 120.0
+"""A Chroma server's answer to one request: an ingest's largest upsert takes seconds, not minutes."""
+CORPUS_KEYS = ("pov.corpus", "pov.include", "pov.chunking")
+"""What makes a collection's chunks: the same keys with other values are another corpus."""
+
+
+class ChromaDown(UserError):
+    """The Chroma server does not answer (`reason` says how); a RunAborted instead once a run is under way."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(redact(message))
+        self.reason = redact(reason)
 
 
 @dataclass
@@ -49,17 +71,6 @@ class IngestReport:
     embedding: dict[str, int] = field(default_factory=dict)
 
 
-@dataclass
-class Hits:
-    """One query's nearest chunks, nearest first."""
-
-    ids: list[str]
-    texts: list[str]
-    embeddings: np.ndarray
-    scores: list[float]
-    """Cosine similarity, 1 - Chroma's cosine distance."""
-
-
 def _settings() -> Any:
     from chromadb.config import Settings
 
@@ -68,6 +79,23 @@ def _settings() -> Any:
 
 def chunking_key(exp: Experiment) -> str:
     return json.dumps(exp.spec.corpus.chunking.model_dump(mode="json"), sort_keys=True)
+
+
+def maker(exp: Experiment) -> dict[str, str]:
+    """The collection metadata naming the spec and corpus of an ingest (paths relative to the project, so
+    that another checkout of it is the same corpus)."""
+    corpus = exp.spec.corpus
+    return {
+        "pov.spec": exp.spec.name,
+        "pov.spec_path": str(portable(str(exp.path), exp.root)),
+        "pov.corpus": str(portable(str(corpus.path), exp.root)),
+        "pov.include": json.dumps(list(corpus.include)),
+        "pov.chunking": chunking_key(exp),
+    }
+
+
+def _reason(e: BaseException) -> str:
+    return f"{e.__class__.__name__}: {e}"[:300]
 
 
 class Store:
@@ -89,24 +117,89 @@ class Store:
             import chromadb
 
             if self.url:
-                u = urlparse(self.url)
-                if u.scheme not in ("http", "https") or not u.hostname:
-                    raise UserError(f"corpus.chroma_url {self.url!r}: expected http://host:port")
-                try:
-                    self._client = chromadb.HttpClient(
-                        host=u.hostname, port=u.port or 8000, ssl=u.scheme == "https", settings=_settings()
-                    )
-                    self._client.heartbeat()
-                except Exception as e:
-                    raise UserError(
-                        f"cannot reach the Chroma server at {self.url} ({e.__class__.__name__}): "
-                        "start one with `chroma run --path DIR --port N`, or unset "
-                        "corpus.chroma_url to use the embedded store"
-                    ) from None
+                self._client = self._connect(self.url)
             else:
                 self.path.mkdir(parents=True, exist_ok=True)
                 self._client = chromadb.PersistentClient(path=str(self.path), settings=_settings())
         return self._client
+
+    def _connect(self, url: str) -> Any:
+        import chromadb
+        import httpx
+
+        u = urlparse(url)
+        if u.scheme not in ("http", "https") or not u.hostname:
+            raise UserError(f"corpus.chroma_url {redact(url)!r}: expected http://host:port")
+        try:
+            # Chroma's client would wait for ever on a host that does not answer: ask once, briefly, first.
+            httpx.get(f"{u.scheme}://{u.netloc}/api/v2/heartbeat", timeout=CONNECT_TIMEOUT_S)
+            client = chromadb.HttpClient(
+                host=u.hostname, port=u.port or 8000, ssl=u.scheme == "https", settings=_settings()
+            )
+            client.heartbeat()
+        except Exception as e:
+            raise ChromaDown(
+                f"cannot reach the Chroma server at {url} ({_reason(e)}): start one with "
+                "`chroma run --path DIR --port N`, or unset corpus.chroma_url to use the embedded store",
+                _reason(e),
+            ) from None
+        # chromadb 1.x keeps its httpx session here, made with timeout=None; without it, calls are unbounded.
+        session = getattr(getattr(client, "_server", None), "_session", None)
+        if isinstance(session, httpx.Client):
+            session.timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
+        return client
+
+    @contextmanager
+    def answering(self, *, mid_run: bool = False) -> Iterator[None]:
+        """A Chroma server that stops answering inside this block is ChromaDown (a UserError: nothing has
+        started), or with `mid_run` a RunAborted saying how to resume."""
+        import httpx
+
+        try:
+            yield
+        except (ChromaDown, httpx.TransportError) as e:
+            if not self.url:
+                raise
+            reason = e.reason if isinstance(e, ChromaDown) else _reason(e)
+            if mid_run:
+                raise RunAborted(
+                    redact(
+                        f"Chroma at {self.url} stopped answering during retrieval ({reason}); start "
+                        "`chroma run` again (or unset corpus.chroma_url) and run the same command to resume"
+                    )
+                ) from None
+            if isinstance(e, ChromaDown):
+                raise
+            raise ChromaDown(
+                f"Chroma at {self.url} is not answering: {reason}; start `chroma run` or unset "
+                "corpus.chroma_url",
+                reason,
+            ) from None
+
+    def check_maker(self, meta: dict[str, Any]) -> None:
+        """UserError when another spec made the collection from another corpus or chunking: this ingest
+        would delete its chunks. Another spec over the same corpus shares it; the spec that made it may
+        change its own corpus; a collection that names no spec is adopted."""
+        made_by, mine = meta.get("pov.spec"), maker(self.exp)
+        if (
+            made_by is None
+            or made_by == mine["pov.spec"]
+            or meta.get("pov.spec_path") == mine["pov.spec_path"]
+        ):
+            return
+        differs = [k.removeprefix("pov.") for k in CORPUS_KEYS if meta.get(k) != mine[k]]
+        if not differs:
+            return
+        theirs = ", ".join(f"{k.removeprefix('pov.')} {meta.get(k)}" for k in CORPUS_KEYS)
+        raise UserError(
+            redact(
+                f"collection {self.name!r} at {self.location} was made by spec {made_by!r} "
+                f"({meta.get('pov.spec_path')}: {theirs}); this spec {self.exp.spec.name!r} differs in "
+                f"{' and '.join(differs)}, and its ingest would delete that spec's chunks: give this spec its "
+                f"own corpus.collection, or delete the collection with `pov ingest {self.exp.path} --rebuild` "
+                f"(then {made_by!r} needs its own collection too)"
+            )
+        )
 
     def collection(self) -> Any | None:
         from chromadb.errors import NotFoundError
@@ -163,37 +256,6 @@ class Store:
                     f"results come from the stored chunks: run `pov ingest {self.exp.path}`"
                 )
         return col, warnings
-
-    def query(self, col: Any, embeddings: np.ndarray, n: int) -> list[Hits]:
-        n = min(n, col.count())
-        if len(embeddings) == 0 or n < 1:
-            return []
-        dim = (col.metadata or {}).get("pov.dim")
-        if dim is not None and embeddings.shape[1] != dim:
-            raise UserError(
-                f"query embeddings have dimension {embeddings.shape[1]}, collection {self.name!r} "
-                f"holds dimension {dim}: the embedder changed; `pov ingest SPEC --rebuild`"
-            )
-        res = col.query(
-            query_embeddings=np.asarray(embeddings, dtype=np.float32),
-            n_results=n,
-            include=["embeddings", "documents", "distances"],
-        )
-        out = []
-        for ids, docs, embs, dists in zip(
-            res["ids"], res["documents"], res["embeddings"], res["distances"], strict=True
-        ):
-            # Equal distances come back in an order Chroma does not promise; the id makes it deterministic.
-            order = sorted(range(len(ids)), key=lambda i: (dists[i], ids[i]))
-            out.append(
-                Hits(
-                    [ids[i] for i in order],
-                    [docs[i] for i in order],
-                    np.asarray(embs, dtype=np.float32)[order],
-                    [1.0 - float(dists[i]) for i in order],
-                )
-            )
-        return out
 
     def stored(self, col: Any) -> dict[str, dict[str, Any]]:
         """id -> chunk metadata of everything in the collection."""
@@ -262,11 +324,13 @@ def ingest(
 
     store = Store(exp)
     report = IngestReport(spec.corpus.collection, store.location, skipped=corpus.skipped, no_chunks=no_chunks)
-    col = store.collection()
-    meta = dict(col.metadata or {}) if col is not None else {}
-    if col is not None and not rebuild:
-        store.check_embedder(meta, spec.embedder)
-    stored = store.stored(col) if col is not None and not rebuild else {}
+    with store.answering():
+        col = store.collection()
+        meta = dict(col.metadata or {}) if col is not None else {}
+        if col is not None and not rebuild:
+            store.check_embedder(meta, spec.embedder)
+            store.check_maker(meta)
+        stored = store.stored(col) if col is not None and not rebuild else {}
 
     new_ids = [i for i in chunks if i not in stored]
     gone_ids = [i for i in stored if i not in chunks]
@@ -290,45 +354,46 @@ def ingest(
         "pov.provider": spec.embedder.provider,
         "pov.model": spec.embedder.model,
         "pov.dim": dim,
-        "pov.chunking": chunking_key(exp),
         "pov.schema": SCHEMA_VERSION,
+        **maker(exp),
     }
-    if col is not None and not rebuild and not (new_ids or gone_ids or changed):
-        if meta.get("pov.fingerprint") != fingerprint or meta.get("pov.state") != "complete":
-            col.modify(metadata={**final_meta, "pov.fingerprint": fingerprint, "pov.state": "complete"})
-        return report
-
-    client = store.client
-    if col is not None and rebuild:
-        client.delete_collection(store.name)
-        col = None
-    if col is None:
-        col = client.create_collection(
-            store.name,
-            configuration={"hnsw": {"space": "cosine"}},
-            metadata={**final_meta, "pov.state": "writing"},
-            embedding_function=None,
-        )
-    else:
-        col.modify(
-            metadata={
-                **final_meta,
-                "pov.fingerprint": meta.get("pov.fingerprint", ""),
-                "pov.state": "writing",
-            }
-        )
-    size = client.get_max_batch_size()
-    for part in _batches(list(range(len(new_ids))), size):
-        ids = [new_ids[i] for i in part]
-        col.upsert(
-            ids=ids,
-            embeddings=vectors[part[0] : part[-1] + 1],  # type: ignore[index]
-            documents=[chunks[i].text for i in ids],
-            metadatas=[chunks[i].metadata() for i in ids],
-        )
-    for ids in _batches(changed, size):
-        col.update(ids=list(ids), metadatas=[chunks[i].metadata() for i in ids])
-    for ids in _batches(gone_ids, size):
-        col.delete(ids=list(ids))
-    col.modify(metadata={**final_meta, "pov.fingerprint": fingerprint, "pov.state": "complete"})
+    with store.answering():
+        if col is not None and not rebuild and not (new_ids or gone_ids or changed):
+            done = {**final_meta, "pov.fingerprint": fingerprint, "pov.state": "complete"}
+            if any(meta.get(k) != v for k, v in done.items()):
+                col.modify(metadata=done)
+            return report
+        client = store.client
+        if col is not None and rebuild:
+            client.delete_collection(store.name)
+            col = None
+        if col is None:
+            col = client.create_collection(
+                store.name,
+                configuration={"hnsw": {"space": "cosine"}},
+                metadata={**final_meta, "pov.state": "writing"},
+                embedding_function=None,
+            )
+        else:
+            col.modify(
+                metadata={
+                    **final_meta,
+                    "pov.fingerprint": meta.get("pov.fingerprint", ""),
+                    "pov.state": "writing",
+                }
+            )
+        size = client.get_max_batch_size()
+        for part in _batches(list(range(len(new_ids))), size):
+            ids = [new_ids[i] for i in part]
+            col.upsert(
+                ids=ids,
+                embeddings=vectors[part[0] : part[-1] + 1],  # type: ignore[index]
+                documents=[chunks[i].text for i in ids],
+                metadatas=[chunks[i].metadata() for i in ids],
+            )
+        for ids in _batches(changed, size):
+            col.update(ids=list(ids), metadatas=[chunks[i].metadata() for i in ids])
+        for ids in _batches(gone_ids, size):
+            col.delete(ids=list(ids))
+        col.modify(metadata={**final_meta, "pov.fingerprint": fingerprint, "pov.state": "complete"})
     return report

@@ -28,6 +28,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def batch_share(metrics: dict[str, float]) -> float:
+    """A finished cell's share of its batch's generate time: every cell of a batch carries the batch's wall
+    time (`batch_latency_s`) and size, and a batch either finishes whole or is retried cell by cell, so the
+    shares of its cells add up to its time once. A cell's own `latency_s` is no share: with cells timed
+    one by one, the batch's cells overlap. A result without `batch_latency_s` (from a worker older than it)
+    carries the batch's time as its latency."""
+    batch_s = metrics.get("batch_latency_s", metrics.get("latency_s", 0.0))
+    return batch_s / max(metrics.get("batch_size", 1.0), 1.0)
+
+
 class ResultCollector:
     """Receives the executor's JobResults and writes CellResults to the tracker and the results file."""
 
@@ -87,10 +97,7 @@ class ResultCollector:
         for r in cell_results:
             if r.status == "finished":
                 self.summary.finished += 1
-                # Every cell of a batch carries the batch's latency; sharing it out counts each batch once.
-                self.summary.generate_time_s += r.metrics.get("latency_s", 0.0) / max(
-                    r.metrics.get("batch_size", 1.0), 1.0
-                )
+                self.summary.generate_time_s += batch_share(r.metrics)
             else:
                 self.summary.crashed += 1
                 self.causes[r.cause or "exception"] += 1

@@ -57,23 +57,81 @@ def _git(where: Path, *args: str) -> str | None:
     return done.stdout.decode("utf-8", "replace") if done.returncode == 0 else None
 
 
+_RUN_ID_GLOB = "[0-9a-f]" * 32
+TOOL_FILES = (
+    "**/.pov",
+    "**/.pov/**",
+    "**/mlflow.db",
+    "**/mlflow.db-*",
+    "**/*.db-wal",
+    "**/*.db-shm",
+    "**/*.db-journal",
+    "**/*.db.lock",
+    "**/mlruns/**",
+    "**/mlartifacts/**",
+    f"**/report/{_RUN_ID_GLOB}*/**",
+)
+"""What the runner, MLflow and `pov report` write into a project (git globs from the repository's top): its
+state folder, sqlite stores with their WAL, shared-memory, journal and lock files, MLflow's artifact folders, and
+report folders named by run id (`report/<id>/`, `report/<id>-vs-<id>/`; a `report/` folder of the user's own
+still counts). A run must not see its own traces as uncommitted changes: the store's WAL file alone changed
+between two runs and was reported as a drift."""
+_PATHSPEC = (":(top)", *(f":(top,exclude,glob){p}" for p in TOOL_FILES))
+
+
 def git_info(where: Path) -> dict[str, Any]:
     """Commit, branch and dirty flag of the repository holding the spec; all None outside a repository.
 
     `diff_hash` hashes the uncommitted changes (and untracked file names), so two dirty runs on the same
     commit with different edits still show as a drift. The diff itself is never stored: it may hold secrets.
+    The tool's own files (TOOL_FILES) are left out by git itself, through pathspec excludes, whether or not
+    the project's .gitignore names them.
     """
     commit = _git(where, "rev-parse", "HEAD")
     if commit is None:
         return {"commit": None, "branch": None, "dirty": None, "diff_hash": None}
     branch = (_git(where, "rev-parse", "--abbrev-ref", "HEAD") or "").strip() or None
-    status = _git(where, "status", "--porcelain") or ""
+    pathspec = (*_PATHSPEC, *(f":(top,exclude,literal){s}" for s in _mlflow_stores(where)))
+    status = _git(where, "status", "--porcelain", "--", *pathspec) or ""
     dirty = bool(status.strip())
     diff_hash = None
     if dirty:
-        diff = _git(where, "diff", "HEAD", "--binary") or ""
+        diff = _git(where, "diff", "HEAD", "--binary", "--", *pathspec) or ""
         diff_hash = hashlib.sha256((status + "\0" + diff).encode()).hexdigest()[:16]
     return {"commit": commit.strip(), "branch": branch, "dirty": dirty, "diff_hash": diff_hash}
+
+
+def _mlflow_stores(where: Path) -> list[str]:
+    """The changed or untracked `*.db` files that are MLflow sqlite stores (a spec's `tracking.uri:
+    sqlite:///runs.db`, say; mlflow.db is in TOOL_FILES already), as paths from the repository's top."""
+    status = _git(
+        where, "status", "--porcelain", "--untracked-files=all", "--", ":(top,glob)**/*.db", *_PATHSPEC[1:]
+    )
+    status = status or ""
+    candidates = [
+        line[3:].strip().strip('"') for line in status.splitlines() if line.rstrip().endswith(".db")
+    ]
+    if not candidates:
+        return []
+    top = (_git(where, "rev-parse", "--show-toplevel") or "").strip()
+    return [rel for rel in candidates if top and _is_mlflow_store(Path(top) / rel)]
+
+
+def _is_mlflow_store(path: Path) -> bool:
+    import sqlite3
+
+    try:
+        with path.open("rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                return False
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5)
+        try:
+            tables = {row[0] for row in con.execute("select name from sqlite_master where type='table'")}
+        finally:
+            con.close()
+    except (OSError, sqlite3.Error):
+        return False
+    return {"experiments", "runs", "alembic_version"} <= tables
 
 
 def _driver_gpu_names(root: Path = Path("/proc/driver/nvidia/gpus")) -> list[str]:

@@ -2,8 +2,9 @@
 
 `build_manifest(exp)` captures the code (git commit, branch, dirty flag and a hash of the uncommitted diff),
 package versions, the GPU, the corpus (a fingerprint over every file the spec ingests, plus each file's
-hash so a drift can name the file), and each model and embedder (name, revision, and a hash of its local
-files). `runner.run.drift.compare(old, new)` lists what differs, which `pov rerun` prints before it runs.
+hash so a drift can name the file; a file the corpus reader skips is recorded as `skipped: <reason>`), and
+each model and embedder (name, revision, and a hash of its local files). `runner.run.drift.compare(old,
+new)` lists what differs, which `pov rerun` prints before it runs.
 
 Nothing here imports torch or the other heavy libraries (runner.run.environment reads versions and GPUs
 without them), so building a manifest costs well under a second once the model hashes are cached.
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from runner.generation import BUILTIN_PREFIX, resolve_model
 from runner.generation.model_files import HashCache, folder_hash, hash_cache_path, hub_snapshot
 from runner.run.environment import git_info, gpu_info, package_versions
-from runner.spec import corpus_files
+from runner.spec import corpus_digests
 
 if TYPE_CHECKING:
     from runner.spec import Embedder, Experiment, Model
@@ -62,10 +63,10 @@ def build_manifest(exp: Experiment) -> dict[str, Any]:
 
 def corpus_info(exp: Experiment) -> dict[str, Any]:
     root = Path(exp.spec.corpus.path)
-    files: dict[str, str] = {}
-    if root.is_dir():
-        for p in corpus_files(root, exp.spec.corpus.include):
-            files[p.relative_to(root).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    # The reader's view, not the raw bytes: what ingest would read is hashed, what it would skip is
+    # recorded with why (and an unreadable file is a reason, not a traceback).
+    digests = corpus_digests(root, exp.spec.corpus.include) if root.is_dir() else {}
+    files = {rel: d if d.startswith("skipped: ") else d[:16] for rel, d in digests.items()}
     fingerprint = (
         hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16] if files else None
     )

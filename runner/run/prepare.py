@@ -6,11 +6,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import statistics
+import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from runner.spec import compile_template, context_text, matches, render
+from runner.spec import compile_template, context_text, display_path, matches, render
 
 if TYPE_CHECKING:
     from runner.retrieval import Key, RetrievalResult
@@ -108,7 +109,18 @@ def prepare(
         )
         try:
             prep.prompt = render(templates[cell.template], variables)
-        except Exception as e:  # validated templates render; this guards against odd chunk text
-            prep.error = f"prompt did not render: {type(e).__name__}: {e}"
+        except Exception as e:
+            # Validated templates render with sample values, but a cell's own chunks can still make one fail
+            # or go over its render budget: that cell is crashed, the run goes on.
+            where = _template_line(e, display_path(exp.templates[cell.template].path))
+            prep.error = f"prompt did not render ({where}): {type(e).__name__}: {e}"
         out[cell.id] = prep
     return out
+
+
+def _template_line(e: BaseException, path: str) -> str:
+    """`path:line` of the innermost template line in the error's traceback (Jinja rewrites those frames)."""
+    lines = [
+        f.lineno for f in traceback.extract_tb(e.__traceback__) if f.filename == "<template>" and f.lineno
+    ]
+    return f"{path}:{lines[-1] if lines else 1}"

@@ -26,8 +26,10 @@ class CellResult:
     """Exception type and message, or the signal, for a crash."""
     stderr_tail: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
-    """latency_s, prompt_tokens, new_tokens, tokens_per_s, gpu_peak_allocated_mb, gpu_peak_reserved_mb,
-    host_rss_mb, batch_size, attempts; plus check_* and complexity_* values."""
+    """latency_s (the cell's own time in its batch when latency_per_cell is 1, else the batch's),
+    batch_latency_s, batch_tokens_per_s, latency_per_cell, prompt_tokens, new_tokens, tokens_per_s,
+    gpu_peak_allocated_mb, gpu_peak_reserved_mb, host_rss_mb, batch_size, attempts; plus check_* and
+    complexity_* values."""
     tags: dict[str, str] = field(default_factory=dict)
     """Extra string facts (check flags, device)."""
     started_at: float = 0.0

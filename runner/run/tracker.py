@@ -15,6 +15,10 @@ class Tracker(Protocol):
     """The execution's id once `start` has opened it (None: the tracker records nothing, and the run
     folder gets an id of its own)."""
 
+    def check(self) -> None:
+        """Raise a UserError now if the store cannot be reached: before anything else of the run is done."""
+        ...
+
     def start(
         self,
         exp: Experiment,
@@ -40,6 +44,9 @@ class NullTracker:
     """Records nothing (`--no-track`); the run folder's results.jsonl is still written."""
 
     run_id: str | None = None
+
+    def check(self) -> None:
+        return None
 
     def start(
         self,

@@ -8,7 +8,17 @@ Bad input raises one `SpecError` listing every problem as `file:line:col: field.
 """
 
 from runner.errors import SpecError
-from runner.spec.corpus import corpus_files
+from runner.spec.corpus import (
+    MAX_FILE_BYTES,
+    CorpusText,
+    Skipped,
+    SourceFile,
+    corpus_digests,
+    corpus_files,
+    iter_corpus,
+    read_corpus,
+    read_source,
+)
 from runner.spec.experiment import Experiment, display_path, portable, project_root
 from runner.spec.loader import load_spec
 from runner.spec.matrix import Cell, counts, expand, matches
@@ -34,10 +44,12 @@ from runner.spec.templates import HEADER_RE, Section, TemplateInfo, compile_temp
 __all__ = [
     "AXES",
     "HEADER_RE",
+    "MAX_FILE_BYTES",
     "Cell",
     "Checks",
     "Chunking",
     "Corpus",
+    "CorpusText",
     "Embedder",
     "Executor",
     "Experiment",
@@ -48,20 +60,26 @@ __all__ = [
     "Model",
     "Question",
     "Section",
+    "Skipped",
+    "SourceFile",
     "Spec",
     "SpecError",
     "TemplateInfo",
     "Tracking",
     "compile_template",
     "context_text",
+    "corpus_digests",
     "corpus_files",
     "counts",
     "display_path",
     "expand",
+    "iter_corpus",
     "load_spec",
     "matches",
     "portable",
     "project_root",
+    "read_corpus",
+    "read_source",
     "render",
     "snapshot_files",
 ]

@@ -12,6 +12,9 @@ from typing import Any
 from runner.spec.schema import Question, Spec
 from runner.spec.templates import TemplateInfo
 
+STORE_LOCATION = ("chroma_url", "persist_dir")
+"""Fields of `corpus` that say where the chunks are kept, not which chunks: outside the spec hash."""
+
 
 @dataclass
 class Experiment:
@@ -34,16 +37,23 @@ class Experiment:
     @property
     def spec_hash(self) -> str:
         """Hash of everything that defines results: the resolved spec and the text of the files it names."""
-        payload = {
-            "spec": portable(
-                self.spec.model_dump(mode="json", exclude={"extends", "description", "tracking", "executor"}),
-                self.root,
-            ),
+        text = json.dumps(self.identity(), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def identity(self) -> dict[str, Any]:
+        """What `spec_hash` hashes. Left out: commentary (`description`), where runs are recorded and how
+        they are executed (`tracking`, `executor`), and where the Chroma store lives (`corpus.chroma_url`,
+        `corpus.persist_dir`): moving the chunks to another server or folder is not another experiment.
+        Those two stay in the payload as None, as every spec that did not set them was hashed, so that no
+        existing execution gets a new hash."""
+        spec = self.spec.model_dump(mode="json", exclude={"extends", "description", "tracking", "executor"})
+        spec["corpus"].update({key: None for key in STORE_LOCATION})
+        return {
+            "spec": portable(spec, self.root),
             "questions": {k: q.text for k, q in self.questions.items()},
             "pov_sets": self.pov_sets,
             "templates": {k: t.text for k, t in self.templates.items()},
         }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def portable(obj: Any, root: Path) -> Any:

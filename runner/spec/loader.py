@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from runner.errors import Problem, SpecError, did_you_mean
+from runner.redaction import redact, redact_setting, setting_secrets
 from runner.spec.experiment import Experiment, display_path, project_root
 from runner.spec.references import resolve
 from runner.spec.safe_yaml import Mark, PathKey, load_yaml, parse_yaml
@@ -125,9 +127,10 @@ def _resolve_set_paths(parts: list[Any], value: Any) -> Any:
 def apply_overrides(data: dict[str, Any], marks: dict[PathKey, Mark], overrides: Sequence[str]) -> None:
     """Apply `--set a.b=VALUE` overrides (VALUE parsed as YAML) in place."""
     problems = []
+    secrets = setting_secrets(overrides)
     for i, item in enumerate(overrides, 1):
         key, sep, text = item.partition("=")
-        label = f"--set #{i} {item!r}"
+        label = f"--set #{i} {redact_setting(item, secrets)!r}"
         if not sep or not key.strip() or any(not p for p in key.split(".")):
             problems.append(
                 Problem(
@@ -260,8 +263,30 @@ def _validation_problems(
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
-    """Load, merge, override and validate a spec and every file it names."""
-    spec_path = Path(path)
+    """Load, merge, override and validate a spec and every file it names.
+
+    Problems are reported with secrets redacted: a message may quote a `--set` argument or a value from the
+    spec (a URL with a password, a key pasted in the wrong place), and it ends up in terminals and CI logs.
+    """
+    try:
+        return _load_spec(Path(path), overrides)
+    except SpecError as e:
+        secrets = setting_secrets(overrides)
+        clean = [
+            dataclasses.replace(
+                p,
+                file=redact(p.file, secrets),
+                path=redact(p.path, secrets),
+                message=redact(p.message, secrets),
+            )
+            for p in e.problems
+        ]
+        if clean == e.problems:
+            raise
+        raise SpecError(clean) from None
+
+
+def _load_spec(spec_path: Path, overrides: Sequence[str]) -> Experiment:
     label = display_path(spec_path)
     if not spec_path.exists():
         raise SpecError([Problem(label, 1, 0, "", "no such spec file")])

@@ -67,7 +67,7 @@ def _load_questions(spec: Spec, c: ProblemList) -> dict[str, Question]:
                 q = Question.model_validate(item)
             except ValidationError as err:
                 for detail in err.errors():
-                    msg = detail["msg"]
+                    msg = detail["msg"].removeprefix("Value error, ")
                     if detail["type"] == "extra_forbidden":
                         msg = f"unknown key {detail['loc'][-1]!r}{did_you_mean(detail['loc'][-1], list(Question.model_fields))}"
                     sub.at((*prefix, i, *detail["loc"]), msg)
@@ -83,7 +83,13 @@ def _load_pov_sets(spec: Spec, c: ProblemList) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for name, val in spec.pov_sets.items():
         if isinstance(val, list):
-            out[name] = [s.strip() for s in val if s.strip()]
+            # Blank statements are dropped (a trailing '' is harmless), but a set with none left is an error
+            # at its own entry, not at `pov_sets:`.
+            statements = [s.strip() for s in val if s.strip()]
+            if statements:
+                out[name] = statements
+            else:
+                c.at(("pov_sets", name), f"POV set {name!r} is empty: give at least one statement")
             continue
         path = Path(val)
         label = display_path(path)
@@ -96,13 +102,14 @@ def _load_pov_sets(spec: Spec, c: ProblemList) -> dict[str, list[str]]:
             c.absorb(e)
             continue
         data = loaded.data
+        where: PathKey = ()
         if isinstance(data, dict) and set(data) == {"statements"}:
-            data = data["statements"]
+            data, where = data["statements"], ("statements",)
         sub = ProblemList(loaded.data, loaded.marks, Mark(label, 1, 1))
         if not isinstance(data, list) or not all(isinstance(s, str) for s in data):
-            sub.at((), "expected `statements:` with a list of short strings")
+            sub.at(where, "expected `statements:` with a list of short strings")
         elif not [s for s in data if s.strip()]:
-            sub.at((), f"POV set {name!r} is empty: give at least one statement")
+            sub.at(where, f"POV set {name!r} is empty: give at least one statement")
         else:
             out[name] = [s.strip() for s in data if s.strip()]
         c.problems.extend(sub.problems)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from runner.spec.corpus import include_problem
 
 AXES = ("model", "template", "persona", "pov_set", "k", "question")
 """Matrix axes, in the order cells are listed."""
@@ -21,6 +23,45 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
+
+
+# Whitespace passes `min_length` and reaches the model, the hub or MLflow, which fail far from the spec (or
+# quietly use a name of spaces); these say which field to fix.
+def _filled(v: str) -> str:
+    if not v.strip():
+        raise ValueError("is blank (spaces only): write a value")
+    return v
+
+
+def _setting(v: str) -> str:
+    if not v.strip():
+        raise ValueError("is blank: write a value, or leave the key out for the default")
+    return v
+
+
+def _include(v: str) -> str:
+    problem = include_problem(v)
+    if problem:
+        raise ValueError(problem)
+    return v
+
+
+def _question(v: str) -> str:
+    if not v.strip():
+        raise ValueError("question text is blank: write the question, or remove the entry")
+    return v
+
+
+def _persona(v: str) -> str:
+    if not v.strip():
+        raise ValueError("persona is empty: write its text, or remove it from personas")
+    return v
+
+
+Filled = Annotated[str, AfterValidator(_filled)]
+"""Required text that means something only when it has some."""
+Setting = Annotated[str, AfterValidator(_setting)]
+"""A name or value with a default: blank is a mistake, not a way to ask for the default."""
 
 
 class Chunking(Strict):
@@ -46,40 +87,47 @@ class Corpus(Strict):
     """Chroma collection name (3-512 characters: letters, digits, `.`, `_`, `-`)."""
     chunking: Chunking = Chunking()
     """How files are cut into chunks."""
-    include: list[str] = ["*.md", "*.txt"]
+    include: list[Annotated[str, AfterValidator(_include)]] = ["*.md", "*.txt"]
     """Glob patterns (relative to `path`, recursive) of the files to ingest."""
     chroma_url: str | None = None
     """`http://host:port` of a `chroma run` server; unset uses an embedded PersistentClient."""
     persist_dir: Path | None = None
     """Where the embedded Chroma store lives; default `.pov/chroma` in the project root."""
 
+    @field_validator("include")
+    @classmethod
+    def _some_pattern(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("give at least one pattern, e.g. ['*.md']")
+        return v
+
 
 class Embedder(Strict):
     provider: str = "sentence-transformers"
     """`sentence-transformers` or `cohere`."""
-    model: str = "all-MiniLM-L6-v2"
+    model: Setting = "all-MiniLM-L6-v2"
     """Model name (hub name or local path for sentence-transformers; API model for cohere)."""
     batch_size: int = Field(64, ge=1, le=4096)
     """Texts per embedding call (cohere is capped at 96)."""
-    device: str | None = None
+    device: Setting | None = None
     """Torch device for local embedders (`cpu`, `cuda`, ...); default picks one."""
-    query_prompt: str | None = None
+    query_prompt: Setting | None = None
     """Name of the model's prompt used for queries (BGE-style instructions); default uses `query` if defined."""
 
 
 class Question(Strict):
     id: str = Field(pattern=NAME_RE.pattern)
     """Short stable id used in the matrix and in reports."""
-    text: str = Field(min_length=1)
+    text: Annotated[str, AfterValidator(_question)]
     """The question as the model sees it."""
 
 
 class Model(Strict):
     backend: str = "transformers"
     """Generation backend: `transformers` or `unsloth`."""
-    name: str = Field(min_length=1)
+    name: Filled
     """Hub name, local directory, or `builtin:tiny-llama` (a tiny random model built locally)."""
-    revision: str | None = None
+    revision: Setting | None = None
     """Hub revision (commit) to pin; recorded with each run."""
     load_in_4bit: bool = False
     """Load weights in 4-bit (bitsandbytes; needs a GPU)."""
@@ -87,7 +135,7 @@ class Model(Strict):
     """Longest prompt plus answer, in tokens; longer prompts are truncated from the left."""
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     """Weight dtype; `auto` is bfloat16 on a GPU that supports it, else float32."""
-    device: str = "auto"
+    device: Setting = "auto"
     """`auto` (a GPU when there is one), `cpu`, or `cuda`."""
     chat_template: bool | None = None
     """Wrap prompts in the tokenizer's chat template; default: when the tokenizer has one."""
@@ -179,9 +227,9 @@ class Limits(Strict):
 
 
 class Tracking(Strict):
-    experiment: str | None = None
+    experiment: Setting | None = None
     """MLflow experiment name; default the spec's name."""
-    uri: str | None = None
+    uri: Setting | None = None
     """Tracking URI; MLFLOW_TRACKING_URI wins; default MLflow's own (`sqlite:///mlflow.db`)."""
 
 
@@ -191,7 +239,7 @@ class Executor(Strict):
     `gpus` are named), `ray` (Ray actors) or `serve` (only the project's `pov serve`)."""
     gpus: list[int] | None = None
     """GPU indices for the local executor; default all visible, else the CPU."""
-    address: str | None = None
+    address: Setting | None = None
     """Ray cluster address (`auto`, `ray://host:10001`); default starts a local Ray."""
     num_gpus: float = Field(1.0, ge=0)
     """GPUs per Ray actor; fractions let small models share a GPU."""
@@ -241,7 +289,7 @@ class Spec(Strict):
     """A YAML file with `questions: [{id, text}]`, or the list inline."""
     pov_sets: dict[str, Path | list[str]]
     """Named sets of short POV statements: a YAML file with `statements: [...]`, or a list inline."""
-    personas: dict[str, str]
+    personas: dict[str, Annotated[str, AfterValidator(_persona)]]
     """Named persona texts, put first in the prompt."""
     templates: dict[str, Path]
     """Named Jinja2 template files."""
@@ -277,22 +325,6 @@ class Spec(Strict):
     def _questions(cls, v: Path | list[Question]) -> Path | list[Question]:
         if isinstance(v, list) and not v:
             raise ValueError("no questions: give at least one {id, text}, or a questions file")
-        return v
-
-    @field_validator("pov_sets")
-    @classmethod
-    def _pov_sets(cls, v: dict[str, Path | list[str]]) -> dict[str, Path | list[str]]:
-        for key, val in v.items():
-            if isinstance(val, list) and not [s for s in val if s.strip()]:
-                raise ValueError(f"POV set {key!r} is empty: give at least one statement")
-        return v
-
-    @field_validator("personas")
-    @classmethod
-    def _personas(cls, v: dict[str, str]) -> dict[str, str]:
-        for key, val in v.items():
-            if not val.strip():
-                raise ValueError(f"persona {key!r} is empty")
         return v
 
     @property

@@ -11,20 +11,22 @@ must have and their word ranges (read by the output checks) and how many instruc
     instructions: 5
     -#}
 
-Templates render in Jinja2's SandboxedEnvironment with StrictUndefined: a template from a pull request
-cannot reach Python internals, and a misspelt variable fails `pov validate` rather than a run.
+Templates render in the sandbox of runner.spec.sandbox: a template from a pull request cannot reach Python
+internals, run past its render budget (time and size), or change its variables; a misspelt variable fails
+`pov validate` rather than a run.
 """
 
 from __future__ import annotations
 
 import re
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from runner.errors import Problem, SpecError
+from runner.spec.sandbox import FOLD_LIMIT, budget, environment, read_only
 
 HEADER_RE = re.compile(r"\A\s*\{#-?\s*pov:\s*\n(?P<body>.*?)-?#\}", re.S)
 
@@ -51,38 +53,6 @@ class TemplateInfo:
     instructions: int | None = None
     header_line: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-MAX_REPEAT = 1_000_000
-"""Longest string or list a template may build with `*`, and so the largest `**` exponent it may use."""
-
-
-@lru_cache(maxsize=1)
-def _env() -> Any:
-    from jinja2 import StrictUndefined
-    from jinja2.exceptions import SecurityError
-    from jinja2.sandbox import SandboxedEnvironment
-
-    class BoundedSandbox(SandboxedEnvironment):
-        # The sandbox guards attributes but not sizes: `{{ "x" * 10**10 }}` would exhaust memory while the
-        # template compiles (Jinja folds constants), so these two operators are checked before they run.
-        intercepted_binops = frozenset({"*", "**"})
-
-        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
-            if operator == "**" and isinstance(right, int) and right > 64 and abs(left) > 1:
-                raise SecurityError(f"exponent {right} is too large for a template")
-            if operator == "*":
-                for seq, n in ((left, right), (right, left)):
-                    if (
-                        isinstance(seq, (str, list, tuple))
-                        and isinstance(n, int)
-                        and len(seq) * n > MAX_REPEAT
-                    ):
-                        raise SecurityError(f"repeating a sequence past {MAX_REPEAT:,} items")
-            return super().call_binop(context, operator, left, right)
-
-    # keep_trailing_newline: the rendered prompt is exactly the file's text, byte for byte.
-    return BoundedSandbox(undefined=StrictUndefined, keep_trailing_newline=True, autoescape=False)
 
 
 def parse_header(name: str, path: Path, text: str, label: str) -> TemplateInfo:
@@ -162,13 +132,17 @@ def compile_template(info: TemplateInfo, label: str) -> Any:
     from jinja2 import TemplateSyntaxError
 
     try:
-        return _env().from_string(info.text)
+        with budget(FOLD_LIMIT):  # compiling folds constant expressions into the code: keep those small
+            return environment().from_string(info.text)
     except TemplateSyntaxError as e:
         raise SpecError([Problem(label, e.lineno or 1, 0, "", f"template syntax: {e.message}")]) from None
 
 
-def render(template: Any, variables: dict[str, Any]) -> str:
-    return str(template.render(**variables))
+def render(template: Any, variables: Mapping[str, Any]) -> str:
+    """Render within the budget (RENDER_SECONDS, MAX_OUTPUT) on read-only copies of `variables`; a template
+    over the budget, or trying to change a variable, raises jinja2's SecurityError."""
+    with budget():
+        return str(template.render(**{k: read_only(v) for k, v in variables.items()}))
 
 
 def sample_variables() -> dict[str, Any]:

@@ -13,6 +13,7 @@ from runner.run import NullTracker, Tracker
 from runner.tracking.client import find_run, make_client, quote, resolve_tracking_uri, search_all, tag_is
 from runner.tracking.mlflow_tracker import MlflowTracker
 from runner.tracking.reproduce import RerunOutcome, rerun
+from runner.tracking.run_ids import LIST_HINT, resolve_run_id
 from runner.tracking.schema import (
     CHECK_FAIL,
     CHECK_PASS,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHECK_FAIL",
     "CHECK_PASS",
+    "LIST_HINT",
     "SCHEMA_VERSION",
     "TRUE",
     "Artifacts",
@@ -51,6 +53,7 @@ __all__ = [
     "make_tracker",
     "quote",
     "rerun",
+    "resolve_run_id",
     "resolve_tracking_uri",
     "search_all",
     "tag_is",

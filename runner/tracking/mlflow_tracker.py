@@ -12,6 +12,10 @@ default search sees them.
 
 The parent's `pov.state` tag is `running` while an execution is under way (and after a kill), `finished`
 once every cell has a live child, and `interrupted` when the runner stopped early on its own (Ctrl-C).
+
+A tracking server that does not answer is a UserError before anything is created, and a RunAborted once
+the execution is under way (its cells are all in the run folder's results.jsonl too, and the next run
+resumes); MLflow's request retries are bounded (runner.tracking.client), so either comes within seconds.
 """
 
 from __future__ import annotations
@@ -21,13 +25,16 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.errors import UserError
+from runner.errors import RunAborted, UserError
 from runner.redaction import install_log_redaction, redact, secret_values
+from runner.run import run_dir
 from runner.tracking import records
-from runner.tracking.client import download_json, make_client
+from runner.tracking.client import check_reachable, download_json, is_server, make_client, unreachable
 from runner.tracking.resume import LiveCell, children, has_snapshot, resumable, supersede, triage
 from runner.tracking.schema import (
     DEFAULT_CAUSE,
@@ -49,10 +56,7 @@ if TYPE_CHECKING:
 
 BATCH_PARAMS = 100  # mlflow.utils.validation.MAX_PARAMS_TAGS_PER_BATCH
 BATCH_METRICS = 1000  # MAX_METRICS_PER_BATCH
-
-
-def _ms(t: float | None = None) -> int:
-    return int((t if t else time.time()) * 1000)
+NO_TRACK = ", or run with --no-track"
 
 
 class MlflowTracker:
@@ -83,6 +87,8 @@ class MlflowTracker:
         self._wall_prior = 0.0
         self._t0 = time.monotonic()
         self._scratch: Path | None = None
+        self._exp: Experiment | None = None
+        self._aborted: RunAborted | None = None
 
     @property
     def client(self) -> MlflowClient:
@@ -91,6 +97,10 @@ class MlflowTracker:
         return self._client
 
     # ---------------------------------------------------------------------------------------- start
+
+    def check(self) -> None:
+        """A tracking server that is down is reported before the run indexes its corpus or builds models."""
+        check_reachable(self.tracking_uri, NO_TRACK)
 
     def start(
         self,
@@ -103,7 +113,9 @@ class MlflowTracker:
     ) -> set[str]:
         """Open a new execution, or resume the latest unfinished one of this spec; return cells to skip."""
         install_log_redaction()
+        check_reachable(self.tracking_uri, NO_TRACK)
         self._t0 = time.monotonic()
+        self._exp, self._aborted = exp, None
         self._cells = {c.id: c for c in cells}
         self._models = {}
         for key, m in exp.spec.models.items():
@@ -111,16 +123,52 @@ class MlflowTracker:
             self._models[key] = (m.name, m.revision or resolved or NONE)
         try:
             eid = self._experiment(exp)
+        except UserError:
+            raise
         except Exception as e:  # a server that is down, a path that cannot be written, a bad URI
+            self._check_answering(e)
             raise UserError(
                 f"cannot use the MLflow tracking store {redact(self.tracking_uri)}: {redact(str(e))[:500]}\n"
                 "check MLFLOW_TRACKING_URI or the spec's tracking.uri, or run with --no-track"
             ) from None
-        parent = None if fresh else resumable(self.client, eid, exp.spec_hash, self.rerun_of)
-        if parent is None:
-            self._create(eid, exp, cells, manifest)
-            return set()
-        return self._resume(parent, exp, cells, manifest, retry_crashed)
+        try:
+            parent = None if fresh else resumable(self.client, eid, exp.spec_hash, self.rerun_of)
+            if parent is None:
+                self._create(eid, exp, cells, manifest)
+                return set()
+            return self._resume(parent, exp, cells, manifest, retry_crashed)
+        except Exception as e:
+            self._check_answering(e)
+            raise
+
+    def _check_answering(self, error: Exception) -> None:
+        """UserError when `error` came from a tracking server that no longer answers (before any cell)."""
+        if is_server(self.tracking_uri) and not isinstance(error, (UserError, RunAborted)):
+            check_reachable(self.tracking_uri, NO_TRACK)
+
+    @contextmanager
+    def _mid_run(self) -> Iterator[None]:
+        """Turns a failure of a tracking server that stopped answering into RunAborted, saying what was
+        recorded and how to resume; any other failure propagates as it is."""
+        if self._aborted is not None:
+            raise self._aborted
+        try:
+            yield
+        except (UserError, RunAborted):
+            raise
+        except Exception:
+            why = unreachable(self.tracking_uri) if is_server(self.tracking_uri) else None
+            if why is None or self._exp is None or self.run_id is None:
+                raise
+            results = run_dir(self._exp, self.run_id) / "results.jsonl"
+            self._aborted = RunAborted(
+                redact(
+                    f"MLflow at {self.tracking_uri} stopped answering after {len(self._live)} of "
+                    f"{len(self._cells)} cells were recorded there ({why}); every cell is also in "
+                    f"{results}; start the server again and run the same command to resume"
+                )
+            )
+            raise self._aborted from None
 
     def _experiment(self, exp: Experiment) -> str:
         if self.experiment_id:
@@ -161,7 +209,7 @@ class MlflowTracker:
         tags = records.parent_tags(exp, manifest, self.rerun_of, secret_values())
         run = self.client.create_run(eid, tags=tags, run_name=name)
         self.run_id = run.info.run_id
-        self._exec_start_ms = run.info.start_time or _ms()
+        self._exec_start_ms = run.info.start_time or records.millis()
         self.resumed = False
         self._wall_prior = 0.0
         self._live, self._replace = {}, {}
@@ -175,7 +223,7 @@ class MlflowTracker:
 
         self.run_id = pid = parent.info.run_id
         self.resumed = True
-        self._exec_start_ms = parent.info.start_time or _ms()
+        self._exec_start_ms = parent.info.start_time or records.millis()
         self._wall_prior = float(parent.data.metrics.get(Metrics.WALL_TIME_S, 0.0))
         self._live, stale = triage(children(self.client, parent.info.experiment_id, pid), self._cells)
         for child in stale:
@@ -237,26 +285,27 @@ class MlflowTracker:
         if not results:
             return
         secrets = secret_values()
-        # A scratch folder per call, removed on the way out: a run that stops without `finish` (an
-        # exception in the caller, a test's interrupted run) leaves nothing behind in the temp folder.
-        with tempfile.TemporaryDirectory(prefix="pov-cell-") as scratch:
-            self._scratch = Path(scratch)
-            try:
-                for result in results:
-                    self._log_cell(pid, result, secrets)
-            finally:
-                self._scratch = None
-        self._log_progress()
+        with self._mid_run():
+            # A scratch folder per call, removed on the way out: a run that stops without `finish` (an
+            # exception in the caller, a test's interrupted run) leaves nothing behind in the temp folder.
+            with tempfile.TemporaryDirectory(prefix="pov-cell-") as scratch:
+                self._scratch = Path(scratch)
+                try:
+                    for result in results:
+                        self._log_cell(pid, result, secrets)
+                finally:
+                    self._scratch = None
+            self._log_progress()
 
     def _log_cell(self, pid: str, r: CellResult, secrets: dict[str, str]) -> None:
         from mlflow.entities import Metric, Param
 
         tags = records.cell_tags(r, pid, secrets)
         run = self.client.create_run(
-            self._require_exp(), start_time=_ms(r.started_at), tags=tags, run_name=r.cell.id
+            self._require_exp(), start_time=records.millis(r.started_at), tags=tags, run_name=r.cell.id
         )
         rid = run.info.run_id
-        end = _ms(r.ended_at)
+        end = records.millis(r.ended_at)
         model = self._models.get(r.cell.model, (r.cell.model, NONE))
         params = [Param(k, v) for k, v in records.cell_params(r, model, secrets).items()]
         metrics = [Metric(k, v, end, 0) for k, v in records.cell_metrics(r).items()]
@@ -312,7 +361,7 @@ class MlflowTracker:
     def _log_progress(self, extra: dict[str, float] | None = None) -> None:
         from mlflow.entities import Metric
 
-        now = _ms()
+        now = records.millis()
         # Step = ms since the execution began: increases across resumed sessions, so the latest value wins.
         step = max(0, now - self._exec_start_ms)
         values = {**(extra or {}), **self._totals()}
@@ -324,8 +373,15 @@ class MlflowTracker:
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Close the execution: totals over every session, `pov.state`, and the run's status. The
-        summary's other numbers (RunSummary.to_dict()) are recorded as `session.<name>`."""
+        summary's other numbers (RunSummary.to_dict()) are recorded as `session.<name>`. After the server
+        stopped answering (`log` raised RunAborted) there is nothing to close: the next run resumes."""
         pid = self._require_run()
+        if self._aborted is not None:
+            return
+        with self._mid_run():
+            self._finish(pid, summary)
+
+    def _finish(self, pid: str, summary: dict[str, Any]) -> None:
         totals = self._totals()
         extra = {
             Metrics.session(k): float(v)

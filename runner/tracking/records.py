@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 from runner.redaction import redact
@@ -41,6 +42,11 @@ MAX_PARAM = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 MAX_TAG = 8000  # MAX_TAG_VAL_LENGTH
 MAX_ERROR = 500
 """`pov.error` holds the start of a crash's message; stderr.txt holds all of it."""
+
+
+def millis(t: float | None = None) -> int:
+    """MLflow's timestamps: milliseconds since the epoch (now when `t` is not given)."""
+    return int((t if t else time.time()) * 1000)
 
 
 def cut(text: str, limit: int) -> str:

@@ -143,6 +143,8 @@ class Metrics:
     STAGE_TOP_SCORE = "stage{n}_top_score"
     STAGE3_MEAN_SCORE = "stage3_mean_score"
     LATENCY_S = "latency_s"
+    LATENCY_PER_CELL = "latency_per_cell"
+    BATCH_LATENCY_S = "batch_latency_s"
     PROMPT_TOKENS = "prompt_tokens"
     COMPLEXITY_PROMPT_TOKENS = "complexity_prompt_tokens"
     TOKENS_PER_S = "tokens_per_s"
@@ -240,7 +242,17 @@ _METRIC_DOCS: dict[str, tuple[str, str]] = {
     Metrics.SESSION_PREFIX: (_EXEC, "the last session's other summary numbers (runner.run.RunSummary)"),
     Metrics.STAGE_TOP_SCORE: (_CELL, "highest score of retrieval stage n (1: vector, 2: query, 3: POV)"),
     Metrics.STAGE3_MEAN_SCORE: (_CELL, "mean score of the POV stage's chunks"),
-    Metrics.LATENCY_S: (_CELL, "seconds of generation"),
+    Metrics.LATENCY_S: (
+        _CELL,
+        "seconds from the start of the cell's batch to the end of its answer (latency_per_cell 1), "
+        "else the batch's wall time",
+    ),
+    Metrics.LATENCY_PER_CELL: (
+        _CELL,
+        "1 when latency_s is the cell's own time in its batch, 0 when it is the batch's wall time "
+        "(the backend cannot time cells)",
+    ),
+    Metrics.BATCH_LATENCY_S: (_CELL, "wall time of the cell's whole batch (generate call)"),
     Metrics.PROMPT_TOKENS: (_CELL, "prompt length in tokens, as generated"),
     Metrics.COMPLEXITY_PROMPT_TOKENS: (_CELL, "prompt length in tokens, measured before generation"),
     Metrics.TOKENS_PER_S: (_CELL, "generated tokens per second"),

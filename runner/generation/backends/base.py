@@ -20,11 +20,16 @@ class GenerationOut:
     new_tokens: int
     """Tokens generated, up to and including the end-of-sequence token."""
     latency_s: float
-    """Wall time of the generate call this prompt was part of (the whole batch shares it)."""
+    """From the start of the batch's generate call to the moment this prompt's answer was complete, where the
+    backend can time each prompt (`batch_latency_s` set); else the wall time of the whole call, which every
+    prompt of the batch shares (dividing it by the batch size would be no prompt's time either)."""
     tokens_per_s: float
-    """new_tokens / latency_s: this prompt's share of the batch's speed."""
+    """new_tokens / latency_s."""
     prompt_truncated: bool = False
     """The prompt was longer than max_seq_length - max_new_tokens and lost its beginning."""
+    batch_latency_s: float | None = None
+    """Wall time of the whole generate call; None when the backend cannot time prompts one by one, and then
+    `latency_s` is that batch time."""
 
 
 @runtime_checkable

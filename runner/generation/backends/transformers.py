@@ -1,7 +1,12 @@
-"""Hugging Face transformers: AutoModelForCausalLM on the CPU or a GPU, batched with left padding."""
+"""Hugging Face transformers: AutoModelForCausalLM on the CPU or a GPU, batched with left padding.
+
+Each row of a batch is timed on its own: a stopping criterion that stops nothing stamps the end of every
+generation step, and a row's latency runs from the batch's start to the step that produced its last token.
+"""
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from dataclasses import dataclass
@@ -187,6 +192,7 @@ class TransformersBackend:
 
     def generate_encoded(self, batch: EncodedBatch) -> list[GenerationOut]:
         import torch
+        from transformers import StoppingCriteriaList
 
         params, width = batch.params, batch.width
         config = self._generation_config(params)
@@ -197,11 +203,18 @@ class TransformersBackend:
                 torch.cuda.manual_seed_all(params.seed)
         on_gpu = self.device.startswith("cuda")
         input_ids, mask = batch.input_ids.to(self.model.device), batch.mask.to(self.model.device)
+        clock = step_clock_class()(self.device)
         if on_gpu:
             torch.cuda.synchronize(self.device)
         started = time.perf_counter()
+        clock.start()
         with torch.inference_mode():
-            out = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+            out = self.model.generate(
+                input_ids=input_ids,
+                attention_mask=mask,
+                generation_config=config,
+                stopping_criteria=StoppingCriteriaList([clock]),
+            )
         if on_gpu:
             torch.cuda.synchronize(self.device)
         latency = time.perf_counter() - started
@@ -211,16 +224,70 @@ class TransformersBackend:
             texts = self.tokenizer.batch_decode(
                 [new[:n] for new, n in zip(answers, lengths, strict=True)], skip_special_tokens=True
             )
-        return [
-            GenerationOut(text, len(ids), n, latency, n / latency if latency > 0 else 0.0, truncated)
-            for text, n, (ids, truncated) in zip(texts, lengths, batch.rows, strict=True)
-        ]
+        outs = []
+        for text, n, (ids, truncated), row in zip(
+            texts, lengths, batch.rows, row_latencies(clock.seconds(), lengths, latency), strict=True
+        ):
+            own = latency if row is None else row
+            speed = n / own if own > 0 else 0.0
+            batch_s = None if row is None else latency
+            outs.append(GenerationOut(text, len(ids), n, own, speed, truncated, batch_latency_s=batch_s))
+        return outs
 
     def info(self) -> dict[str, float]:
         footprint = (
             float(self.model.get_memory_footprint()) if hasattr(self.model, "get_memory_footprint") else 0.0
         )
         return {"model_memory_mb": footprint / 2**20, "model_load_s": self.load_s}
+
+
+def row_latencies(steps: list[float], lengths: list[int], batch_s: float) -> list[float | None]:
+    """Per row: seconds from the batch's start to the end of the step that made its last token (its
+    `lengths[i]`-th), given when each step ended. All None when the steps do not cover every row (a
+    `generate` that called no stopping criterion): the batch is then timed as a whole, never guessed."""
+    if not lengths or any(n < 1 or n > len(steps) for n in lengths):
+        return [None] * len(lengths)
+    return [min(steps[n - 1], batch_s) for n in lengths]
+
+
+@functools.cache
+def step_clock_class() -> type:
+    """The StepClock class (built on first use: the base class is transformers', imported lazily)."""
+    import torch
+    from transformers import StoppingCriteria
+
+    class StepClock(StoppingCriteria):  # type: ignore[misc]
+        """Stamps the end of every generation step; `generate` calls it once per step, after appending the
+        step's token to every row. Stops nothing: it answers all-False, so the output is what it would be
+        without it. On a GPU it records CUDA events (no host sync per step) read after the batch."""
+
+        def __init__(self, device: str) -> None:
+            self.cuda = device.startswith("cuda") and torch.cuda.is_available()
+            self.stream = torch.cuda.current_stream(device) if self.cuda else None
+            self.origin: Any = None
+            self.stamps: list[Any] = []
+
+        def _now(self) -> Any:
+            if not self.cuda:
+                return time.perf_counter()
+            event = torch.cuda.Event(enable_timing=True)
+            event.record(self.stream)
+            return event
+
+        def start(self) -> None:
+            self.origin, self.stamps = self._now(), []
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            self.stamps.append(self._now())
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+        def seconds(self) -> list[float]:
+            """Seconds from `start` to the end of each step (on a GPU, once the device has finished)."""
+            if self.cuda:
+                return [self.origin.elapsed_time(e) / 1000.0 for e in self.stamps]
+            return [t - self.origin for t in self.stamps]
+
+    return StepClock
 
 
 def load_tokenizer(model: Model) -> Any:

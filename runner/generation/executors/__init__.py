@@ -29,6 +29,12 @@ class Executor(Protocol):
         """One line for the run's output: where generation happens."""
         ...
 
+    def check(self) -> None:
+        """Raise UserError if this executor cannot work here (GPUs named that are not visible, Ray not
+        installed or its cluster not answering, no `pov serve` answering). Called before an execution is
+        created, so it must be quick and start nothing that needs stopping."""
+        ...
+
     def prestart(self, models: Mapping[str, Model], log_dir: Path | None = None) -> None:
         """Begin loading these models now, so imports and the model load overlap the run's own preparation.
         Workers write their stdout/stderr under `log_dir` unless the executor was given a folder of its own."""

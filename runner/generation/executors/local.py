@@ -86,6 +86,10 @@ class LocalExecutor(PooledExecutor):
             self.log_dir = Path(tempfile.mkdtemp(prefix="pov-workers-"))
         return self.log_dir
 
+    def check(self) -> None:
+        """The GPUs named exist (slots() says which do not)."""
+        self.slots()
+
     def describe(self) -> str:
         devices = [device if cuda is None else f"GPU {cuda}" for device, cuda in self.slots()]
         return f"local worker process(es) on {', '.join(devices)}"

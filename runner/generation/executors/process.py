@@ -4,8 +4,12 @@ with a deadline, and turn its death into a crash cause with the tail of its stde
 from __future__ import annotations
 
 import contextlib
+import os
+import queue
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -69,9 +73,10 @@ class ProcessWorker:
                 self.cuda_visible,
                 self.limits.gpu_memory_gb,
                 str(self.stderr_path),
+                os.getpid(),  # the worker ends itself when this process goes (worker.die_with_parent)
             ),
         )
-        proc.start()
+        start_from_lasting_thread(proc.start)
         child_conn.close()  # so that the child's death reads as end-of-file here
         return proc, parent_conn
 
@@ -224,3 +229,40 @@ def _end(pair: tuple[Any, Any] | None) -> None:
         proc.kill()
         proc.join(10)
     conn.close()
+
+
+# -- starting workers ---------------------------------------------------------------------------------------------
+_starts: queue.SimpleQueue[tuple[Callable[[], None], Future[None]]] = queue.SimpleQueue()
+_starter: threading.Thread | None = None
+_starter_lock = threading.Lock()
+
+
+def start_from_lasting_thread(start: Callable[[], None]) -> None:
+    """Run `start` (a Process.start) in a thread that lives as long as this process.
+
+    A worker asks the kernel for SIGKILL when its parent dies (worker.die_with_parent), and Linux sends it
+    when the *thread* that forked the worker ends, not the process: a worker begun by a slot thread (which
+    ends with its run, while `pov serve` keeps the worker loaded) would die with that thread. The main thread
+    lasts as long as the process; every other thread hands its starts to one thread that never ends."""
+    if threading.current_thread() is threading.main_thread():
+        start()
+        return
+    global _starter
+    with _starter_lock:
+        if _starter is None:
+            _starter = threading.Thread(target=_starter_loop, name="pov-worker-starter", daemon=True)
+            _starter.start()
+    done: Future[None] = Future()
+    _starts.put((start, done))
+    done.result()
+
+
+def _starter_loop() -> None:
+    while True:
+        start, done = _starts.get()
+        try:
+            start()
+        except BaseException as e:  # handed to the caller's thread, which raises it there
+            done.set_exception(e)
+        else:
+            done.set_result(None)

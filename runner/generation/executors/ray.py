@@ -224,6 +224,24 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0][:500] if text else type(e).__name__
 
 
+CONNECT_TIMEOUT_S = 5.0
+
+
+def cluster_endpoint(address: str | None) -> tuple[str, int] | None:
+    """(host, port) of a cluster address (`ray://host:10001`, `host:6379`); None for none or `auto` (Ray
+    finds that one itself, from the files `ray start` leaves)."""
+    if not address or address == "auto":
+        return None
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(address if "://" in address else f"ray://{address}")
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        return None
+    return (host, port) if host and port else None
+
+
 class RayExecutor(PooledExecutor):
     name = "ray"
 
@@ -254,6 +272,30 @@ class RayExecutor(PooledExecutor):
             )
             self._owns_ray = True
         return ray
+
+    def check(self) -> None:
+        """Ray imports, and a cluster named by host and port takes a connection. Nothing is started here:
+        a local Ray (no address) is started by the run itself, once it has work."""
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            from runner.errors import UserError
+
+            raise UserError("the ray executor needs Ray: pip install 'pov-runner[ray]'") from None
+        host_port = cluster_endpoint(self.config.address)
+        if host_port is None:
+            return
+        import socket
+
+        try:
+            socket.create_connection(host_port, timeout=CONNECT_TIMEOUT_S).close()
+        except OSError as e:
+            from runner.errors import UserError
+
+            raise UserError(
+                f"the Ray cluster at {self.config.address} does not answer ({e}): start it (`ray start "
+                "--head`) or fix executor.address / --address"
+            ) from None
 
     def describe(self) -> str:
         where = self.config.address or "a local Ray started for this run"

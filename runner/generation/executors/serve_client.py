@@ -47,6 +47,22 @@ class ServeExecutor:
     def describe(self) -> str:
         return f"pov serve (pid {self.server_pid}): workers that stay loaded between runs"
 
+    def check(self) -> None:
+        """The server answers: its socket takes a connection and the key is right (then it is closed; the
+        server serves one client at a time, and this run may have nothing to do)."""
+        from multiprocessing import AuthenticationError
+
+        from runner.errors import UserError
+        from runner.generation.server_info import connect
+
+        try:
+            connect(self.info or {}).close()
+        except (OSError, EOFError, AuthenticationError) as e:
+            raise UserError(
+                f"pov serve (pid {self.server_pid}) does not answer ({type(e).__name__}: {e}): stop it and "
+                "start it again, or run with --executor local"
+            ) from None
+
     def prestart(self, models: Mapping[str, Model], log_dir: Path | None = None) -> None:
         """Connect now: the handshake overlaps the run's retrieval instead of delaying its first batch."""
         from runner.generation.server_info import connect

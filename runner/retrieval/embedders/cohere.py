@@ -3,7 +3,9 @@
 Documents are sent with `input_type="search_document"`, queries and POV statements with
 `"search_query"`, always `embedding_types=["float"]`, at most 96 texts per request (the API's limit).
 A 429 or 5xx answer (or a dropped connection) is retried with exponential backoff, honouring
-`Retry-After`; the SDK's own retries are turned off so that every request is counted here.
+`Retry-After`; the SDK's own retries are turned off so that every request is counted here. An address
+that cannot be connected to at all (closed port, unknown host, no route within CONNECT_TIMEOUT_S) is tried
+CONNECT_RETRIES more times only, then it is a UserError naming the URL: it will not come back in a minute.
 
 The key comes from `CO_API_KEY` (a clear UserError when unset) and the base URL from `CO_API_URL` when
 set. The key is never printed or logged: error messages are scrubbed of it before they are raised, and
@@ -22,10 +24,15 @@ from typing import Any
 import numpy as np
 
 from runner.errors import UserError
+from runner.redaction import redact
 from runner.retrieval.embedders.base import Kind, check_kind, normalize_rows
 from runner.spec import Embedder as EmbedderSpec
 
 MAX_BATCH = 96
+DEFAULT_URL = "https://api.cohere.com"
+"""Where the SDK sends requests when CO_API_URL is unset."""
+CONNECT_TIMEOUT_S = 5.0
+CONNECT_RETRIES = 2
 INPUT_TYPES: dict[str, str] = {"document": "search_document", "query": "search_query"}
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,7 @@ class CohereEmbedder:
         backoff_s: float = 1.0,
         max_backoff_s: float = 60.0,
         timeout_s: float = 120.0,
+        connect_retries: int = CONNECT_RETRIES,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         key = os.environ.get("CO_API_KEY", "").strip()
@@ -54,18 +62,22 @@ class CohereEmbedder:
                 "in the environment (export CO_API_KEY=...); it is never stored or printed"
             )
         import cohere
+        import httpx
 
         self.model = spec.model
+        self.connect_retries = connect_retries
+        # base_url must be read now: the SDK's default argument read CO_API_URL once, at import time.
+        self.base_url = os.environ.get("CO_API_URL", "").strip() or DEFAULT_URL
         self.batch_size = min(spec.batch_size, MAX_BATCH)
         self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
         self._sleep = sleep
         self._key = key
         self.calls = 0
         self.retries = 0
-        # base_url must be read now: the SDK's default argument read CO_API_URL once, at import time.
-        self._client = cohere.ClientV2(
-            api_key=key, base_url=os.environ.get("CO_API_URL") or None, timeout=timeout_s, max_retries=0
-        )
+        # Our own httpx client, for a connect timeout of seconds (the SDK's `timeout` bounds only the
+        # whole request); with it and no `timeout`, the SDK leaves each request to the client's settings.
+        http = httpx.Client(timeout=httpx.Timeout(timeout_s, connect=CONNECT_TIMEOUT_S))
+        self._client = cohere.ClientV2(api_key=key, base_url=self.base_url, httpx_client=http, max_retries=0)
 
     def __repr__(self) -> str:
         return f"CohereEmbedder(model={self.model!r})"
@@ -123,6 +135,13 @@ class CohereEmbedder:
         status = getattr(e, "status_code", None)
         return status if isinstance(status, int) else None
 
+    @staticmethod
+    def _unreachable(e: Exception) -> bool:
+        """No connection was made at all (closed port, unknown host, no answer to connect)."""
+        import httpx
+
+        return isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout))
+
     def _retry_wait(self, e: Exception, attempt: int) -> float | None:
         import httpx
 
@@ -130,7 +149,8 @@ class CohereEmbedder:
         retryable = (
             status == 429 or (status is not None and status >= 500) or isinstance(e, httpx.TransportError)
         )
-        if not retryable or attempt >= self.max_retries:
+        limit = self.connect_retries if self._unreachable(e) else self.max_retries
+        if not retryable or attempt >= min(limit, self.max_retries):
             return None
         wait: float = self.backoff_s * 2**attempt
         headers = getattr(e, "headers", None) or {}
@@ -149,6 +169,13 @@ class CohereEmbedder:
 
     def _final_error(self, e: Exception, attempts: int) -> Exception:
         status = self._status(e)
+        if self._unreachable(e):
+            return UserError(
+                redact(
+                    f"cannot reach the Cohere API at {self.base_url}: {self._describe(e)}; check CO_API_URL "
+                    f"(unset, it is {DEFAULT_URL}) and your network"
+                )
+            )
         if status in (401, 403):
             return UserError(f"Cohere refused the API key in CO_API_KEY ({self._describe(e)})")
         if status is not None and 400 <= status < 500 and status != 429:
