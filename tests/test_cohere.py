@@ -189,3 +189,28 @@ def test_cohere_at_a_closed_port_through_the_cli_exits_2(
     err = capsys.readouterr().err
     assert f"cannot reach the Cohere API at {url}" in err and "CO_API_URL" in err
     assert "Traceback" not in err and api_key not in err
+
+
+def test_an_unreachable_cohere_reranker_stops_pov_run_before_it_writes_anything(
+    monkeypatch: pytest.MonkeyPatch, api_key: str, brics_project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Cohere only reranks here (the stored chunks are MiniLM's), so ingest never calls it; the run checks it
+    by embedding the POV statements (which every run needs) before the execution is created."""
+    from conftest import free_port
+
+    from runner.cli import main
+
+    url = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("CO_API_URL", url)
+    store = brics_project / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    spec = brics_project / "experiments" / "seed_replica.yaml"
+    assert main(["run", str(spec), "--limit", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot reach the Cohere API at {url}" in err and "Traceback" not in err
+    assert not (brics_project / ".pov" / "runs").exists(), "no run folder"
+    from mlflow.tracking import MlflowClient
+
+    if store.exists():  # the store may be made by the reachability check, but it holds no run
+        client = MlflowClient(f"sqlite:///{store}")
+        assert not [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]

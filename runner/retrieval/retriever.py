@@ -278,4 +278,11 @@ def open_retriever(exp: Experiment) -> ChromaRetriever:
     from runner.retrieval.store import ingest
 
     ingest(exp)
-    return ChromaRetriever(exp)
+    retriever = ChromaRetriever(exp)
+    if not retriever.reuse_stored:
+        # A separate reranker (an API such as Cohere) is first needed by retrieval, after the execution
+        # exists. Every run embeds its POV statements with it anyway (stage 3, cached afterwards), so doing
+        # that now makes an unreachable reranker fail before anything is written, at the cost of nothing.
+        statements = list(dict.fromkeys(s for pov in exp.pov_sets.values() for s in pov))
+        retriever.reranker.embed(statements, "query")
+    return retriever
