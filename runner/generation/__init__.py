@@ -14,7 +14,7 @@ from runner.generation.executors import EXECUTORS, Executor, make_executor
 from runner.generation.jobs import CAUSES, Groups, Job, JobResult, LoadFailed, WorkerCrash
 from runner.generation.model_files import cache_folder_hashes, folder_hash, model_revision
 from runner.generation.server import Server
-from runner.generation.server_info import absolute_model, find_server, request
+from runner.generation.server_info import absolute_model, find_server, pid_alive, request
 from runner.generation.tinymodel import BUILTIN_PREFIX, TinyDims, build_tiny, resolve_model
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "folder_hash",
     "make_executor",
     "model_revision",
+    "pid_alive",
     "request",
     "resolve_model",
 ]

@@ -33,7 +33,8 @@ def socket_path(state_dir: Path) -> str:
     return str(folder / f"{digest}.sock")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this pid exists on this host (one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -51,7 +52,7 @@ def find_server(state_dir: Path) -> dict[str, Any] | None:
         pid, address = int(info["pid"]), str(info["socket"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not _pid_alive(pid) or not Path(address).exists():
+    if not pid_alive(pid) or not Path(address).exists():
         with contextlib.suppress(OSError):
             path.unlink()
         return None

@@ -196,7 +196,12 @@ def corpus_fingerprint(root: Path, include: Sequence[str], chunking: str) -> str
     that repairing one counts as a change), and the chunking parameters. Reads the files but chunks
     nothing. A corpus with no skipped file hashes as it did before skipped files were recorded by reason,
     so existing stores are not reported as changed."""
+    return fingerprint_of(corpus_digests(root, include), chunking)
+
+
+def fingerprint_of(digests: dict[str, str], chunking: str) -> str:
+    """`corpus_fingerprint` from digests already taken (an ingest has just read every file)."""
     h = hashlib.sha256(f"chunking={chunking}\n".encode())
-    for rel, digest in corpus_digests(root, include).items():
+    for rel, digest in digests.items():
         h.update(f"{rel}\0{digest}\n".encode())
     return h.hexdigest()[:32]

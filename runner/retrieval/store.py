@@ -36,7 +36,7 @@ from urllib.parse import urlparse
 
 from runner.errors import RunAborted, UserError
 from runner.redaction import redact
-from runner.retrieval.chunking import Chunk, chunk_file, corpus_fingerprint
+from runner.retrieval.chunking import Chunk, chunk_file, corpus_fingerprint, fingerprint_of
 from runner.spec import Embedder as EmbedderSpec
 from runner.spec import Experiment, Skipped, portable, read_corpus
 
@@ -320,7 +320,7 @@ def ingest(
         chunks.update((c.id, c) for c in got)
     if not chunks:
         raise UserError(f"no chunks in {spec.corpus.path}: every paragraph was empty or boilerplate")
-    fingerprint = corpus_fingerprint(spec.corpus.path, spec.corpus.include, chunking_key(exp))
+    fingerprint = fingerprint_of(corpus.digests(), chunking_key(exp))  # the files were just read
 
     store = Store(exp)
     report = IngestReport(spec.corpus.collection, store.location, skipped=corpus.skipped, no_chunks=no_chunks)

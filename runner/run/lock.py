@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.errors import UserError
+from runner.generation import pid_alive
 
 if TYPE_CHECKING:
     from runner.spec import Experiment
@@ -121,13 +122,7 @@ def _alive(holder: dict[str, Any]) -> bool:
     pid = holder.get("pid")
     if holder.get("host") != socket.gethostname() or not isinstance(pid, int):
         return True  # another machine's process (a shared filesystem): nothing to check it against
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def refusal(holder: dict[str, Any], path: Path) -> str:

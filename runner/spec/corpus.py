@@ -46,6 +46,12 @@ class CorpusText:
     root: Path
     files: list[SourceFile] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    entries: list[SourceFile | Skipped] = field(default_factory=list)
+    """Both, in listing order: what the digests follow."""
+
+    def digests(self) -> dict[str, str]:
+        """`corpus_digests` of what was read, without reading the files again."""
+        return {got.rel: _digest(got) for got in self.entries}
 
 
 def include_problem(pattern: str) -> str | None:
@@ -123,6 +129,7 @@ def iter_corpus(root: Path, include: Sequence[str]) -> Iterator[SourceFile | Ski
 def read_corpus(root: Path, include: Sequence[str]) -> CorpusText:
     corpus = CorpusText(root)
     for got in iter_corpus(root, include):
+        corpus.entries.append(got)
         if isinstance(got, SourceFile):
             corpus.files.append(got)
         else:
@@ -134,7 +141,8 @@ def corpus_digests(root: Path, include: Sequence[str]) -> dict[str, str]:
     """Relative path -> sha256 of each file read, or `skipped: <reason>` for one that is not. A skipped
     file counts by its reason, so repairing it (now hashed) is a change, and an unreadable one raises
     nothing."""
-    return {
-        got.rel: got.sha256 if isinstance(got, SourceFile) else f"skipped: {got.reason}"
-        for got in iter_corpus(root, include)
-    }
+    return {got.rel: _digest(got) for got in iter_corpus(root, include)}
+
+
+def _digest(got: SourceFile | Skipped) -> str:
+    return got.sha256 if isinstance(got, SourceFile) else f"skipped: {got.reason}"
