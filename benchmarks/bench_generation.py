@@ -102,9 +102,7 @@ def overrides(model_dir: Path, args: argparse.Namespace, batch_size: int, four_b
 def experiment(model_dir: Path, args: argparse.Namespace, batch_size: int, four_bit: str | None) -> Any:
     from runner.spec import load_spec
 
-    return load_spec(
-        REPO / "experiments" / "quickstart.yaml", overrides(model_dir, args, batch_size, four_bit)
-    )
+    return load_spec(REPO / "experiments" / "tiny.yaml", overrides(model_dir, args, batch_size, four_bit))
 
 
 def pick_retriever(exp: Any) -> tuple[Any, str]:

@@ -33,7 +33,7 @@ def _results(n: int) -> list[Any]:
     from runner.spec import expand, load_spec
     from runner.tracking import CHECK_PASS, Tags
 
-    exp = load_spec(ROOT / "experiments" / "quickstart.yaml")
+    exp = load_spec(ROOT / "experiments" / "tiny.yaml")
     base = expand(exp)
     words = ("lorem ipsum dolor sit amet consectetur adipiscing elit " * 60).strip()
     out = []

@@ -21,7 +21,7 @@ COMMANDS = {
     "run": "run every cell of a spec (resumes an unfinished run)",
     "rerun": "run a past run again, naming what changed since",
     "report": "crash rate against prompt complexity, latency, checks",
-    "models": "build local models (a tiny random Llama for offline use)",
+    "models": "list, fetch or build local models (a real SmolLM2, a tiny random Llama)",
     "serve": "keep generation workers loaded between runs",
 }
 

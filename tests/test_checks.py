@@ -325,3 +325,43 @@ def test_template_without_sections_skips_section_checks():
     metrics, tags = run(OPINION, TemplateInfo("plain", Path("p.j2"), ""))
     assert not any(k.startswith(("check_sections", "check_words", "check_dup")) for k in metrics)
     assert "check.sections" not in tags and "check_idk" in metrics
+
+
+def test_loop_after_a_sensible_start_is_degenerate():
+    """Small models write sense, then loop to the token limit: over the whole answer the loop is diluted
+    (the ratio stays above the threshold), in its worst window it is not."""
+    loop = (
+        OPINION
+        + " And the answer is that Japan should not join BRICS,"
+        + (" and the answer is that Japan should not join BRICS," * 5)
+    )
+    metrics, tags = run(loop, real_template("opinion_only"))
+    assert (
+        metrics["check_distinct_trigram_ratio"] >= CHECKS.repetition_ratio
+    )  # the whole-text ratio missed it
+    assert metrics["check_window_trigram_ratio"] < CHECKS.loop_window_ratio
+    assert metrics["check_degenerate"] == 1.0 and tags["check.degenerate"] == "fail"
+    assert run(OPINION, real_template("opinion_only"))[0]["check_window_trigram_ratio"] > 0.9
+
+
+def test_an_answer_that_pastes_its_context_is_flagged_as_copied():
+    pasted = CONTEXT[0] + "\n\n" + CONTEXT[1]
+    metrics, tags = run(pasted, real_template("opinion_only"))
+    assert metrics["check_copied_share"] > 0.9 and tags["check.copied"] == "fail"  # only the seam is new
+    metrics, tags = run(OPINION, real_template("opinion_only"))
+    assert metrics["check_copied_share"] < 0.1 and tags["check.copied"] == "pass"
+    half = OPINION + " " + CONTEXT[0]
+    share = run(half, real_template("opinion_only"))[0]["check_copied_share"]
+    assert 0.3 < share < 0.7
+    strict = Checks(copied_share=min(share + 0.05, 1.0))
+    assert run(half, real_template("opinion_only"), checks=strict)[1]["check.copied"] == "pass"
+    assert (
+        run(half, real_template("opinion_only"), checks=Checks(copied_share=share))[1]["check.copied"]
+        == "fail"
+    )
+    assert "check_copied_share" not in run("Too short to copy.", real_template("opinion_only"))[0]
+
+
+def test_a_heading_whose_words_run_together_is_found():
+    metrics, _ = run(f"#ContextSummary:\n{SUMMARY}\n\n#Opinion:\n{OPINION}", two_sections())
+    assert metrics["check_sections_present"] == 1.0

@@ -70,7 +70,7 @@ def test_validate_every_experiment() -> None:
 
 
 def test_validate_in_process(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["validate", str(EXPERIMENTS / "quickstart.yaml")]) == 0
+    assert cli.main(["validate", str(EXPERIMENTS / "tiny.yaml")]) == 0
     assert "ok" in capsys.readouterr().out
 
 
@@ -158,7 +158,13 @@ LIGHT_CHECK = textwrap.dedent(
     "argv",
     [
         ["--help"],
-        ["validate", "experiments/base.yaml", "experiments/quickstart.yaml", "experiments/seed_replica.yaml"],
+        [
+            "validate",
+            "experiments/base.yaml",
+            "experiments/quickstart.yaml",
+            "experiments/tiny.yaml",
+            "experiments/seed_replica.yaml",
+        ],
         ["plan", "experiments/seed_replica.yaml"],
         ["plan", "experiments/seed_replica.yaml", "--json"],
     ],

@@ -27,7 +27,7 @@ from runner.spec import Cell, Experiment, expand, load_spec
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
-QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
+QUICKSTART = ROOT / "experiments" / "tiny.yaml"
 MANIFEST = {"git": {"commit": "c0ffee", "branch": "main", "dirty": False}, "corpus": {"fingerprint": "f"}}
 CELLS = 6
 

@@ -78,7 +78,7 @@ def test_one_corpus_listing_leaves_hidden_files_out_everywhere(tmp_path: Path) -
     shutil.copytree(REPO / "data" / "brics", corpus)
     spec = tmp_path / "spec.yaml"
     spec.write_text(
-        (REPO / "experiments" / "quickstart.yaml")
+        (REPO / "experiments" / "tiny.yaml")
         .read_text()
         .replace("extends: base.yaml", f"extends: {REPO / 'experiments' / 'base.yaml'}")
         + f"corpus: {{path: {corpus}, collection: hidden-test}}\n"

@@ -78,7 +78,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def exp() -> Experiment:
-    return load_spec(ROOT / "experiments" / "quickstart.yaml")
+    return load_spec(ROOT / "experiments" / "tiny.yaml")
 
 
 def _result(cell: Cell, n: int, crashed: bool = False) -> CellResult:

@@ -92,7 +92,7 @@ MANIFEST = {
 
 
 def demo_spec() -> Experiment:
-    return load_spec(REPO / "experiments" / "quickstart.yaml", ["name=demo"])
+    return load_spec(REPO / "experiments" / "tiny.yaml", ["name=demo"])
 
 
 def cell_result(cell: Cell, rng: random.Random, cause: str | None) -> CellResult:
@@ -321,7 +321,7 @@ def test_spec_picks_its_latest_execution_and_logs_the_artifact(
     monkeypatch.chdir(tmp_path)
     spec = tmp_path / "spec.yaml"
     spec.write_text(
-        f"name: demo-spec\nextends: {REPO / 'experiments' / 'quickstart.yaml'}\n"
+        f"name: demo-spec\nextends: {REPO / 'experiments' / 'tiny.yaml'}\n"
         f"tracking: {{uri: '{store['uri']}'}}\n"
     )
     exp = load_spec(spec)

@@ -1,5 +1,6 @@
 """`pov rerun RUN_ID` end to end: same rankings and outputs on the same machine; a named drift after a corpus
-file changes. The tiny local model decodes greedily, so identical inputs must give identical outputs."""
+file changes. The real SmolLM2 of the quickstart decodes greedily, so identical inputs must give identical
+answers (real sentences, where a random model's gibberish could hide a drift)."""
 
 from __future__ import annotations
 
@@ -27,9 +28,9 @@ SPEC = f"""\
 name: reruntest
 extends: {ROOT / "experiments" / "quickstart.yaml"}
 corpus: {{path: brics}}
-generation: {{max_new_tokens: 12, temperature: 0.0, seed: 0, batch_size: 4}}
+generation: {{max_new_tokens: 24, temperature: 0.0, seed: 0, batch_size: 4}}
 matrix:
-  template: [summary_opinion, opinion_only]
+  template: [brief_summary_opinion, brief_opinion]
   persona: [professor]
   pov_set: [global_south, security]
   question: [japan-alliances]
@@ -162,6 +163,10 @@ def test_rerun_of_a_spec_with_a_redacted_secret_compares_its_cells(tmp_path: Pat
     (tmp_path / "brics").symlink_to(ROOT / "data" / "brics", target_is_directory=True)
     (tmp_path / "spec.yaml").write_text(
         SPEC.replace("name: reruntest", "name: secretrerun")
+        .replace("quickstart.yaml", "tiny.yaml")  # what is checked is the secret, not the language
+        .replace(
+            "template: [brief_summary_opinion, brief_opinion]", "template: [summary_opinion, opinion_only]"
+        )
         .replace("persona: [professor]", "persona: [keyholder]")
         .replace("pov_set: [global_south, security]", "pov_set: [global_south]")
         .replace("tracking: {experiment: reruntest}", "tracking: {experiment: secretrerun}")

@@ -27,7 +27,7 @@ KILLS = 5
 
 SPEC = f"""\
 name: killtest
-extends: {ROOT / "experiments" / "quickstart.yaml"}
+extends: {ROOT / "experiments" / "tiny.yaml"}
 generation: {{max_new_tokens: 4, temperature: 0.0, seed: 0, batch_size: 2}}
 matrix:
   question: [japan-alliances, brics-growth-drivers]

@@ -43,7 +43,7 @@ def all_keys(exp: Any, k: tuple[int, int, int] = (15, 10, 5)) -> list[tuple[str,
 def test_quickstart_twice_second_run_embeds_nothing(
     brics_project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    spec = brics_project / "experiments" / "quickstart.yaml"
+    spec = brics_project / "experiments" / "tiny.yaml"
     assert main(["ingest", str(spec)]) == 0
     capsys.readouterr()
     assert main(["retrieve", str(spec)]) == 0
@@ -124,7 +124,7 @@ def test_stages_follow_the_algorithm(brics_project: Path, minilm: Any) -> None:
 def test_separate_reranker_embeds_each_text_once_and_agrees(brics_project: Path, tmp_path: Path) -> None:
     from runner.retrieval.embedders.sentence_transformers import resolve_model
 
-    spec = brics_project / "experiments" / "quickstart.yaml"
+    spec = brics_project / "experiments" / "tiny.yaml"
     twin = tmp_path / "minilm-twin"  # the same weights under another name: a different reranker to the runner
     twin.symlink_to(resolve_model("all-MiniLM-L6-v2"))
     exp = load_spec(spec)
@@ -157,7 +157,7 @@ def test_separate_reranker_embeds_each_text_once_and_agrees(brics_project: Path,
 def test_ties_break_by_id_then_keep_order(brics_project: Path) -> None:
     corpus = brics_project / "data" / "brics"
     shutil.copy(corpus / "04_japan_alliances_trade.md", corpus / "04b_japan_copy.md")
-    spec = brics_project / "experiments" / "quickstart.yaml"
+    spec = brics_project / "experiments" / "tiny.yaml"
     exp = load_spec(spec)
     ingest(exp)
     key = ("japan-alliances", "security", (15, 10, 6))
@@ -197,9 +197,9 @@ def test_result_round_trips_through_json() -> None:
 
 
 def test_errors_and_staleness(brics_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = brics_project / "experiments" / "quickstart.yaml"
+    spec = brics_project / "experiments" / "tiny.yaml"
     exp = load_spec(spec)
-    with pytest.raises(UserError, match=r"run `pov ingest .*quickstart.yaml` first"):
+    with pytest.raises(UserError, match=r"run `pov ingest .*tiny.yaml` first"):
         ChromaRetriever(exp).retrieve([("japan-alliances", "security", (15, 10, 5))])
     ingest(exp)
     with pytest.raises(UserError, match="unknown question 'nope'"):
@@ -221,7 +221,7 @@ def test_errors_and_staleness(brics_project: Path, capsys: pytest.CaptureFixture
 
 
 def test_cli_table_shows_every_stage(brics_project: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = brics_project / "experiments" / "quickstart.yaml"
+    spec = brics_project / "experiments" / "tiny.yaml"
     exp = load_spec(spec)
     ingest(exp)
     key = ("g7-response", "global_south", (6, 4, 2))

@@ -128,7 +128,7 @@ def test_tracker_redacts_everything_it_writes(
 
     monkeypatch.chdir(tmp_path)
     key, tok = keys["CO_API_KEY"], keys["MY_SERVICE_TOKEN"]
-    exp = load_spec(ROOT / "experiments" / "quickstart.yaml")
+    exp = load_spec(ROOT / "experiments" / "tiny.yaml")
     exp.spec.description = f"uses {key}"
     exp.spec.personas["professor"] = f"You are a professor. Your token is {tok}."
     manifest = {
@@ -183,7 +183,7 @@ def test_pov_run_leaks_no_secret(tmp_path: Path) -> None:
     (tmp_path / "spec.yaml").write_text(f"""\
 name: secretstest
 description: "remember to export CO_API_KEY={key}"
-extends: {ROOT / "experiments" / "quickstart.yaml"}
+extends: {ROOT / "experiments" / "tiny.yaml"}
 personas:
   professor: "You are a professor who once leaked the token {tok}."
 generation: {{max_new_tokens: 4, temperature: 0.0, seed: 0, batch_size: 2}}
@@ -242,7 +242,7 @@ def test_a_bad_set_argument_is_echoed_redacted(
 
     key = keys["CO_API_KEY"]
     arg = template.format(key=key)
-    assert cli(["validate", str(ROOT / "experiments" / "quickstart.yaml"), "--set", arg]) == 2
+    assert cli(["validate", str(ROOT / "experiments" / "tiny.yaml"), "--set", arg]) == 2
     err = capsys.readouterr().err
     assert "--set" in err or "matrix" in err or "tracking" in err, err
     assert key not in err and "hunter2pass" not in err, err

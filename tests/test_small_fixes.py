@@ -18,7 +18,7 @@ from runner.spec import Experiment, expand, load_spec
 from runner.tracking import Kind, MlflowTracker, Tags, make_client
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICKSTART = ROOT / "experiments" / "quickstart.yaml"
+QUICKSTART = ROOT / "experiments" / "tiny.yaml"
 TOOL_FILES = (
     ".pov/runs/quickstart/abc/results.jsonl",
     ".pov/chroma/chroma.sqlite3",

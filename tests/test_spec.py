@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import copy_brics_project
 from jinja2 import UndefinedError
 from jinja2.sandbox import SecurityError
 
@@ -30,9 +31,28 @@ TEMPLATE = textwrap.dedent(
     {% endfor %}"""
 )
 
-QUICKSTART = Path(__file__).resolve().parent.parent / "experiments" / "quickstart.yaml"
 QUICKSTART_HASH = "f8a5540ecdc71fbb"
-"""The quickstart's spec hash before chroma_url and persist_dir left it: it must not change."""
+"""The hash of the tiny-model quickstart (now experiments/tiny.yaml, below as it was then) before
+chroma_url and persist_dir left the spec hash: its executions must keep resuming."""
+OLD_QUICKSTART = """\
+name: quickstart
+description: Offline end-to-end run of the whole pipeline on the BRICS sample with a tiny local model.
+extends: base.yaml
+models:
+  tiny: {backend: transformers, name: "builtin:tiny-llama", max_seq_length: 2048, device: cpu}
+generation: {max_new_tokens: 48, temperature: 0.0, seed: 0, batch_size: 8}
+matrix:
+  model: [tiny]
+  template: [summary_opinion, opinion_only]
+  persona: [professor, assistant]
+  pov_set: [global_south, security]
+  k: [[15, 10, 5]]
+  question: [japan-alliances, brics-growth-drivers, local-currency-settlement]
+  exclude:
+    - {template: opinion_only, persona: assistant}
+limits: {cell_timeout_s: 120}
+tracking: {experiment: quickstart}
+"""
 
 
 def write(path: Path, text: str) -> Path:
@@ -441,10 +461,12 @@ def test_editing_a_template_file_re_ids_only_its_cells(project: Path) -> None:
     assert {k for k in before if after[k] != before[k]} == {k for k in before if k[0] == "t2"}
 
 
-def test_where_the_chroma_store_lives_is_not_part_of_the_spec_hash(project: Path) -> None:
+def test_where_the_chroma_store_lives_is_not_part_of_the_spec_hash(project: Path, tmp_path: Path) -> None:
     """corpus.chroma_url and corpus.persist_dir say where the chunks are kept, not what the experiment is:
     moving the store keeps the execution (and every cell id); a spec that sets neither keeps its old hash."""
-    assert load_spec(QUICKSTART).spec_hash == QUICKSTART_HASH  # existing executions still resume
+    old = copy_brics_project(tmp_path / "old") / "experiments" / "old_quickstart.yaml"
+    old.write_text(OLD_QUICKSTART)
+    assert load_spec(old).spec_hash == QUICKSTART_HASH  # existing executions still resume
     spec = project / "specs" / "spec.yaml"
     plain = load_spec(spec)
     moved = [

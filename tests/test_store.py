@@ -63,7 +63,7 @@ def by_source(chunks: dict[str, dict[str, Any]]) -> dict[str, set[str]]:
 def test_ingest_is_idempotent_and_incremental(
     brics_project: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    spec = brics_project / "experiments" / "quickstart.yaml"
+    spec = brics_project / "experiments" / "tiny.yaml"
     corpus = brics_project / "data" / "brics"
     counts, _ = run_ingest(spec, capsys)
     first = stored(spec)
@@ -102,7 +102,7 @@ def test_ingest_is_idempotent_and_incremental(
 
 
 def test_inserting_a_paragraph_updates_positions_without_re_embedding(brics_project: Path) -> None:
-    spec = brics_project / "experiments" / "quickstart.yaml"
+    spec = brics_project / "experiments" / "tiny.yaml"
     ingest(load_spec(spec))
     path = brics_project / "data" / "brics" / "01_brics_expansion.md"
     path.write_text(
@@ -117,7 +117,7 @@ def test_inserting_a_paragraph_updates_positions_without_re_embedding(brics_proj
 
 
 def test_collection_records_embedder_dimension_and_cosine_space(brics_project: Path) -> None:
-    spec = brics_project / "experiments" / "quickstart.yaml"
+    spec = brics_project / "experiments" / "tiny.yaml"
     ingest(load_spec(spec))
     col = Store(load_spec(spec)).collection()
     assert col.configuration["hnsw"]["space"] == "cosine"
@@ -137,7 +137,7 @@ def test_another_embedder_is_a_clear_error_until_rebuild(
     from runner.retrieval import ChromaRetriever
     from runner.retrieval.embedders.sentence_transformers import resolve_model
 
-    spec = brics_project / "experiments" / "quickstart.yaml"
+    spec = brics_project / "experiments" / "tiny.yaml"
     other = tmp_path / "other-minilm"
     other.symlink_to(resolve_model("all-MiniLM-L6-v2"))
     run_ingest(spec, capsys)
@@ -159,7 +159,7 @@ def test_a_crash_mid_write_is_repaired_by_the_next_ingest(
 
     from runner.retrieval import ChromaRetriever
 
-    spec = brics_project / "experiments" / "quickstart.yaml"
+    spec = brics_project / "experiments" / "tiny.yaml"
     ingest(load_spec(spec))
     path = brics_project / "data" / "brics" / "02_dedollarisation.md"
     path.write_text(path.read_text().replace("dollar", "greenback"))
@@ -198,7 +198,7 @@ def test_writes_respect_chromas_max_batch_size(brics_project: Path, monkeypatch:
 
         monkeypatch.setattr(Collection, name, wrapper)
     monkeypatch.setattr(Client, "get_max_batch_size", lambda self: 7)
-    spec = brics_project / "experiments" / "quickstart.yaml"
+    spec = brics_project / "experiments" / "tiny.yaml"
     ingest(load_spec(spec))
     assert (
         sum(sizes["upsert"]) == len(expected(spec)) and max(sizes["upsert"]) <= 7 and len(sizes["upsert"]) > 1
@@ -300,7 +300,7 @@ def test_a_collection_made_by_another_corpus_is_refused_before_any_write(
     assert Store(load_spec(base)).metadata()["pov.spec"] == "base"
 
     # Another spec over the same corpus shares the collection, and an edited file still re-ingests.
-    counts, _ = run_ingest(experiments / "quickstart.yaml", capsys)
+    counts, _ = run_ingest(experiments / "tiny.yaml", capsys)
     assert counts["chunks"]["added"] == 0
     path = brics_project / "data" / "brics" / "03_g7_response.md"
     path.write_text(
@@ -326,8 +326,6 @@ def test_a_collection_without_a_recorded_spec_is_adopted(brics_project: Path) ->
     }
     col.modify(metadata=legacy)
     assert "pov.spec" not in Store(base).metadata()
-    rechunked = load_spec(
-        brics_project / "experiments" / "quickstart.yaml", ["corpus.chunking.max_words=120"]
-    )
+    rechunked = load_spec(brics_project / "experiments" / "tiny.yaml", ["corpus.chunking.max_words=120"])
     assert ingest(rechunked).chunks["deleted"] >= 1
-    assert Store(base).metadata()["pov.spec"] == "quickstart"
+    assert Store(base).metadata()["pov.spec"] == "tiny"

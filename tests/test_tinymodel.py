@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO, gen_spec
 
 from runner.errors import UserError
-from runner.generation.tinymodel import TinyDims, build_tiny, resolve_model
+from runner.generation import TinyDims, build_tiny, resolve_model
 
 
 def _digests(folder: Path) -> dict[str, str]:

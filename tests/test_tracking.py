@@ -14,7 +14,7 @@ from runner.spec import Cell, Experiment, expand, load_spec
 from runner.tracking import MlflowTracker, NullTracker, make_tracker, resolve_tracking_uri
 
 ROOT = Path(__file__).resolve().parent.parent
-SPEC = ROOT / "experiments" / "quickstart.yaml"
+SPEC = ROOT / "experiments" / "tiny.yaml"
 MANIFEST = {
     "git": {"commit": "c0ffee", "branch": "main", "dirty": False},
     "gpu": {"name": "none"},

@@ -152,3 +152,11 @@ def print_tables(console: Any, data: dict[str, Any]) -> None:
                 )
     console.print(table)
     rates("check pass rates", lambda ex: [{**r, "value": r["check"]} for r in ex["checks"]], "passed")
+    for axis in ("template", "persona"):
+        rates(
+            f"check pass rates by {axis}",
+            lambda ex, axis=axis: [
+                {**r, "value": f"{r['check']} · {r['value']}"} for r in ex[f"checks_by_{axis}"]
+            ],
+            "passed",
+        )

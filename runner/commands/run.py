@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from runner.commands import add_spec_arguments, gpu_list
 
@@ -52,6 +53,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "execution with the rest",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar; print only the summary")
+
+
+def _print_answers(out: Any, results: Path) -> None:
+    """The checks' pass rates per template · persona, and the start of one answer."""
+    from runner.run import answer_excerpt, check_table, finished_rows
+
+    rows = finished_rows(results)
+    table = check_table(rows)
+    if table.checks:
+        # Plain columns, not a rich Table: a log or a narrow terminal would wrap its cells mid-word.
+        cells = [
+            [group, *(f"{counts[c][0]}/{counts[c][1]}" if c in counts else "-" for c in table.checks)]
+            for group, counts in table.rows
+        ]
+        head = ["template · persona", *table.checks]
+        widths = [max(len(r[i]) for r in [head, *cells]) for i in range(len(head))]
+        out.print("output checks passed (cells passed / cells checked):")
+        for r in [head, *cells]:
+            out.print(
+                "  "
+                + "  ".join(
+                    v.ljust(w) if i == 0 else v.rjust(w)
+                    for i, (v, w) in enumerate(zip(r, widths, strict=True))
+                )
+            )
+    shown = answer_excerpt(rows)
+    if shown is not None:
+        cell = shown.cell
+        where = ", ".join(f"{k}={cell.get(k)}" for k in ("template", "persona", "pov_set", "question"))
+        failed = f"; failed: {', '.join(shown.failed)}" if shown.failed else "; passed every check"
+        out.print(f"one answer ({where}{failed}):")
+        out.print(f"  {shown.text}")
 
 
 def _duration(seconds: float) -> str:
@@ -127,11 +160,16 @@ def _run(args: argparse.Namespace, exp: Experiment) -> int:
             "nothing to do: every cell is recorded in this spec's latest execution "
             "(--retry-crashed runs its crashed cells again, --fresh starts a new execution)"
         )
+    if summary.cells_run and not args.quiet:
+        _print_answers(out, summary.results_path)
     out.print(f"results: {summary.results_path}")
     run_id = tracker.run_id
     if run_id:
         experiment = exp.spec.tracking.experiment or exp.spec.name
         out.print(f"MLflow: run {run_id} in experiment {experiment!r}")
+        out.print(
+            f"next: pov report {args.spec}   (tables and charts of this execution; `mlflow ui` to browse)"
+        )
     common = summary.common_crash()
     if common:
         cause, line = common

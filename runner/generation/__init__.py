@@ -10,17 +10,30 @@ results. torch and transformers are imported only inside workers.
 """
 
 from runner.generation.backends import Backend, GenerationOut, backend_class
+from runner.generation.builtins import (
+    BUILTIN_PREFIX,
+    BUILTINS,
+    FETCHED,
+    MODEL_CACHE_ENV,
+    builtin_gguf,
+    ensure_fetched,
+    model_cache,
+    resolve_model,
+)
 from runner.generation.executors import EXECUTORS, Executor, make_executor
 from runner.generation.jobs import CAUSES, Groups, Job, JobResult, LoadFailed, WorkerCrash
 from runner.generation.model_files import cache_folder_hashes, folder_hash, model_revision
 from runner.generation.server import Server
 from runner.generation.server_info import absolute_model, find_server, pid_alive, request
-from runner.generation.tinymodel import BUILTIN_PREFIX, TinyDims, build_tiny, resolve_model
+from runner.generation.tinymodel import TinyDims, build_tiny
 
 __all__ = [
+    "BUILTINS",
     "BUILTIN_PREFIX",
     "CAUSES",
     "EXECUTORS",
+    "FETCHED",
+    "MODEL_CACHE_ENV",
     "Backend",
     "Executor",
     "GenerationOut",
@@ -34,10 +47,13 @@ __all__ = [
     "absolute_model",
     "backend_class",
     "build_tiny",
+    "builtin_gguf",
     "cache_folder_hashes",
+    "ensure_fetched",
     "find_server",
     "folder_hash",
     "make_executor",
+    "model_cache",
     "model_revision",
     "pid_alive",
     "request",

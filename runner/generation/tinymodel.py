@@ -27,10 +27,7 @@ from runner.spec import Skipped, SourceFile, iter_corpus, read_source
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from runner.spec import Experiment, Model
 
-BUILTIN_PREFIX = "builtin:"
-BUILTINS = ("tiny-llama",)
 BUILD_VERSION = 1
 """Bump when the builder's output changes, so specs get a fresh build rather than a stale one."""
 
@@ -199,7 +196,7 @@ def build_tiny(
         model.generation_config.pad_token_id = special["<pad>"]
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        _portable_tokenizer_config(tmp / "tokenizer_config.json")
+        portable_tokenizer_config(tmp / "tokenizer_config.json")
         (tmp / "pov_build.json").write_text(
             json.dumps(
                 {
@@ -228,7 +225,8 @@ def build_tiny(
     return out
 
 
-def _portable_tokenizer_config(path: Path) -> None:
+def portable_tokenizer_config(path: Path) -> None:
+    """Name the tokenizer class every transformers release can load."""
     # transformers 5 writes its own class name, which 4.x (pinned by some GPU stacks) cannot load.
     data = json.loads(path.read_text())
     data["tokenizer_class"] = "PreTrainedTokenizerFast"
@@ -249,27 +247,3 @@ def builtin_key(name: str, corpus: TrainingCorpus, seed: int, dims: TinyDims, dt
     if corpus.truncated:
         h.update(f"\0budget={corpus_reader.MAX_FILE_BYTES}".encode())
     return h.hexdigest()[:12]
-
-
-def resolve_model(exp: Experiment, model: Model) -> Model:
-    """The model with `builtin:*` replaced by the folder it is built into (built once, then reused)."""
-    if not model.name.startswith(BUILTIN_PREFIX):
-        return model
-    kind = model.name[len(BUILTIN_PREFIX) :]
-    if kind not in BUILTINS:
-        raise UserError(
-            f"unknown builtin model {model.name!r} (known: {', '.join(BUILTIN_PREFIX + b for b in BUILTINS)})"
-        )
-    training = training_files(exp.spec.corpus.path, exp.spec.corpus.include)
-    dims, seed, dtype = TinyDims(), 0, "float32"
-    dest = exp.state_dir / "models" / f"{kind}-{builtin_key(kind, training, seed, dims, dtype)}"
-    if not (dest / "config.json").exists():
-        build_tiny(
-            dest,
-            seed=seed,
-            corpus=exp.spec.corpus.path,
-            dims=dims,
-            dtype=dtype,
-            include=exp.spec.corpus.include,
-        )
-    return model.model_copy(update={"name": str(dest)})

@@ -223,6 +223,15 @@ def render_html(data: dict[str, Any], charts: dict[str, str | None], title: str)
             "passed",
         )
     )
+    parts.append('</div><div class="card"><h3>By persona</h3>')
+    parts.append(
+        rate_table(
+            execs,
+            lambda ex: [{**r, "value": f"{r['check']} · {r['value']}"} for r in ex["checks_by_persona"]],
+            "check · persona",
+            "passed",
+        )
+    )
     parts.append("</div></div>")
     parts.append("</body></html>\n")
     return "\n".join(parts)

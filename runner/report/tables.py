@@ -190,6 +190,7 @@ def summarize(ex: Execution, bins: Bins) -> dict[str, Any]:
         "latency_scope": latency_scope(cells),
         "checks": check_rates(cells),
         "checks_by_template": check_rates(cells, "template"),
+        "checks_by_persona": check_rates(cells, "persona"),
         "points": points(cells),
     }
 

@@ -17,6 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from runner.run.answers import answer_excerpt, check_table, finished_rows
     from runner.run.checks import CHECK_FAIL, CHECK_PASS, CHECK_TAG_PREFIX
     from runner.run.drift import Drift, compare
     from runner.run.engine import RunInterrupted, run_experiment
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from runner.run.tracker import NullTracker, Tracker
 
 _EXPORTS = {
+    "answer_excerpt": "runner.run.answers",
+    "check_table": "runner.run.answers",
+    "finished_rows": "runner.run.answers",
     "CHECK_FAIL": "runner.run.checks",
     "CHECK_PASS": "runner.run.checks",
     "CHECK_TAG_PREFIX": "runner.run.checks",
@@ -62,9 +66,12 @@ __all__ = [
     "RunInterrupted",
     "RunSummary",
     "Tracker",
+    "answer_excerpt",
     "build_manifest",
+    "check_table",
     "compare",
     "execution_lock",
+    "finished_rows",
     "read_results",
     "run_dir",
     "run_experiment",

@@ -20,8 +20,14 @@ rates in the report count only the cells a check is meaningful for:
   1.0 keeps the context's edge, well below 1 sanded it off. The answer is scored in pieces of at most
   `ANSWER_PIECE_WORDS` words (the mean over pieces), because the small embedders truncate long input and
   the context chunks are of that size too.
-- `degenerate` (`check_degenerate`, `check_distinct_trigram_ratio`): empty output, or a repetition loop
-  (distinct word-trigram ratio below `checks.repetition_ratio`).
+- `degenerate` (`check_degenerate`, `check_distinct_trigram_ratio`, `check_window_trigram_ratio`): empty
+  output, or a repetition loop: a distinct word-trigram ratio below `checks.repetition_ratio` over the whole
+  answer, or below `checks.loop_window_ratio` in its worst window of `LOOP_WINDOW_TOKENS` tokens (a small
+  model often writes sense, then falls into a loop that runs to the token limit: over the whole answer the
+  loop is diluted; a loop longer than the window shows in the whole-answer ratio instead).
+- `copied` (`check_copied_share`): the share of the answer's word 8-grams found verbatim in its context. At
+  `checks.copied_share` or more the model pasted the passages instead of answering (and its POV retention
+  is then the context's own). Absent when the answer has no 8-gram.
 
 Embedding-based values are skipped (absent) when `embed` is None. A crashed cell (output None) gets none.
 """
@@ -52,6 +58,10 @@ IDK_MAX_WORDS = 12
 """An "I don't know" with at most this many words around it is a refusal, not an answer that mentions it."""
 MIN_TRIGRAMS = 8
 """Shorter answers are too short to call a repetition loop."""
+LOOP_WINDOW_TOKENS = 48
+"""Width of the window a repetition loop is looked for in: a loop of up to ~16 tokens repeats 3 times in it."""
+COPY_NGRAM = 8
+"""Word n-grams this long shared with the context are copied text, not a shared phrase."""
 
 WORD_RE = re.compile(r"\w+(?:['’\-]\w+)*")
 TOKEN_RE = re.compile(r"\w+|[^\w\s]+")
@@ -79,7 +89,8 @@ def _heading_re(title: str) -> re.Pattern[str]:
     # A heading line: optional markdown hashes / bold, the title, optional colon, optional closing bold.
     # The body may continue on the same line ("## Opinion: I think ..."). Without any markup or colon,
     # only a line holding the bare title counts, so a sentence that starts with "Opinion is" is not one.
-    t = r"\s+".join(re.escape(w) for w in title.split())
+    # Words of a title may run together: small models write "#ContextSummary:".
+    t = r"\s*".join(re.escape(w) for w in title.split())
     return re.compile(
         rf"^[ \t]*(?:(?P<mark>#{{1,6}}[ \t]*|\*\*|__)[ \t]*)?(?P<title>{t})[ \t]*(?P<tail>\*\*|__)?[ \t]*"
         rf"(?P<colon>:)?(?:[ \t]*(?:\*\*|__))?(?P<rest>[^\n]*)$",
@@ -120,6 +131,31 @@ def distinct_trigram_ratio(text: str) -> float:
     toks = [t.lower() for t in TOKEN_RE.findall(text)]
     grams = list(zip(toks, toks[1:], toks[2:], strict=False))
     return len(set(grams)) / len(grams) if grams else 1.0
+
+
+def window_trigram_ratio(text: str, window: int = LOOP_WINDOW_TOKENS) -> float:
+    """The lowest distinct word-trigram ratio over windows of `window` tokens (half-window steps); the
+    whole-text ratio when the text is shorter than one window."""
+    toks = [t.lower() for t in TOKEN_RE.findall(text)]
+    if len(toks) <= window:
+        return distinct_trigram_ratio(text)
+    grams = list(zip(toks, toks[1:], toks[2:], strict=False))
+    width = window - 2
+    starts = range(0, len(grams) - width + 1, max(width // 2, 1))
+    return min(len(set(grams[i : i + width])) / width for i in [*starts, len(grams) - width])
+
+
+def copied_share(answer: str, context_texts: list[str], n: int = COPY_NGRAM) -> float | None:
+    """Share of the answer's word n-grams that occur verbatim in the context; None without an n-gram."""
+    w = [x.lower() for x in words(answer)]
+    grams = [tuple(w[i : i + n]) for i in range(len(w) - n + 1)]
+    if not grams:
+        return None
+    seen: set[tuple[str, ...]] = set()
+    for text in context_texts:
+        c = [x.lower() for x in words(text)]
+        seen.update(tuple(c[i : i + n]) for i in range(len(c) - n + 1))
+    return sum(g in seen for g in grams) / len(grams)
 
 
 def _trigrams(text: str) -> set[tuple[str, ...]]:
@@ -188,11 +224,19 @@ def evaluate(
     tags[CHECK_TAG_PREFIX + "idk"] = _pf(not idk)
 
     ratio = distinct_trigram_ratio(output)
+    window = window_trigram_ratio(output)
     n_grams = max(len(TOKEN_RE.findall(output)) - 2, 0)
-    degenerate = not words(output) or (n_grams >= MIN_TRIGRAMS and ratio < checks.repetition_ratio)
+    looping = ratio < checks.repetition_ratio or window < checks.loop_window_ratio
+    degenerate = not words(output) or (n_grams >= MIN_TRIGRAMS and looping)
     m["check_distinct_trigram_ratio"] = ratio
+    m["check_window_trigram_ratio"] = window
     m["check_degenerate"] = float(degenerate)
     tags[CHECK_TAG_PREFIX + "degenerate"] = _pf(not degenerate)
+
+    copied = copied_share(output, context_texts)
+    if copied is not None:
+        m["check_copied_share"] = copied
+        tags[CHECK_TAG_PREFIX + "copied"] = _pf(copied < checks.copied_share)
 
     present = [f for f in found if f.present and words(f.text)]
     pairs = list(combinations(range(len(present)), 2))

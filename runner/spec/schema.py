@@ -256,9 +256,15 @@ class Checks(Strict):
     """Slack on declared word ranges, as a fraction (0.1 accepts 10% outside)."""
     repetition_ratio: float = Field(0.5, gt=0, le=1)
     """An answer whose distinct-trigram ratio is below this is flagged degenerate."""
+    loop_window_ratio: float = Field(0.75, gt=0, le=1)
+    """An answer with a window of 48 tokens whose distinct-trigram ratio is below this is flagged
+    degenerate: a loop after a sensible start (prose scores about 0.95 in every window)."""
     pov_retention: float = Field(0.8, ge=0)
     """An answer whose POV score is below this fraction of its context chunks' mean score lost the
     edge the POV rerank selected for."""
+    copied_share: float = Field(0.5, gt=0, le=1)
+    """An answer with at least this share of its word 8-grams found verbatim in its context copied the
+    passages instead of answering (small models do; it also inflates the POV retention)."""
 
 
 class Fault(Strict):
