@@ -143,6 +143,7 @@ def ensure_fetched(name: str, state_dir: Path, source: Path | None = None, log: 
         )
     tmp = _tmp_dir(cache, dest.name)
     try:
+        _need("gguf", "gguf>=0.10")
         convert_gguf(
             gguf,
             tmp,
@@ -161,6 +162,11 @@ def ensure_fetched(name: str, state_dir: Path, source: Path | None = None, log: 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def _need(module: str, requirement: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise UserError(f"converting a GGUF model needs the `{module}` package: pip install '{requirement}'")
 
 
 def _ensure_gguf(fetched: Fetched, cache: Path, source: Path | None, log: bool) -> Path:
