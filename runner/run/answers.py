@@ -67,11 +67,10 @@ def check_table(rows: list[dict[str, Any]]) -> CheckTable:
 
 
 def answer_excerpt(rows: list[dict[str, Any]], max_words: int = EXCERPT_WORDS) -> Excerpt | None:
-    """The first words of one answer: the first that passed every check, else the first one."""
+    """The first words of one answer: the first of those that failed the fewest checks."""
     if not rows:
         return None
-    clean = [r for r in rows if all(v == CHECK_PASS for v in _checks(r).values())]
-    row = (clean or rows)[0]
+    row = min(rows, key=lambda r: sum(v != CHECK_PASS for v in _checks(r).values()))
     output = str(row.get("output") or "")
     cut = words(output)[:max_words]
     text = " ".join(output.split())
