@@ -211,6 +211,7 @@ def test_interleaved(benchmark: Any, shape_name: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
+
     from interleave import cpu_hogs, figures, interleave, table
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -111,7 +111,9 @@ def figures(times: dict[str, list[float]], pairs: Pairs) -> dict[str, dict[str, 
     return out
 
 
-def table(times: dict[str, list[float]], pairs: Pairs, title: str, unit: float = 1e3, unit_name: str = "ms") -> str:
+def table(
+    times: dict[str, list[float]], pairs: Pairs, title: str, unit: float = 1e3, unit_name: str = "ms"
+) -> str:
     got = figures(times, pairs)
     lines = [title, f"{'entry':>34} {'min':>11} {'median':>11}"]
     lines += [

@@ -116,6 +116,57 @@ def test_inserting_a_paragraph_updates_positions_without_re_embedding(brics_proj
     assert stored(spec) == expected(spec)
 
 
+def test_a_reingest_cuts_only_the_files_whose_bytes_changed(
+    brics_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunking every unchanged file again was most of a no-change re-ingest; the stored chunks carry their
+    file's sha256, so only new or edited files are cut (and every file when the stored chunks cannot be
+    trusted to be what cutting would give)."""
+    import hashlib
+
+    import runner.retrieval.store as store_module
+
+    spec = brics_project / "experiments" / "quickstart.yaml"
+    corpus = brics_project / "data" / "brics"
+    ingest(load_spec(spec))
+    cut: list[str] = []
+
+    def spy(f: Any, *args: Any, **kw: Any) -> Any:
+        cut.append(f.rel)
+        return chunk_file(f, *args, **kw)
+
+    monkeypatch.setattr(store_module, "chunk_file", spy)
+    files = sorted(p.name for p in corpus.glob("*.md"))
+    for rel, chunk in ((c["source"], c) for c in stored(spec).values()):
+        assert chunk["file_sha256"] == hashlib.sha256((corpus / rel).read_bytes()).hexdigest()
+
+    sources = {c["source"] for c in stored(spec).values()}
+    empty = sorted(set(files) - sources)  # all boilerplate: no stored chunk says they were cut already
+    assert empty and all(name.startswith("zz_boilerplate") for name in empty)
+
+    report = ingest(load_spec(spec))
+    assert cut == empty
+    assert report.chunks["added"] == report.chunks["deleted"] == report.chunks["updated"] == 0
+    assert report.files["unchanged"] == len(sources)
+    assert stored(spec) == expected(spec)
+
+    cut.clear()
+    path = corpus / "04_japan_alliances_trade.md"
+    path.write_text(path.read_text().replace("Japan", "Nippon", 1))
+    report = ingest(load_spec(spec))
+    assert sorted(cut) == sorted([*empty, "04_japan_alliances_trade.md"])
+    assert report.files == {"added": 0, "updated": 1, "deleted": 0, "unchanged": len(sources) - 1}
+    assert stored(spec) == expected(spec)
+
+    # Chunks stored by another chunker, or a collection left mid-write: every file is cut again.
+    for meta in ({"pov.chunker": "another-chunker"}, {"pov.state": "writing"}):
+        Store(load_spec(spec)).collection().modify(metadata={**Store(load_spec(spec)).metadata(), **meta})
+        cut.clear()
+        ingest(load_spec(spec))
+        assert sorted(cut) == files
+        assert stored(spec) == expected(spec)
+
+
 def test_collection_records_embedder_dimension_and_cosine_space(brics_project: Path) -> None:
     spec = brics_project / "experiments" / "quickstart.yaml"
     ingest(load_spec(spec))

@@ -67,11 +67,11 @@ def pov_scores(doc_emb: ArrayT, pov_emb: Any, *, assume_normalized: bool = False
         if block.dtype != work:
             block = block.astype(work)
         sims = block @ pov_t
-        out = np.sqrt(np.einsum("ij,ij->i", sims, sims))
+        out: np.ndarray = np.sqrt(np.einsum("ij,ij->i", sims, sims))
         if assume_normalized:
             return out
         norms = np.sqrt(np.einsum("ij,ij->i", block, block))  # the block is still in cache
-        return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
+        return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)  # type: ignore[no-any-return]
 
     return map_row_blocks(flat, per_block, dtype).reshape(lead)  # type: ignore[return-value]
 

@@ -6,9 +6,16 @@ cosine space and hold our own vectors (no Chroma embedding function).
 
 The collection's metadata records what made it: embedder provider, model and dimension (querying with
 another embedder is a UserError), the chunking parameters, a fingerprint of the corpus files, and a state
-(`writing` during an ingest's writes, `complete` after). The chunks' own metadata (`source` = file path)
-is the manifest of file -> chunk ids, and chunk ids are content hashes, so an ingest compares the chunks
-it computed with the ids stored and writes only the difference: adds, metadata updates, deletes.
+(`writing` during an ingest's writes, `complete` after). The chunks' own metadata (`source` = file path,
+`file_sha256` = the hash of that file's bytes) is the manifest of file -> chunk ids, and chunk ids are
+content hashes, so an ingest compares the chunks it computed with the ids stored and writes only the
+difference: adds, metadata updates, deletes.
+
+A file whose hash is what its stored chunks carry is not cut again: its stored chunks are kept as they are,
+so re-ingesting an unchanged corpus reads and hashes the files and chunks none of them. This holds only when
+the collection is `complete` (a crash mid-write may have left part of a file's chunks) and was cut by the
+same chunking parameters and the same chunker (`pov.chunker`, a hash of runner/retrieval/chunking.py):
+otherwise every file is cut again, as the first ingest did.
 
 Crash safety: every chunk and embedding is computed before the first write; the fingerprint and the
 `complete` state are written last. A crash mid-write leaves state `writing` (retrieval warns), and the
@@ -25,6 +32,8 @@ it one.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 from collections.abc import Iterator
@@ -36,6 +45,7 @@ from urllib.parse import urlparse
 
 from runner.errors import RunAborted, UserError
 from runner.redaction import redact
+from runner.retrieval import chunking
 from runner.retrieval.chunking import Chunk, chunk_file, corpus_fingerprint, fingerprint_of
 from runner.spec import Embedder as EmbedderSpec
 from runner.spec import Experiment, Skipped, portable, read_corpus
@@ -202,8 +212,11 @@ class Store:
         )
 
     def collection(self) -> Any | None:
+        """The collection, or None when there is none (an embedded store is not created to say so)."""
         from chromadb.errors import NotFoundError
 
+        if not self.url and not self.path.exists():
+            return None
         try:
             return self.client.get_collection(self.name, embedding_function=None)
         except (NotFoundError, ValueError):
@@ -271,11 +284,44 @@ class Store:
             offset += page
 
 
+@functools.lru_cache(maxsize=1)
+def chunker_id() -> str:
+    """Hash of the chunker's code: chunks stored by other code are never reused without cutting again (a
+    change to a boilerplate rule must reach files that did not change)."""
+    try:
+        code = Path(chunking.__file__).read_bytes()
+    except (OSError, TypeError):
+        from runner import __version__
+
+        code = f"pov-runner {__version__}".encode()
+    return hashlib.sha256(code).hexdigest()[:16]
+
+
+def reusable_files(
+    meta: dict[str, Any], stored: dict[str, dict[str, Any]], chunking_now: str
+) -> dict[str, str]:
+    """file -> the sha256 that all of its stored chunks carry, for files whose stored chunks may be kept
+    without cutting the file again when its hash is the same (see the module docstring); empty when none
+    may."""
+    if (
+        meta.get("pov.state") != "complete"
+        or meta.get("pov.chunking") != chunking_now
+        or meta.get("pov.chunker") != chunker_id()
+    ):
+        return {}
+    hashes: dict[str, set[str]] = {}
+    for m in stored.values():
+        hashes.setdefault(str(m.get("source")), set()).add(str(m.get("file_sha256", "")))
+    return {rel: next(iter(h)) for rel, h in hashes.items() if len(h) == 1 and "" not in h}
+
+
 def _batches(seq: list[Any], size: int) -> list[list[Any]]:
     return [seq[i : i + size] for i in range(0, len(seq), size)]
 
 
-def _file_counts(chunks: dict[str, Chunk], stored: dict[str, dict[str, Any]]) -> dict[str, int]:
+def _file_counts(
+    chunks: dict[str, Chunk], stored: dict[str, dict[str, Any]], reused: set[str]
+) -> dict[str, int]:
     new_by_file: dict[str, set[str]] = {}
     for c in chunks.values():
         new_by_file.setdefault(c.source, set()).add(c.id)
@@ -283,9 +329,11 @@ def _file_counts(chunks: dict[str, Chunk], stored: dict[str, dict[str, Any]]) ->
     for cid, meta in stored.items():
         old_by_file.setdefault(str(meta.get("source")), set()).add(cid)
     counts = dict.fromkeys(("added", "updated", "deleted", "unchanged"), 0)
-    for f in new_by_file.keys() | old_by_file.keys():
+    for f in new_by_file.keys() | old_by_file.keys() | reused:
         new, old = new_by_file.get(f), old_by_file.get(f)
-        if old is None:
+        if f in reused:
+            counts["unchanged"] += 1
+        elif old is None:
             counts["added"] += 1
         elif new is None:
             counts["deleted"] += 1
@@ -311,19 +359,8 @@ def ingest(
     if not corpus.files:
         why = f"; skipped: {', '.join(str(s) for s in corpus.skipped)}" if corpus.skipped else ""
         raise UserError(f"no ingestible files in {spec.corpus.path} matching {spec.corpus.include}{why}")
-    ch = spec.corpus.chunking
-    chunks: dict[str, Chunk] = {}
-    no_chunks = []
-    for f in corpus.files:
-        got = chunk_file(f, ch.max_words, ch.overlap_words, ch.drop_boilerplate)
-        no_chunks += [] if got else [f.rel]
-        chunks.update((c.id, c) for c in got)
-    if not chunks:
-        raise UserError(f"no chunks in {spec.corpus.path}: every paragraph was empty or boilerplate")
-    fingerprint = fingerprint_of(corpus.digests(), chunking_key(exp))  # the files were just read
-
     store = Store(exp)
-    report = IngestReport(spec.corpus.collection, store.location, skipped=corpus.skipped, no_chunks=no_chunks)
+    report = IngestReport(spec.corpus.collection, store.location, skipped=corpus.skipped)
     with store.answering():
         col = store.collection()
         meta = dict(col.metadata or {}) if col is not None else {}
@@ -332,8 +369,23 @@ def ingest(
             store.check_maker(meta)
         stored = store.stored(col) if col is not None and not rebuild else {}
 
+    ch = spec.corpus.chunking
+    reusable = reusable_files(meta, stored, chunking_key(exp))
+    reused = {f.rel for f in corpus.files if reusable.get(f.rel) == f.sha256}
+    chunks: dict[str, Chunk] = {}
+    for f in corpus.files:
+        if f.rel in reused:
+            continue  # its stored chunks are what cutting it again would give
+        got = chunk_file(f, ch.max_words, ch.overlap_words, ch.drop_boilerplate)
+        report.no_chunks += [] if got else [f.rel]
+        chunks.update((c.id, c) for c in got)
+    kept_as_is = {i for i, m in stored.items() if m.get("source") in reused}
+    if not chunks and not kept_as_is:
+        raise UserError(f"no chunks in {spec.corpus.path}: every paragraph was empty or boilerplate")
+    fingerprint = fingerprint_of(corpus.digests(), chunking_key(exp))  # the files were just read
+
     new_ids = [i for i in chunks if i not in stored]
-    gone_ids = [i for i in stored if i not in chunks]
+    gone_ids = [i for i in stored if i not in chunks and i not in kept_as_is]
     kept = [i for i in chunks if i in stored]
     changed = [i for i in kept if stored[i] != chunks[i].metadata()]
     emb = embedder or build_embedder(spec.embedder, exp.state_dir)
@@ -345,9 +397,9 @@ def ingest(
         "added": len(new_ids),
         "updated": len(changed),
         "deleted": len(gone_ids),
-        "unchanged": len(kept) - len(changed),
+        "unchanged": len(kept) - len(changed) + len(kept_as_is),
     }
-    report.files = _file_counts(chunks, stored)
+    report.files = _file_counts(chunks, stored, reused)
     report.embedding = emb.stats()
 
     final_meta = {
@@ -355,6 +407,7 @@ def ingest(
         "pov.model": spec.embedder.model,
         "pov.dim": dim,
         "pov.schema": SCHEMA_VERSION,
+        "pov.chunker": chunker_id(),
         **maker(exp),
     }
     with store.answering():
