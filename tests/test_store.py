@@ -10,8 +10,8 @@ import pytest
 
 from runner.cli import main
 from runner.errors import UserError
+from runner.retrieval import Store, ingest
 from runner.retrieval.chunking import chunk_file
-from runner.retrieval.store import Store, ingest
 from runner.spec import load_spec, read_corpus
 
 COUNTS = re.compile(r"(chunks|files):\s+added (\d+), updated (\d+), deleted (\d+), unchanged (\d+)")
@@ -116,54 +116,72 @@ def test_inserting_a_paragraph_updates_positions_without_re_embedding(brics_proj
     assert stored(spec) == expected(spec)
 
 
-def test_a_reingest_cuts_only_the_files_whose_bytes_changed(
+def test_a_reingest_cuts_and_reads_back_only_the_files_whose_bytes_changed(
     brics_project: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Chunking every unchanged file again was most of a no-change re-ingest; the stored chunks carry their
-    file's sha256, so only new or edited files are cut (and every file when the stored chunks cannot be
-    trusted to be what cutting would give)."""
+    """Cutting every unchanged file again, and reading every stored chunk back, were most of a no-change
+    re-ingest. The collection keeps each file's sha256 and chunk count: only new, edited or removed files are
+    cut and have their chunks fetched (every file, when the stored chunks cannot be trusted to be what
+    cutting would give)."""
     import hashlib
+    import json
 
-    import runner.retrieval.store as store_module
+    import runner.retrieval.indexing as indexing
 
     spec = brics_project / "experiments" / "quickstart.yaml"
     corpus = brics_project / "data" / "brics"
     ingest(load_spec(spec))
     cut: list[str] = []
+    fetched: list[list[str] | None] = []
 
-    def spy(f: Any, *args: Any, **kw: Any) -> Any:
+    def spy_cut(f: Any, *args: Any, **kw: Any) -> Any:
         cut.append(f.rel)
         return chunk_file(f, *args, **kw)
 
-    monkeypatch.setattr(store_module, "chunk_file", spy)
-    files = sorted(p.name for p in corpus.glob("*.md"))
-    for rel, chunk in ((c["source"], c) for c in stored(spec).values()):
-        assert chunk["file_sha256"] == hashlib.sha256((corpus / rel).read_bytes()).hexdigest()
+    real_stored = Store.stored
 
-    sources = {c["source"] for c in stored(spec).values()}
-    empty = sorted(set(files) - sources)  # all boilerplate: no stored chunk says they were cut already
-    assert empty and all(name.startswith("zz_boilerplate") for name in empty)
+    def spy_stored(self: Store, col: Any, sources: list[str] | None = None) -> Any:
+        fetched.append(sources)
+        return real_stored(self, col, sources)
+
+    monkeypatch.setattr(indexing, "chunk_file", spy_cut)
+    monkeypatch.setattr(Store, "stored", spy_stored)
+    files = sorted(p.name for p in corpus.glob("*.md"))
+    chunks_per_file = {name: 0 for name in files}
+    for c in stored(spec).values():
+        chunks_per_file[c["source"]] += 1
+    manifest = json.loads(Store(load_spec(spec)).metadata()["pov.files"])
+    assert manifest == {
+        name: [hashlib.sha256((corpus / name).read_bytes()).hexdigest(), chunks_per_file[name]]
+        for name in files
+    }
 
     report = ingest(load_spec(spec))
-    assert cut == empty
-    assert report.chunks["added"] == report.chunks["deleted"] == report.chunks["updated"] == 0
-    assert report.files["unchanged"] == len(sources)
+    assert cut == [] and fetched == [[]]
+    assert report.chunks == {"added": 0, "updated": 0, "deleted": 0, "unchanged": len(stored(spec))}
+    assert report.files["unchanged"] == len([f for f, n in chunks_per_file.items() if n])
+    assert sorted(report.no_chunks) == sorted(f for f, n in chunks_per_file.items() if n == 0)
     assert stored(spec) == expected(spec)
 
-    cut.clear()
+    fetched.clear()
     path = corpus / "04_japan_alliances_trade.md"
     path.write_text(path.read_text().replace("Japan", "Nippon", 1))
+    (corpus / "06_energy_supply_chains.md").unlink()
     report = ingest(load_spec(spec))
-    assert sorted(cut) == sorted([*empty, "04_japan_alliances_trade.md"])
-    assert report.files == {"added": 0, "updated": 1, "deleted": 0, "unchanged": len(sources) - 1}
+    assert cut == ["04_japan_alliances_trade.md"]
+    assert fetched == [["04_japan_alliances_trade.md", "06_energy_supply_chains.md"]]
+    with_chunks = len([f for f, n in chunks_per_file.items() if n])
+    assert report.files == {"added": 0, "updated": 1, "deleted": 1, "unchanged": with_chunks - 2}
     assert stored(spec) == expected(spec)
 
-    # Chunks stored by another chunker, or a collection left mid-write: every file is cut again.
+    # Chunks cut by another chunker, or a collection left mid-write: every file is cut again.
     for meta in ({"pov.chunker": "another-chunker"}, {"pov.state": "writing"}):
-        Store(load_spec(spec)).collection().modify(metadata={**Store(load_spec(spec)).metadata(), **meta})
+        col = Store(load_spec(spec)).collection()
+        col.modify(metadata={**col.metadata, **meta})
         cut.clear()
+        fetched.clear()
         ingest(load_spec(spec))
-        assert sorted(cut) == files
+        assert sorted(cut) == sorted(set(files) - {"06_energy_supply_chains.md"}) and fetched == [None]
         assert stored(spec) == expected(spec)
 
 

@@ -51,21 +51,13 @@ class Chunk:
     """Path of the file, relative to the corpus folder, with `/` separators."""
     position: int
     """0-based index of the chunk within its file."""
-    file_sha256: str = ""
-    """Of the bytes of the file it was cut from: a later ingest reuses the chunks of a file whose hash is
-    unchanged instead of cutting it again."""
 
     @property
     def words(self) -> int:
         return len(self.text.split())
 
     def metadata(self) -> dict[str, str | int]:
-        return {
-            "source": self.source,
-            "position": self.position,
-            "words": self.words,
-            "file_sha256": self.file_sha256,
-        }
+        return {"source": self.source, "position": self.position, "words": self.words}
 
 
 def split_paragraphs(text: str) -> list[str]:
@@ -195,7 +187,7 @@ def chunk_file(
     for i, text in enumerate(chunk_text(f.text, max_words, overlap_words, drop_boilerplate)):
         n = seen.get(text, 0)
         seen[text] = n + 1
-        out.append(Chunk(chunk_id(f.rel, text, n), text, f.rel, i, f.sha256))
+        out.append(Chunk(chunk_id(f.rel, text, n), text, f.rel, i))
     return out
 
 

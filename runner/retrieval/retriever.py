@@ -275,7 +275,7 @@ class ChromaRetriever:
 def open_retriever(exp: Experiment) -> ChromaRetriever:
     """The real retriever, over a collection brought up to date first: ingest is idempotent (an unchanged
     corpus writes nothing), and a run must never retrieve from chunks of files edited since."""
-    from runner.retrieval.store import ingest
+    from runner.retrieval.indexing import ingest
 
     ingest(exp)
     retriever = ChromaRetriever(exp)
