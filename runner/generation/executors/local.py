@@ -8,6 +8,7 @@ the progress bar never see two threads.
 
 from __future__ import annotations
 
+import glob
 import os
 import sys
 import tempfile
@@ -23,17 +24,18 @@ if TYPE_CHECKING:
     from runner.spec import Generation, Limits, Model
 
 
-GPU_DRIVER_FILES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
-"""What a GPU driver torch can use leaves on Linux: NVIDIA's, ROCm's (`/dev/kfd`) and WSL2's (`/dev/dxg`)."""
+GPU_DRIVER_FILES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")
+"""What a GPU driver torch can use leaves on Linux (glob patterns): NVIDIA's, ROCm's (`/dev/kfd`) and
+WSL2's (`/dev/dxg`)."""
 
 
 def gpu_driver_present() -> bool:
     """False only where no GPU can be visible: Linux without any of GPU_DRIVER_FILES (elsewhere, or when
-    /dev cannot be read, assume a driver and let torch say)."""
+    they cannot be looked for, assume a driver and let torch say)."""
     if not sys.platform.startswith("linux"):
         return True
     try:
-        return any(os.path.exists(f) for f in GPU_DRIVER_FILES) or any(Path("/dev").glob("nvidia[0-9]*"))
+        return any(glob.glob(pattern) for pattern in GPU_DRIVER_FILES)
     except OSError:
         return True
 
