@@ -185,6 +185,20 @@ def test_a_reingest_cuts_and_reads_back_only_the_files_whose_bytes_changed(
         assert stored(spec) == expected(spec)
 
 
+def test_a_metadata_key_no_longer_written_does_not_rewrite_its_chunk_at_every_ingest(
+    brics_project: Path,
+) -> None:
+    """Chroma's update merges metadata, so a key an older version stored can never be removed: comparing
+    whole dicts called such a chunk changed, and rewrote it, at every ingest."""
+    spec = brics_project / "experiments" / "quickstart.yaml"
+    ingest(load_spec(spec))
+    col = Store(load_spec(spec)).collection()
+    some = col.get(limit=1)["ids"][0]
+    col.update(ids=[some], metadatas=[{"legacy_key": "from an older version"}])
+    col.modify(metadata={**col.metadata, "pov.state": "writing"})  # so every chunk is compared
+    assert ingest(load_spec(spec)).chunks["updated"] == 0
+
+
 def test_collection_records_embedder_dimension_and_cosine_space(brics_project: Path) -> None:
     spec = brics_project / "experiments" / "quickstart.yaml"
     ingest(load_spec(spec))

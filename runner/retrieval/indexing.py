@@ -88,6 +88,13 @@ def _batches(seq: list[Any], size: int) -> list[list[Any]]:
     return [seq[i : i + size] for i in range(0, len(seq), size)]
 
 
+def _same_metadata(stored: dict[str, Any], chunk: Chunk) -> bool:
+    """Whether the stored metadata says what the chunk's does. Keys the chunk no longer has are ignored:
+    Chroma's update merges metadata, so they could never be removed, and the chunk would be rewritten by
+    every ingest."""
+    return all(stored.get(k) == v for k, v in chunk.metadata().items())
+
+
 def _file_counts(
     chunks: dict[str, Chunk], stored: dict[str, dict[str, Any]], kept: set[str]
 ) -> dict[str, int]:
@@ -106,7 +113,7 @@ def _file_counts(
             counts["added"] += 1
         elif new is None:
             counts["deleted"] += 1
-        elif new != old or any(stored[i] != chunks[i].metadata() for i in new):
+        elif new != old or not all(_same_metadata(stored[i], chunks[i]) for i in new):
             counts["updated"] += 1
         else:
             counts["unchanged"] += 1
@@ -167,7 +174,7 @@ def ingest(
     new_ids = [i for i in chunks if i not in stored]
     gone_ids = [i for i in stored if i not in chunks]
     compared = [i for i in chunks if i in stored]
-    changed = [i for i in compared if stored[i] != chunks[i].metadata()]
+    changed = [i for i in compared if not _same_metadata(stored[i], chunks[i])]
     emb = embedder or build_embedder(spec.embedder, exp.state_dir)
     vectors = emb.embed([chunks[i].text for i in new_ids], "document") if new_ids else None
     dim = int(vectors.shape[1]) if vectors is not None else meta.get("pov.dim")

@@ -101,6 +101,12 @@ class Hits:
     """Cosine similarity, 1 - Chroma's cosine distance."""
 
 
+QUERY_BATCH = 64
+"""Questions per Chroma query. Chroma hands each result's embedding over as Python floats before numpy sees
+them (tens of bytes a number): 1,000 questions x 15 chunks x 384 numbers in one query grew a warm retrieve's
+peak memory by hundreds of MB; a batch's worth is a few MB."""
+
+
 def nearest(col: Any, embeddings: np.ndarray, n: int) -> list[Hits]:
     """Stage 1: the `n` chunks of the collection nearest to each embedding."""
     n = min(n, col.count())
@@ -112,25 +118,28 @@ def nearest(col: Any, embeddings: np.ndarray, n: int) -> list[Hits]:
             f"query embeddings have dimension {embeddings.shape[1]}, collection {col.name!r} "
             f"holds dimension {dim}: the embedder changed; `pov ingest SPEC --rebuild`"
         )
-    res = col.query(
-        query_embeddings=np.asarray(embeddings, dtype=np.float32),
-        n_results=n,
-        include=["embeddings", "documents", "distances"],
-    )
+    queries = np.asarray(embeddings, dtype=np.float32)
     out = []
-    for ids, docs, embs, dists in zip(
-        res["ids"], res["documents"], res["embeddings"], res["distances"], strict=True
-    ):
-        # Equal distances come back in an order Chroma does not promise; the id makes it deterministic.
-        order = sorted(range(len(ids)), key=lambda i: (dists[i], ids[i]))
-        out.append(
-            Hits(
-                [ids[i] for i in order],
-                [docs[i] for i in order],
-                np.asarray(embs, dtype=np.float32)[order],
-                [1.0 - float(dists[i]) for i in order],
-            )
+    for start in range(0, len(queries), QUERY_BATCH):
+        res = col.query(
+            query_embeddings=queries[start : start + QUERY_BATCH],
+            n_results=n,
+            include=["embeddings", "documents", "distances"],
         )
+        for ids, docs, embs, dists in zip(
+            res["ids"], res["documents"], res["embeddings"], res["distances"], strict=True
+        ):
+            # Equal distances come back in an order Chroma does not promise; the id makes it deterministic.
+            order = sorted(range(len(ids)), key=lambda i: (dists[i], ids[i]))
+            out.append(
+                Hits(
+                    [ids[i] for i in order],
+                    [docs[i] for i in order],
+                    np.asarray(embs, dtype=np.float32)[order],
+                    [1.0 - float(dists[i]) for i in order],
+                )
+            )
+        del res  # this batch's Python floats go before the next batch's arrive
     return out
 
 
