@@ -56,10 +56,13 @@ def chunker_id() -> str:
     """Hash of the chunker's code: chunks cut by other code are never kept without cutting again."""
     try:
         code = Path(chunking.__file__).read_bytes()
-    except (OSError, TypeError):
-        from runner import __version__
+    except (OSError, TypeError):  # no source to read (a frozen build): the package version stands in
+        from importlib.metadata import PackageNotFoundError, version
 
-        code = f"pov-runner {__version__}".encode()
+        try:
+            code = f"pov-runner {version('pov-runner')}".encode()
+        except PackageNotFoundError:
+            code = b"pov-runner unknown"
     return hashlib.sha256(code).hexdigest()[:16]
 
 
