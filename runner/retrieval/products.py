@@ -13,7 +13,8 @@ a (1,000 x 1,024) @ (1,024 x 16) product took 0.2 ms with both of a 2-core machi
   takes fewer blocks.
 
 The BLAS thread count is process-wide: while a product runs on one thread, another thread's numpy product
-does too (slower, never wrong).
+does too (slower, never wrong). threadpoolctl lets one Python thread at a time change it, so a product
+scored while another thread holds the limit keeps the BLAS's own threading.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def _blas() -> Any:
 
 
 def one_blas_thread() -> contextlib.AbstractContextManager[Any]:
-    """numpy products inside run on one BLAS thread."""
+    """numpy products inside run on one BLAS thread (threadpoolctl's limit, restored on the way out)."""
     blas = _blas()
     return blas.limit(limits=1) if blas is not None else contextlib.nullcontext()
 
