@@ -12,9 +12,9 @@ a (1,000 x 1,024) @ (1,024 x 16) product took 0.2 ms with both of a 2-core machi
   its block is still in cache, so the operand is read from memory once; a thread whose core is busy simply
   takes fewer blocks.
 
-The BLAS thread count is process-wide: while a product runs on one thread, another thread's numpy product
-does too (slower, never wrong). threadpoolctl lets one Python thread at a time change it, so a product
-scored while another thread holds the limit keeps the BLAS's own threading.
+The BLAS thread count is process-wide, and threadpoolctl lets one Python thread at a time change it: while
+one thread's product runs on one BLAS thread, another thread's numpy products do too, and a product scored
+while another thread holds the limit runs with whatever count that thread set (slower, never wrong).
 """
 
 from __future__ import annotations
