@@ -1,20 +1,32 @@
 """pov_scores: the notebook's loop against the numpy and torch paths, and against a bare matrix product.
 
-Run: pytest benchmarks/bench_scoring.py -o python_files='bench_*.py' --benchmark-columns=min,median,mean,max,rounds
+    pytest benchmarks/bench_scoring.py -o python_files='bench_*.py' --benchmark-columns=min,median,mean,max,rounds -s
+    python benchmarks/bench_scoring.py notebook --runs 10              # interleaved ratios, 10 separate runs
+    python benchmarks/bench_scoring.py notebook --hogs 1               # ... with a CPU hog on the other core
+    python benchmarks/bench_scoring.py large --rounds 15 --baseline HEAD~1   # ... and the code at a git ref
 
 Two shapes, both float32 with d = 1024 (Cohere embed v3) and p = 16 POV statements:
-- notebook: 100 questions x 10 documents (the notebook's k2), batched into one call. Targets: >= 100x the loop.
+- notebook: 100 questions x 10 documents (the notebook's k2), batched into one call. Target: >= 100x the
+  loop, on a quiet machine and with the other core busy.
 - large: 20,000 x 64 documents: `doc_emb` is 20000 x 64 x 1024 x 4 B = 5.24 GB. It is used when the machine
   has room for it (available memory >= 8 GB, checked at collection); otherwise the benchmark falls back to
   2,000 x 64 (0.52 GB) and says so in the group name and in `extra_info`. Target: within 1.3x of the bare
-  product `(N*64, 1024) @ (1024, 16)`, the roofline for this memory-bound shape. The loop is not timed at
-  the large shape: at ~4 us per pair, 20 million pairs would take minutes per round.
+  product `(N*64, 1024) @ (1024, 16)`. The loop is not timed at the large shape: at ~4 us per pair, 20
+  million pairs would take minutes per round.
 
-Entries: `loop` (the notebook's calculate_similarity/loop_pov_score, in tests/test_scoring.py),
-`numpy` (default: checks nothing, divides by the document norms, computed in the same blocked pass),
-`numpy-unit` (assume_normalized=True, what retrieval uses), `torch` and `torch-unit` (CPU tensors sharing
-the numpy memory), and `bare-numpy` / `bare-torch` (the product alone); with CUDA also `cuda`, `cuda-unit`
-and `bare-cuda` (tensors moved to the GPU once, outside the timing; each call synchronised).
+What the code does (runner.retrieval.products): numpy inputs stay in numpy. Under 32 MB (the notebook shape
+is 4 MB) the product runs on one BLAS thread, which never waits for a busy core; from 32 MB on, the rows are
+cut into blocks of 1,024 that one thread per core takes in turn, each block's product on one BLAS thread and
+its norms (`numpy`, which checks nothing and divides by them) computed while the block is in cache, so the
+norms cost no second pass over memory. `numpy-unit` (assume_normalized=True, what retrieval uses) skips the
+norms. torch tensors go to torch (`torch`, `torch-unit`: CPU tensors sharing the numpy memory).
+
+Entries: `loop` (the notebook's calculate_similarity/loop_pov_score, in tests/test_scoring.py), `numpy`,
+`numpy-unit`, `torch`, `torch-unit`, and `bare-numpy` / `bare-torch` (the product alone, numpy's with the
+BLAS's default threading); with CUDA also `cuda`, `cuda-unit` and `bare-cuda` (tensors moved to the GPU once,
+outside the timing; each call synchronised); with --baseline REF, `numpy@REF` and `numpy-unit@REF` (that
+commit's runner/retrieval/scoring.py, loaded beside this one). The `interleaved` tests and the command line
+run every entry once per round, round after round, and print each entry's ratio to its reference per round.
 """
 
 from __future__ import annotations
@@ -147,36 +159,92 @@ def test_large_shape(benchmark: Any, entry: str, large_docs: np.ndarray, povs: n
     assert tuple(out.shape) in (LARGE, (LARGE[0] * LARGE[1], P))
 
 
-def interleaved(shape: tuple[int, int], rounds: int, entries: list[str]) -> dict[str, list[float]]:
-    """Every entry once per round, round after round: on a shared machine whose load drifts, this
-    compares entries under the same conditions, which one pytest-benchmark test after another does not."""
-    import time
+BARE = {"numpy": "bare-numpy", "numpy-unit": "bare-numpy", "torch": "bare-torch", "torch-unit": "bare-torch"}
+BARE |= {"cuda": "bare-cuda", "cuda-unit": "bare-cuda", "bare-torch": "bare-numpy"}
 
-    docs, povs = _unit_batch(shape, 3), _unit_batch((1, P), 1)[0]
-    fns = {e: _fn(e, docs, povs) for e in entries}
-    times: dict[str, list[float]] = {e: [] for e in entries}
-    for e in entries:  # warm-up
-        fns[e]()
-    for _ in range(rounds):
-        for e in entries:
-            t0 = time.perf_counter()
-            fns[e]()
-            times[e].append(time.perf_counter() - t0)
-    return times
+
+def _baseline_fns(ref: str, docs: np.ndarray, povs: np.ndarray) -> dict[str, Any]:
+    """`numpy@REF` and `numpy-unit@REF`: scoring.py as it was at `ref`, loaded under its own module name."""
+    import importlib.util
+
+    from interleave import baseline_tree
+
+    path = baseline_tree(ref) / "runner" / "retrieval" / "scoring.py"
+    spec = importlib.util.spec_from_file_location(f"baseline_scoring_{ref}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {
+        f"numpy@{ref}": lambda: module.pov_scores(docs, povs),
+        f"numpy-unit@{ref}": lambda: module.pov_scores(docs, povs, assume_normalized=True),
+    }
+
+
+def entries_for(shape: tuple[int, int], names: list[str], baseline: str | None = None) -> dict[str, Any]:
+    docs, povs = (_unit_batch(shape, 3), _unit_batch((1, P), 1)[0])
+    fns = {e: _fn(e, docs, povs) for e in names}
+    if baseline:
+        fns |= _baseline_fns(baseline, docs, povs)
+    return fns
+
+
+def pairs_for(names: list[str]) -> list[tuple[str, str]]:
+    """The ratios reported: the loop over each scoring entry (the speed-up), each entry over its bare product."""
+    pairs = [("loop", e) for e in names if e != "loop" and not e.startswith("bare") and "loop" in names]
+    pairs += [(e, BARE[e]) for e in names if e in BARE and BARE[e] in names]
+    pairs += [(e, "bare-numpy") for e in names if "@" in e and "bare-numpy" in names]
+    return pairs
+
+
+@pytest.mark.parametrize("shape_name", ["notebook", "large"])
+def test_interleaved(benchmark: Any, shape_name: str) -> None:
+    """Every entry in each round; the table gives each one's per-round ratio to its reference."""
+    from interleave import bench
+
+    shape = NOTEBOOK if shape_name == "notebook" else LARGE
+    names = [e for e in ENTRIES if not (e == "loop" and shape_name == "large")]
+    fns = entries_for(shape, names)
+    rounds = 20 if shape_name == "notebook" else 10
+    benchmark.group = f"interleaved {shape_name} {_label(shape)}"
+    bench(benchmark, fns, pairs_for(list(fns)), rounds, benchmark.group)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    from interleave import cpu_hogs, figures, interleave, table
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("shape", choices=["notebook", "large"])
+    parser.add_argument("--rounds", type=int, default=None, help="rounds per run (default 30 / 10)")
+    parser.add_argument("--runs", type=int, default=1, help="separate interleaved runs, one line each")
+    parser.add_argument("--hogs", type=int, default=0, help="CPU-spinning processes beside the runs")
+    parser.add_argument("--baseline", metavar="REF", help="also time scoring.py as it was at this git ref")
+    parser.add_argument("--entries", nargs="*", help="default: all (no loop at the large shape)")
+    parser.add_argument("--n", type=int, help="questions at the large shape (default: 20,000, or 2,000)")
+    args = parser.parse_args(argv)
+    shape = NOTEBOOK if args.shape == "notebook" else (args.n or LARGE[0], LARGE[1])
+    names = args.entries or [e for e in ENTRIES if not (e == "loop" and args.shape == "large")]
+    rounds = args.rounds or (30 if args.shape == "notebook" else 10)
+    fns = entries_for(shape, names, args.baseline)
+    pairs = pairs_for(list(fns))
+    import os
+
+    print(
+        f"{_label(shape)}: {args.runs} run(s) of {rounds} interleaved rounds; {args.hogs} CPU hog(s); "
+        f"torch threads {torch.get_num_threads()}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+    )
+    with cpu_hogs(args.hogs):
+        for run in range(args.runs):
+            times = interleave(fns, rounds)
+            if args.runs == 1:
+                print(table(times, pairs, f"run {run + 1}"))
+                continue
+            got = figures(times, pairs)
+            parts = [f"{a}/{b} {got[f'{a} / {b}']['median']:.3g}" for a, b in pairs]
+            print(f"run {run + 1:>2} (medians of per-round ratios): " + "; ".join(parts), flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    # python benchmarks/bench_scoring.py [N_QUESTIONS] [ROUNDS]: the large shape, entries interleaved.
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else LARGE[0]
-    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 15
-    names = [e for e in ENTRIES if e != "loop"]
-    got = interleaved((n, LARGE[1]), rounds, names)
-    base = {"numpy": "bare-numpy", "torch": "bare-torch", "cuda": "bare-cuda"}
-    print(f"{_label((n, LARGE[1]))}, {rounds} interleaved rounds, torch threads {torch.get_num_threads()}")
-    for e in names:
-        bare = base[e.removesuffix("-unit")] if not e.startswith("bare") else e
-        t, b = np.array(got[e]), np.array(got[bare])
-        print(
-            f"{e:>11}: min {t.min() * 1e3:9.2f} ms  median {np.median(t) * 1e3:9.2f} ms  mean {t.mean() * 1e3:9.2f} ms"
-            f"  x bare (min) {t.min() / b.min():.2f}  (median) {np.median(t) / np.median(b):.2f}"
-        )
+    sys.exit(main())

@@ -13,8 +13,7 @@ import pytest
 from conftest import free_port, wait_until_answers
 
 from runner.errors import UserError
-from runner.retrieval import ChromaRetriever
-from runner.retrieval.store import Store, ingest
+from runner.retrieval import ChromaRetriever, Store, ingest
 from runner.spec import load_spec
 
 

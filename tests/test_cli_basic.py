@@ -184,6 +184,41 @@ def test_light_commands_import_nothing_heavy(argv: list[str]) -> None:
     assert loaded == [], f"`pov {' '.join(argv)}` imported {loaded}"
 
 
+NO_TORCH_CHECK = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, {tests!r})
+    from conftest import StubRetriever
+    import runner.generation.executors.local as local
+    import runner.run.engine as engine
+    local.GPU_DRIVER_FILES = (sys.executable,)  # a file that exists: as if a GPU driver were installed
+    engine.open_retriever = lambda exp: StubRetriever()  # retrieval's own imports are not the question
+    from runner import cli
+    code = cli.main(sys.argv[1:])
+    heavy = ("torch", "transformers", "sentence_transformers", "mlflow")
+    print(json.dumps([code, sorted(m for m in sys.modules if m.split(".")[0] in heavy)]))
+    """
+).format(tests=str(Path(__file__).resolve().parent))
+
+
+def test_a_cpu_only_run_imports_no_torch_in_the_parent(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """`pov run` imported torch in its parent only to count GPUs (1.5 s before the worker was started). A
+    spec whose models all run on the CPU needs no GPU counted, even on a machine with a GPU driver."""
+    from conftest import gen_spec
+
+    spec = gen_spec(tmp_path, tiny_model_dir, questions=1, personas=1, pov_sets=1)
+    args = ["run", str(spec), "--no-track", "--quiet", "--set", "generation.max_new_tokens=2"]
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env["HF_HUB_OFFLINE"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH_CHECK, *args], capture_output=True, text=True, cwd=tmp_path, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    code, loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert code == 0, proc.stderr
+    assert loaded == [], f"the parent of a CPU-only `pov run` imported {loaded}"
+
+
 # ---- pov run: what can be checked is checked before an execution is created --------------------------------
 
 

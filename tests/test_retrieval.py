@@ -17,8 +17,7 @@ from test_scoring import reference_cosine, reference_pov
 
 from runner.cli import main
 from runner.errors import UserError
-from runner.retrieval import ChromaRetriever, RetrievalResult, Stage
-from runner.retrieval.store import Store, ingest
+from runner.retrieval import ChromaRetriever, RetrievalResult, Stage, Store, ingest
 from runner.spec import load_spec
 
 CACHE_LINE = re.compile(r"embedding cache: (\d+) hits, (\d+) misses, (\d+) provider calls")

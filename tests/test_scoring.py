@@ -4,6 +4,7 @@ loop_pov_score, on random and on real MiniLM embeddings, numpy and torch."""
 from __future__ import annotations
 
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -86,28 +87,78 @@ def test_assume_normalized_fast_path_on_unit_vectors() -> None:
     np.testing.assert_allclose(got_t.numpy(), want, atol=1e-5)
 
 
-def test_large_numpy_batches_are_scored_by_torch_zero_copy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past a size threshold the numpy path borrows torch's multi-threaded norms; the result is the same."""
-    import runner.retrieval.scoring as scoring
+def _blas_threads() -> int:
+    from threadpoolctl import threadpool_info
 
-    calls: list[int] = []
-    real = scoring._pov_numpy_via_torch
+    return max(lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas")
 
-    def spy(flat: np.ndarray, povs: np.ndarray) -> np.ndarray | None:
-        calls.append(flat.shape[0])
-        return real(flat, povs)
 
-    monkeypatch.setattr(scoring, "_TORCH_MIN_BYTES", 0)
-    monkeypatch.setattr(scoring, "_pov_numpy_via_torch", spy)
+def test_a_small_product_runs_on_one_blas_thread_in_the_calling_thread() -> None:
+    """A small product split across cores waits for a busy one (milliseconds); on one thread it never does."""
+    from runner.retrieval import products
+
+    assert products._blas() is not None, "threadpoolctl finds numpy's BLAS"
+    before = _blas_threads()
+    seen: list[tuple[str, int]] = []
+
+    def per_block(block: np.ndarray) -> np.ndarray:
+        seen.append((threading.current_thread().name, _blas_threads()))
+        return block.sum(axis=1)
+
+    rows = np.arange(40, dtype=np.float32).reshape(10, 4)
+    got = products.map_row_blocks(rows, per_block, np.dtype(np.float32))
+    np.testing.assert_array_equal(got, rows.sum(axis=1))
+    assert seen == [(threading.main_thread().name, 1)]
+    assert _blas_threads() == before, "the BLAS thread count is restored"
+
+
+def test_a_large_operand_is_scored_in_blocks_on_every_core(monkeypatch: pytest.MonkeyPatch) -> None:
+    from runner.retrieval import products
+
+    monkeypatch.setattr(products, "THREADED_MIN_BYTES", 0)
+    monkeypatch.setattr(products, "BLOCK_ROWS", 4)
+    monkeypatch.setattr(products, "cores", lambda: 3)
+    seen: list[tuple[str, int, int]] = []
+
+    def per_block(block: np.ndarray) -> np.ndarray:
+        seen.append((threading.current_thread().name, _blas_threads(), len(block)))
+        return block.sum(axis=1)
+
+    rows = np.arange(110, dtype=np.float64).reshape(55, 2)  # 13 full blocks and one of 3 rows
+    np.testing.assert_array_equal(products.map_row_blocks(rows, per_block, np.dtype(np.float64)), rows.sum(1))
+    assert sorted(n for _, _, n in seen) == [3] + [4] * 13
+    assert {name for name, _, _ in seen} <= {f"pov-scoring-{i}" for i in range(3)}
+    assert {threads for _, threads, _ in seen} == {1}
+
     rng = np.random.default_rng(2)
     docs = (rng.standard_normal((5, 11, 16)) * 4).astype(np.float32)
     docs.setflags(write=False)
     povs = rng.standard_normal((3, 16)).astype(np.float32)
     got = pov_scores(docs, povs)
-    assert calls == [55] and isinstance(got, np.ndarray) and got.dtype == np.float32
+    assert got.shape == (5, 11) and got.dtype == np.float32
     np.testing.assert_allclose(got, reference_pov(docs, povs), atol=1e-5)
-    pov_scores(docs, povs, assume_normalized=True)  # the unit path is the product alone: no hand-off
-    assert calls == [55]
+    docs_unit = unit(docs.astype(np.float64)).astype(np.float32)
+    np.testing.assert_allclose(
+        pov_scores(docs_unit, povs, assume_normalized=True), reference_pov(docs_unit, povs), atol=1e-5
+    )
+
+    def broken(block: np.ndarray) -> np.ndarray:
+        raise ValueError("block failed")
+
+    with pytest.raises(ValueError, match="block failed"):
+        products.map_row_blocks(rows, broken, np.dtype(np.float64))
+
+
+def test_integer_and_half_precision_embeddings_score_as_their_values() -> None:
+    """Quantised (int8) or float16 rows are converted block by block; the POV matrix is never cast to them."""
+    rng = np.random.default_rng(4)
+    docs = rng.integers(-100, 100, size=(6, 9, 12)).astype(np.int8)
+    povs = rng.standard_normal((4, 12)).astype(np.float32)
+    got = pov_scores(docs, povs)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, reference_pov(docs, povs), atol=1e-5)
+    half = rng.standard_normal((6, 9, 12)).astype(np.float16)
+    np.testing.assert_allclose(pov_scores(half, povs), reference_pov(half, povs), atol=1e-4)
 
 
 def test_non_contiguous_and_float64_inputs() -> None:

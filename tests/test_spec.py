@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from conftest import copy_brics_project
 from jinja2 import UndefinedError
 from jinja2.sandbox import SecurityError
 
 from runner.errors import SpecError
-from runner.spec import expand, load_spec
+from runner.spec import expand, load_spec, safe_yaml
 from runner.spec.safe_yaml import parse_yaml
 from runner.spec.templates import Section, TemplateInfo, check_renders, compile_template, parse_header, render
 
@@ -449,6 +451,78 @@ def test_nesting_too_deep_for_the_parser_is_refused() -> None:
     text = "".join(" " * i + f"k{i}:\n" for i in range(1500)) + " " * 1500 + "k: 1\n"
     with pytest.raises(SpecError, match="nested too deeply"):
         parse_yaml(text, "f.yaml")
+
+
+LIBYAML_CASES = {
+    "unicode": "naïve: «quoted» — ok\nkey: [αβγ, {δ: ε}]\n日本: 東京\n",
+    "crlf": "a: 1\r\nb:\r\n  - x\r\n  - {y: 2}\r\n",
+    "flow over lines": "m: {a: 1,\n    b: [1, 2,\n        3], c: 'x\n  y'}\n",
+    "block scalars": "lit: |\n  one\n   two\nfold: >-\n  a\n  b\nafter: z\n",
+    "anchors and merges": "base: &b {x: 1, y: [1, 2]}\nc:\n  <<: *b\n  y: 3\nd: *b\n",
+    "comments and end": "# c\na: 1 # trailing\n# another\nb: ~\n...\n",
+    "scalars": "i: 0x1F\nf: 1.5e3\nb: yes\nd: 2024-01-02\ns: '07'\nn: null\nk: [15, 10, 5]\n",
+    "long lines": "q: " + "word " * 3000 + "\nr: 1\n",
+}
+
+
+def _repository_yaml() -> list[Path]:
+    root = Path(__file__).resolve().parent.parent
+    return sorted(
+        [
+            *root.glob("experiments/*.yaml"),
+            *root.glob("data/**/*.yaml"),
+            *root.glob("tests/bad_specs/**/*.yaml"),
+        ]
+    )
+
+
+@pytest.mark.skipif(safe_yaml.FAST_LOADER is None, reason="PyYAML built without libyaml")
+def test_libyaml_composes_the_same_data_and_marks_as_the_pure_python_loader() -> None:
+    texts = dict(LIBYAML_CASES)
+    for path in _repository_yaml():
+        try:
+            texts[path.name] = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            continue  # the non-UTF-8 bad spec: read_text refuses it before any loader
+    compared = 0
+    for name, text in texts.items():
+        try:
+            slow = safe_yaml._parse(text, "f.yaml", yaml.SafeLoader)
+        except SpecError:
+            continue  # errors are always the pure-Python loader's: see the next test
+        fast = safe_yaml._parse(text, "f.yaml", safe_yaml.FAST_LOADER)
+        assert fast.data == slow.data, name
+        assert fast.marks == slow.marks, name
+        compared += 1
+    assert compared >= len(LIBYAML_CASES) + 5
+
+
+@pytest.mark.skipif(safe_yaml.FAST_LOADER is None, reason="PyYAML built without libyaml")
+def test_parse_yaml_composes_with_libyaml_and_words_errors_as_the_pure_python_loader(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    used: list[str] = []
+    real = safe_yaml._parse
+
+    def spy(text: str, file: str, loader_class: type) -> Any:
+        used.append(loader_class.__name__)
+        return real(text, file, loader_class)
+
+    monkeypatch.setattr(safe_yaml, "_parse", spy)
+    assert parse_yaml("a: [1, 2]\n", "f.yaml").data == {"a": [1, 2]}
+    assert used == ["CSafeLoader"]
+    used.clear()
+    with pytest.raises(SpecError) as err:
+        parse_yaml("a: {b: 1\nc: 2\n", "f.yaml")
+    assert used == ["CSafeLoader", "SafeLoader"]
+    [p] = err.value.problems
+    with pytest.raises(SpecError) as pure:
+        real("a: {b: 1\nc: 2\n", "f.yaml", yaml.SafeLoader)
+    assert (p.line, p.col, p.message) == (
+        pure.value.problems[0].line,
+        pure.value.problems[0].col,
+        pure.value.problems[0].message,
+    )
 
 
 def test_editing_a_template_file_re_ids_only_its_cells(project: Path) -> None:

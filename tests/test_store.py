@@ -10,8 +10,8 @@ import pytest
 
 from runner.cli import main
 from runner.errors import UserError
+from runner.retrieval import Store, ingest
 from runner.retrieval.chunking import chunk_file
-from runner.retrieval.store import Store, ingest
 from runner.spec import load_spec, read_corpus
 
 COUNTS = re.compile(r"(chunks|files):\s+added (\d+), updated (\d+), deleted (\d+), unchanged (\d+)")
@@ -114,6 +114,89 @@ def test_inserting_a_paragraph_updates_positions_without_re_embedding(brics_proj
     assert report.chunks["added"] >= 1 and report.chunks["updated"] >= 1
     assert report.embedding["misses"] == report.chunks["added"]
     assert stored(spec) == expected(spec)
+
+
+def test_a_reingest_cuts_and_reads_back_only_the_files_whose_bytes_changed(
+    brics_project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cutting every unchanged file again, and reading every stored chunk back, were most of a no-change
+    re-ingest. The collection keeps each file's sha256 and chunk count: only new, edited or removed files are
+    cut and have their chunks fetched (every file, when the stored chunks cannot be trusted to be what
+    cutting would give)."""
+    import hashlib
+    import json
+
+    import runner.retrieval.indexing as indexing
+
+    spec = brics_project / "experiments" / "quickstart.yaml"
+    corpus = brics_project / "data" / "brics"
+    ingest(load_spec(spec))
+    cut: list[str] = []
+    fetched: list[list[str] | None] = []
+
+    def spy_cut(f: Any, *args: Any, **kw: Any) -> Any:
+        cut.append(f.rel)
+        return chunk_file(f, *args, **kw)
+
+    real_stored = Store.stored
+
+    def spy_stored(self: Store, col: Any, sources: list[str] | None = None) -> Any:
+        fetched.append(sources)
+        return real_stored(self, col, sources)
+
+    monkeypatch.setattr(indexing, "chunk_file", spy_cut)
+    monkeypatch.setattr(Store, "stored", spy_stored)
+    files = sorted(p.name for p in corpus.glob("*.md"))
+    chunks_per_file = {name: 0 for name in files}
+    for c in stored(spec).values():
+        chunks_per_file[c["source"]] += 1
+    manifest = json.loads(Store(load_spec(spec)).metadata()["pov.files"])
+    assert manifest == {
+        name: [hashlib.sha256((corpus / name).read_bytes()).hexdigest(), chunks_per_file[name]]
+        for name in files
+    }
+
+    report = ingest(load_spec(spec))
+    assert cut == [] and fetched == [[]]
+    assert report.chunks == {"added": 0, "updated": 0, "deleted": 0, "unchanged": len(stored(spec))}
+    assert report.files["unchanged"] == len([f for f, n in chunks_per_file.items() if n])
+    assert sorted(report.no_chunks) == sorted(f for f, n in chunks_per_file.items() if n == 0)
+    assert stored(spec) == expected(spec)
+
+    fetched.clear()
+    path = corpus / "04_japan_alliances_trade.md"
+    path.write_text(path.read_text().replace("Japan", "Nippon", 1))
+    (corpus / "06_energy_supply_chains.md").unlink()
+    report = ingest(load_spec(spec))
+    assert cut == ["04_japan_alliances_trade.md"]
+    assert fetched == [["04_japan_alliances_trade.md", "06_energy_supply_chains.md"]]
+    with_chunks = len([f for f, n in chunks_per_file.items() if n])
+    assert report.files == {"added": 0, "updated": 1, "deleted": 1, "unchanged": with_chunks - 2}
+    assert stored(spec) == expected(spec)
+
+    # Chunks cut by another chunker, or a collection left mid-write: every file is cut again.
+    for meta in ({"pov.chunker": "another-chunker"}, {"pov.state": "writing"}):
+        col = Store(load_spec(spec)).collection()
+        col.modify(metadata={**col.metadata, **meta})
+        cut.clear()
+        fetched.clear()
+        ingest(load_spec(spec))
+        assert sorted(cut) == sorted(set(files) - {"06_energy_supply_chains.md"}) and fetched == [None]
+        assert stored(spec) == expected(spec)
+
+
+def test_a_metadata_key_no_longer_written_does_not_rewrite_its_chunk_at_every_ingest(
+    brics_project: Path,
+) -> None:
+    """Chroma's update merges metadata, so a key an older version stored can never be removed: comparing
+    whole dicts called such a chunk changed, and rewrote it, at every ingest."""
+    spec = brics_project / "experiments" / "quickstart.yaml"
+    ingest(load_spec(spec))
+    col = Store(load_spec(spec)).collection()
+    some = col.get(limit=1)["ids"][0]
+    col.update(ids=[some], metadatas=[{"legacy_key": "from an older version"}])
+    col.modify(metadata={**col.metadata, "pov.state": "writing"})  # so every chunk is compared
+    assert ingest(load_spec(spec)).chunks["updated"] == 0
 
 
 def test_collection_records_embedder_dimension_and_cosine_space(brics_project: Path) -> None:

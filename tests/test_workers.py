@@ -3,7 +3,11 @@ processes that really die (signals, hangs) with the right cause recorded."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -324,6 +328,37 @@ def test_local_executor_without_gpus_runs_one_cpu_worker(monkeypatch: pytest.Mon
     monkeypatch.setattr("runner.generation.executors.local.visible_gpus", lambda: [])
     assert LocalExecutor(None, Limits()).slots() == [("cpu", None)]
     assert LocalExecutor([], Limits()).slots() == [("cpu", "")]
+
+
+DEVICE_CHECK = """
+import json, os, sys
+import runner.generation.executors.local as local
+from runner.spec import Limits
+out = {}
+os.environ["CUDA_VISIBLE_DEVICES"] = "0,2"
+out["named"] = local.visible_gpus()
+del os.environ["CUDA_VISIBLE_DEVICES"]
+local.GPU_DRIVER_FILES = ()
+out["no_driver"] = local.visible_gpus()
+local.GPU_DRIVER_FILES = (sys.executable,)  # a file that exists: as if a driver were installed
+out["cpu_only"] = local.LocalExecutor(None, Limits(), cpu_only=True).slots()
+out["torch"] = "torch" in sys.modules
+print(json.dumps(out))
+"""
+
+
+def test_devices_are_decided_without_torch_where_the_environment_answers() -> None:
+    """Importing torch to count GPUs cost `pov run` 1.5 s before its worker started: CUDA_VISIBLE_DEVICES,
+    the absence of any GPU driver and a CPU-only spec each answer without it."""
+    env = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+    done = subprocess.run([sys.executable, "-c", DEVICE_CHECK], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "named": ["0", "2"],
+        "no_driver": [],
+        "cpu_only": [["cpu", None]],
+        "torch": False,
+    }
 
 
 # -- latency: per cell where the backend times rows, per batch (and said so) where it cannot ----------------------

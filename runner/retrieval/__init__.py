@@ -7,6 +7,7 @@ query rerank, POV rerank) for each (question, POV set, k schedule).
 Heavy modules (torch, chromadb, sentence-transformers) are imported only when a retriever is used.
 """
 
+from runner.retrieval.indexing import IngestReport, ingest
 from runner.retrieval.retriever import (
     STAGES,
     ChromaRetriever,
@@ -17,7 +18,7 @@ from runner.retrieval.retriever import (
     open_retriever,
 )
 from runner.retrieval.scoring import cosine_scores, pov_scores, rank_desc
-from runner.retrieval.store import IngestReport, Store, ingest
+from runner.retrieval.store import Store
 
 __all__ = [
     "STAGES",

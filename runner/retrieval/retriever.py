@@ -101,8 +101,19 @@ class Hits:
     """Cosine similarity, 1 - Chroma's cosine distance."""
 
 
+QUERY_BATCH = 64
+"""Questions per Chroma query: its answer is built in Python objects (tens of bytes a number) before numpy
+sees it, so one query for 1,000 questions held them all at once."""
+GET_BATCH = 1_000
+"""Chunk ids per `get`: well under SQLite's limit on bound variables."""
+
+
 def nearest(col: Any, embeddings: np.ndarray, n: int) -> list[Hits]:
-    """Stage 1: the `n` chunks of the collection nearest to each embedding."""
+    """Stage 1: the `n` chunks of the collection nearest to each embedding.
+
+    The queries ask for ids and distances only; each chunk's vector and text are then fetched once, however
+    many questions it is near: with 1,000 questions x 15 chunks, most hits are chunks already seen, and
+    Chroma's per-hit copies of 384 numbers made up most of a warm retrieve's time and peak memory."""
     n = min(n, col.count())
     if len(embeddings) == 0 or n < 1:
         return []
@@ -112,26 +123,28 @@ def nearest(col: Any, embeddings: np.ndarray, n: int) -> list[Hits]:
             f"query embeddings have dimension {embeddings.shape[1]}, collection {col.name!r} "
             f"holds dimension {dim}: the embedder changed; `pov ingest SPEC --rebuild`"
         )
-    res = col.query(
-        query_embeddings=np.asarray(embeddings, dtype=np.float32),
-        n_results=n,
-        include=["embeddings", "documents", "distances"],
-    )
-    out = []
-    for ids, docs, embs, dists in zip(
-        res["ids"], res["documents"], res["embeddings"], res["distances"], strict=True
-    ):
-        # Equal distances come back in an order Chroma does not promise; the id makes it deterministic.
-        order = sorted(range(len(ids)), key=lambda i: (dists[i], ids[i]))
-        out.append(
-            Hits(
-                [ids[i] for i in order],
-                [docs[i] for i in order],
-                np.asarray(embs, dtype=np.float32)[order],
-                [1.0 - float(dists[i]) for i in order],
-            )
+    queries = np.asarray(embeddings, dtype=np.float32)
+    ranked: list[tuple[list[str], list[float]]] = []
+    for start in range(0, len(queries), QUERY_BATCH):
+        res = col.query(
+            query_embeddings=queries[start : start + QUERY_BATCH], n_results=n, include=["distances"]
         )
-    return out
+        for ids, dists in zip(res["ids"], res["distances"], strict=True):
+            # Equal distances come back in an order Chroma does not promise; the id makes it deterministic.
+            order = sorted(range(len(ids)), key=lambda i: (dists[i], ids[i]))
+            ranked.append(([ids[i] for i in order], [1.0 - float(dists[i]) for i in order]))
+    unique = list(dict.fromkeys(i for ids, _ in ranked for i in ids))
+    vectors: dict[str, np.ndarray] = {}
+    texts: dict[str, str] = {}
+    for start in range(0, len(unique), GET_BATCH):
+        got = col.get(ids=unique[start : start + GET_BATCH], include=["embeddings", "documents"])
+        block = np.asarray(got["embeddings"], dtype=np.float32)
+        for row, (cid, doc) in enumerate(zip(got["ids"], got["documents"], strict=True)):
+            vectors[cid], texts[cid] = block[row], doc
+    return [
+        Hits(ids, [texts[i] for i in ids], np.stack([vectors[i] for i in ids]), scores)
+        for ids, scores in ranked
+    ]
 
 
 def _select(
@@ -275,7 +288,7 @@ class ChromaRetriever:
 def open_retriever(exp: Experiment) -> ChromaRetriever:
     """The real retriever, over a collection brought up to date first: ingest is idempotent (an unchanged
     corpus writes nothing), and a run must never retrieve from chunks of files edited since."""
-    from runner.retrieval.store import ingest
+    from runner.retrieval.indexing import ingest
 
     ingest(exp)
     retriever = ChromaRetriever(exp)

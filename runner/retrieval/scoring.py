@@ -9,19 +9,22 @@ computed with one matrix product for a whole batch (`doc_emb` of shape (..., n, 
 (N, d) matrix). The POV matrix is small and is normalised up front; the large operand is never copied to
 be normalised: its row norms divide the small (N,) result instead, and with `assume_normalized=True`
 (unit vectors, as every embedder in this package returns, and what retrieval passes) they are not
-computed at all, which leaves the product alone: for this memory-bound shape that is within a few
-percent of the bare product (see benchmarks/bench_scoring.py). Without it, the norms cost one more pass
-over the operand.
+computed at all.
+
+numpy inputs stay in numpy, threaded by size (runner.retrieval.products): a small batch on one BLAS thread,
+which never waits for a busy core; a large one in row blocks over every core, each block's norms computed
+while it is in cache, so the norms cost no second pass over memory (see benchmarks/bench_scoring.py).
 
 torch is imported only when a tensor is passed, so importing this module stays cheap.
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, TypeVar
 
 import numpy as np
+
+from runner.retrieval.products import map_row_blocks, one_blas_thread
 
 ArrayT = TypeVar("ArrayT")
 
@@ -55,35 +58,22 @@ def pov_scores(doc_emb: ArrayT, pov_emb: Any, *, assume_normalized: bool = False
     pov_unit = povs / np.linalg.norm(povs, axis=1, keepdims=True)
     lead, d = docs.shape[:-1], docs.shape[-1]
     flat = docs.reshape(-1, d)  # a view for contiguous input: one (N, d) @ (d, p) product for the batch
-    pov_t = np.ascontiguousarray(pov_unit.T.astype(flat.dtype, copy=False))
-    if not assume_normalized and flat.nbytes >= _TORCH_MIN_BYTES and flat.dtype in (np.float32, np.float64):
-        by_torch = _pov_numpy_via_torch(flat, povs)
-        if by_torch is not None:
-            return by_torch.astype(dtype, copy=False).reshape(lead)  # type: ignore[return-value]
-    sims = flat @ pov_t
-    out = np.sqrt(np.einsum("ij,ij->i", sims, sims))
-    if not assume_normalized:
-        norms = np.sqrt(np.einsum("ij,ij->i", flat, flat))  # a second pass over the operand, but no copy
-        out = np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
-    return out.astype(dtype, copy=False).reshape(lead)  # type: ignore[no-any-return]
+    # The product runs in the operand's own float type; integers and float16 (no BLAS for them) are
+    # converted block by block, never as a whole copy.
+    work = flat.dtype if flat.dtype in (np.float32, np.float64) else dtype
+    pov_t = np.ascontiguousarray(pov_unit.T.astype(work, copy=False))
 
+    def per_block(block: np.ndarray) -> np.ndarray:
+        if block.dtype != work:
+            block = block.astype(work)
+        sims = block @ pov_t
+        out: np.ndarray = np.sqrt(np.einsum("ij,ij->i", sims, sims))
+        if assume_normalized:
+            return out
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block))  # the block is still in cache
+        return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)  # type: ignore[no-any-return]
 
-_TORCH_MIN_BYTES = 64 << 20
-"""Above this size a numpy batch that needs its norms is handed to torch's CPU kernels, zero-copy. numpy's
-reductions run on one core: on a 16-core machine its norm pass took 3.9x as long as the (multi-threaded)
-product itself, torch's 0.6x. Small batches stay in numpy, where torch's start-up would dominate."""
-
-
-def _pov_numpy_via_torch(flat: np.ndarray, povs: np.ndarray) -> np.ndarray | None:
-    try:
-        import torch
-    except ImportError:
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # a read-only array: torch warns, and we only read it
-        docs_t = torch.from_numpy(flat)
-    povs_t = torch.from_numpy(np.ascontiguousarray(povs.astype(flat.dtype, copy=False)))
-    return np.asarray(_pov_torch(docs_t, povs_t, False).numpy())
+    return map_row_blocks(flat, per_block, dtype).reshape(lead)  # type: ignore[return-value]
 
 
 def _pov_torch(doc_emb: Any, pov_emb: Any, assume_normalized: bool) -> Any:
@@ -122,7 +112,8 @@ def cosine_scores(query_emb: ArrayT, doc_emb: Any, *, assume_normalized: bool = 
     q = q.astype(dtype, copy=False)
     if not assume_normalized:
         q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    out = np.matmul(docs, q[..., :, None])[..., 0]
+    with one_blas_thread():  # stage 2's products are small: see runner.retrieval.products
+        out = np.matmul(docs, q[..., :, None])[..., 0]
     if not assume_normalized:
         norms = np.sqrt(np.einsum("...ij,...ij->...i", docs, docs))
         out = np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)

@@ -1,4 +1,4 @@
-"""The Chroma store: ingest a corpus into a collection, and open it for queries.
+"""The Chroma store: where a collection lives, what made it, and reading it back.
 
 Where: an embedded `PersistentClient` under `corpus.persist_dir` (default `<project>/.pov/chroma`, which
 git ignores), or an `HttpClient` when `corpus.chroma_url` names a `chroma run` server. Collections use the
@@ -7,12 +7,7 @@ cosine space and hold our own vectors (no Chroma embedding function).
 The collection's metadata records what made it: embedder provider, model and dimension (querying with
 another embedder is a UserError), the chunking parameters, a fingerprint of the corpus files, and a state
 (`writing` during an ingest's writes, `complete` after). The chunks' own metadata (`source` = file path)
-is the manifest of file -> chunk ids, and chunk ids are content hashes, so an ingest compares the chunks
-it computed with the ids stored and writes only the difference: adds, metadata updates, deletes.
-
-Crash safety: every chunk and embedding is computed before the first write; the fingerprint and the
-`complete` state are written last. A crash mid-write leaves state `writing` (retrieval warns), and the
-next ingest finishes the job, since the ids say what is stored already.
+says which file each came from. Ingest itself (what is written, and when) is runner.retrieval.indexing.
 
 One collection, one corpus: the metadata also names the spec that last ingested and its corpus (path,
 include patterns). Another spec whose corpus or chunking differs is refused before any write, since its
@@ -29,22 +24,23 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from runner.errors import RunAborted, UserError
 from runner.redaction import redact
-from runner.retrieval.chunking import Chunk, chunk_file, corpus_fingerprint, fingerprint_of
+from runner.retrieval.chunking import corpus_fingerprint
 from runner.spec import Embedder as EmbedderSpec
-from runner.spec import Experiment, Skipped, portable, read_corpus
+from runner.spec import Experiment, portable
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
 CONNECT_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 120.0
 """A Chroma server's answer to one request: an ingest's largest upsert takes seconds, not minutes."""
+SOURCES_PER_QUERY = 200
+"""Files per `source $in [...]` query: well under SQLite's limit on bound variables."""
 CORPUS_KEYS = ("pov.corpus", "pov.include", "pov.chunking")
 """What makes a collection's chunks: the same keys with other values are another corpus."""
 
@@ -55,20 +51,6 @@ class ChromaDown(UserError):
     def __init__(self, message: str, reason: str) -> None:
         super().__init__(redact(message))
         self.reason = redact(reason)
-
-
-@dataclass
-class IngestReport:
-    collection: str
-    location: str
-    chunks: dict[str, int] = field(default_factory=dict)
-    """Counts of chunks `added`, `updated` (metadata only), `deleted`, `unchanged`."""
-    files: dict[str, int] = field(default_factory=dict)
-    """Counts of files `added`, `updated`, `deleted`, `unchanged` (by their chunks)."""
-    skipped: list[Skipped] = field(default_factory=list)
-    no_chunks: list[str] = field(default_factory=list)
-    """Files read fine but left with no chunk (all boilerplate)."""
-    embedding: dict[str, int] = field(default_factory=dict)
 
 
 def _settings() -> Any:
@@ -202,8 +184,11 @@ class Store:
         )
 
     def collection(self) -> Any | None:
+        """The collection, or None when there is none (an embedded store is not created to say so)."""
         from chromadb.errors import NotFoundError
 
+        if not self.url and not self.path.exists():
+            return None
         try:
             return self.client.get_collection(self.name, embedding_function=None)
         except (NotFoundError, ValueError):
@@ -257,143 +242,23 @@ class Store:
                 )
         return col, warnings
 
-    def stored(self, col: Any) -> dict[str, dict[str, Any]]:
-        """id -> chunk metadata of everything in the collection."""
+    def stored(self, col: Any, sources: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """id -> chunk metadata of everything in the collection, or of the chunks of `sources` only."""
         out: dict[str, dict[str, Any]] = {}
+        if sources is None:
+            self._get_into(out, col, None)
+        for i in range(0, len(sources or []), SOURCES_PER_QUERY):
+            part = (sources or [])[i : i + SOURCES_PER_QUERY]
+            self._get_into(out, col, {"source": {"$in": part}})
+        return out
+
+    def _get_into(self, out: dict[str, dict[str, Any]], col: Any, where: dict[str, Any] | None) -> None:
         page = self.client.get_max_batch_size()
         offset = 0
         while True:
-            got = col.get(include=["metadatas"], limit=page, offset=offset)
+            got = col.get(where=where, include=["metadatas"], limit=page, offset=offset)
             for cid, meta in zip(got["ids"], got["metadatas"] or [{}] * len(got["ids"]), strict=True):
                 out[cid] = dict(meta or {})
             if len(got["ids"]) < page:
-                return out
+                return
             offset += page
-
-
-def _batches(seq: list[Any], size: int) -> list[list[Any]]:
-    return [seq[i : i + size] for i in range(0, len(seq), size)]
-
-
-def _file_counts(chunks: dict[str, Chunk], stored: dict[str, dict[str, Any]]) -> dict[str, int]:
-    new_by_file: dict[str, set[str]] = {}
-    for c in chunks.values():
-        new_by_file.setdefault(c.source, set()).add(c.id)
-    old_by_file: dict[str, set[str]] = {}
-    for cid, meta in stored.items():
-        old_by_file.setdefault(str(meta.get("source")), set()).add(cid)
-    counts = dict.fromkeys(("added", "updated", "deleted", "unchanged"), 0)
-    for f in new_by_file.keys() | old_by_file.keys():
-        new, old = new_by_file.get(f), old_by_file.get(f)
-        if old is None:
-            counts["added"] += 1
-        elif new is None:
-            counts["deleted"] += 1
-        elif new != old or any(stored[i] != chunks[i].metadata() for i in new):
-            counts["updated"] += 1
-        else:
-            counts["unchanged"] += 1
-    return counts
-
-
-def ingest(
-    exp: Experiment, *, rebuild: bool = False, strict: bool = False, embedder: Any = None
-) -> IngestReport:
-    """Bring the collection in line with the corpus; see the module docstring."""
-    from runner.retrieval.embedders.base import build_embedder
-
-    spec = exp.spec
-    corpus = read_corpus(spec.corpus.path, spec.corpus.include)
-    if strict and corpus.skipped:
-        raise UserError(
-            "files that cannot be ingested (--strict):\n" + "\n".join(f"  {s}" for s in corpus.skipped)
-        )
-    if not corpus.files:
-        why = f"; skipped: {', '.join(str(s) for s in corpus.skipped)}" if corpus.skipped else ""
-        raise UserError(f"no ingestible files in {spec.corpus.path} matching {spec.corpus.include}{why}")
-    ch = spec.corpus.chunking
-    chunks: dict[str, Chunk] = {}
-    no_chunks = []
-    for f in corpus.files:
-        got = chunk_file(f, ch.max_words, ch.overlap_words, ch.drop_boilerplate)
-        no_chunks += [] if got else [f.rel]
-        chunks.update((c.id, c) for c in got)
-    if not chunks:
-        raise UserError(f"no chunks in {spec.corpus.path}: every paragraph was empty or boilerplate")
-    fingerprint = fingerprint_of(corpus.digests(), chunking_key(exp))  # the files were just read
-
-    store = Store(exp)
-    report = IngestReport(spec.corpus.collection, store.location, skipped=corpus.skipped, no_chunks=no_chunks)
-    with store.answering():
-        col = store.collection()
-        meta = dict(col.metadata or {}) if col is not None else {}
-        if col is not None and not rebuild:
-            store.check_embedder(meta, spec.embedder)
-            store.check_maker(meta)
-        stored = store.stored(col) if col is not None and not rebuild else {}
-
-    new_ids = [i for i in chunks if i not in stored]
-    gone_ids = [i for i in stored if i not in chunks]
-    kept = [i for i in chunks if i in stored]
-    changed = [i for i in kept if stored[i] != chunks[i].metadata()]
-    emb = embedder or build_embedder(spec.embedder, exp.state_dir)
-    vectors = emb.embed([chunks[i].text for i in new_ids], "document") if new_ids else None
-    dim = int(vectors.shape[1]) if vectors is not None else meta.get("pov.dim")
-    if col is not None and not rebuild and vectors is not None:
-        store.check_embedder(meta, spec.embedder, dim)
-    report.chunks = {
-        "added": len(new_ids),
-        "updated": len(changed),
-        "deleted": len(gone_ids),
-        "unchanged": len(kept) - len(changed),
-    }
-    report.files = _file_counts(chunks, stored)
-    report.embedding = emb.stats()
-
-    final_meta = {
-        "pov.provider": spec.embedder.provider,
-        "pov.model": spec.embedder.model,
-        "pov.dim": dim,
-        "pov.schema": SCHEMA_VERSION,
-        **maker(exp),
-    }
-    with store.answering():
-        if col is not None and not rebuild and not (new_ids or gone_ids or changed):
-            done = {**final_meta, "pov.fingerprint": fingerprint, "pov.state": "complete"}
-            if any(meta.get(k) != v for k, v in done.items()):
-                col.modify(metadata=done)
-            return report
-        client = store.client
-        if col is not None and rebuild:
-            client.delete_collection(store.name)
-            col = None
-        if col is None:
-            col = client.create_collection(
-                store.name,
-                configuration={"hnsw": {"space": "cosine"}},
-                metadata={**final_meta, "pov.state": "writing"},
-                embedding_function=None,
-            )
-        else:
-            col.modify(
-                metadata={
-                    **final_meta,
-                    "pov.fingerprint": meta.get("pov.fingerprint", ""),
-                    "pov.state": "writing",
-                }
-            )
-        size = client.get_max_batch_size()
-        for part in _batches(list(range(len(new_ids))), size):
-            ids = [new_ids[i] for i in part]
-            col.upsert(
-                ids=ids,
-                embeddings=vectors[part[0] : part[-1] + 1],  # type: ignore[index]
-                documents=[chunks[i].text for i in ids],
-                metadatas=[chunks[i].metadata() for i in ids],
-            )
-        for ids in _batches(changed, size):
-            col.update(ids=list(ids), metadatas=[chunks[i].metadata() for i in ids])
-        for ids in _batches(gone_ids, size):
-            col.delete(ids=list(ids))
-        col.modify(metadata={**final_meta, "pov.fingerprint": fingerprint, "pov.state": "complete"})
-    return report

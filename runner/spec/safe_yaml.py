@@ -5,6 +5,11 @@ aliases without bound and forgets where each value came from. This loader compos
 SafeLoader (so no Python tags can construct objects), rebuilds plain Python data from it, refuses
 duplicate keys and runaway alias expansion, and records a `(line, col)` for every path so that later
 validation errors can point at the offending node.
+
+The node tree is composed by libyaml (PyYAML's CSafeLoader) where PyYAML was built with it: 5-7x faster
+than the pure-Python composer on a 450 KB questions file, with the same nodes and the same line/column
+marks. Any document that fails to load is loaded again by the pure-Python SafeLoader, so every error and
+where it points is what the pure-Python loader says (libyaml words its syntax errors differently).
 """
 
 from __future__ import annotations
@@ -242,11 +247,26 @@ def _dotted(path: PathKey) -> str:
     return ".".join(str(p) for p in path)
 
 
+FAST_LOADER: type[yaml.SafeLoader] | None = getattr(yaml, "CSafeLoader", None)
+"""libyaml's composer, or None when PyYAML was built without it."""
+
+
 def parse_yaml(text: str, file: str) -> Loaded:
     """Parse one YAML document from text; `file` labels the marks and errors."""
+    # libyaml skips a byte-order mark without counting it as a column, the pure-Python reader counts it:
+    # such a (rare) file goes the slow way so that its marks stay what they were.
+    if FAST_LOADER is not None and not text.startswith("\ufeff"):
+        try:
+            return _parse(text, file, FAST_LOADER)
+        except (SpecError, yaml.YAMLError, RecursionError):
+            pass  # reported below, exactly as the pure-Python loader words and places it
+    return _parse(text, file, yaml.SafeLoader)
+
+
+def _parse(text: str, file: str, loader_class: type[yaml.SafeLoader]) -> Loaded:
     try:
         # The reader checks for unprintable characters as soon as it is built, so build it inside the try.
-        loader = yaml.SafeLoader(text)
+        loader = loader_class(text)
     except yaml.reader.ReaderError as e:
         raise SpecError([_reader_problem(text, file, e)]) from None
     try:

@@ -60,7 +60,8 @@ def make_executor(
 ) -> Executor:
     """The executor a spec asks for (`executor.kind`), with command-line overrides applied.
 
-    `local` is built as `LocalExecutor(gpus, limits)`, unless `auto_serve` and a `pov serve` is running for
+    `local` is built as `LocalExecutor(gpus, limits, cpu_only=...)` (cpu_only: every model says
+    `device: cpu`), unless `auto_serve` and a `pov serve` is running for
     the project (`state_dir`) and no GPUs were named: then its warm workers are used. `ray` is built as
     `RayExecutor(config, limits)` where config is the spec's `executor:` section with `address`/`gpus`
     overrides applied; `serve` as `ServeExecutor(state_dir, limits)`."""
@@ -78,7 +79,8 @@ def make_executor(
             if info is not None:
                 made = EXECUTORS.load("serve")(state_dir, spec.limits, info)
                 return made  # type: ignore[no-any-return]
-        made = EXECUTORS.load("local")(chosen, spec.limits)
+        cpu_only = all(m.device == "cpu" for m in spec.models.values())
+        made = EXECUTORS.load("local")(chosen, spec.limits, cpu_only=cpu_only)
         return made  # type: ignore[no-any-return]
     if kind == "serve":
         if state_dir is None:

@@ -8,7 +8,9 @@ the progress bar never see two threads.
 
 from __future__ import annotations
 
+import glob
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,11 +24,32 @@ if TYPE_CHECKING:
     from runner.spec import Generation, Limits, Model
 
 
+GPU_DRIVER_FILES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/nvidia[0-9]*", "/dev/kfd", "/dev/dxg")
+"""What a GPU driver torch can use leaves on Linux (glob patterns): NVIDIA's, ROCm's (`/dev/kfd`) and
+WSL2's (`/dev/dxg`)."""
+
+
+def gpu_driver_present() -> bool:
+    """False only where no GPU can be visible: Linux without any of GPU_DRIVER_FILES (elsewhere, or when
+    they cannot be looked for, assume a driver and let torch say)."""
+    if not sys.platform.startswith("linux"):
+        return True
+    try:
+        return any(glob.glob(pattern) for pattern in GPU_DRIVER_FILES)
+    except OSError:
+        return True
+
+
 def visible_gpus() -> list[str]:
-    """IDs of the CUDA devices this process may use, as CUDA_VISIBLE_DEVICES would name them."""
+    """IDs of the CUDA devices this process may use, as CUDA_VISIBLE_DEVICES would name them.
+
+    torch is imported to count them only when neither CUDA_VISIBLE_DEVICES nor the absence of a driver
+    answers first: importing it costs the parent a second or two before its first worker is spawned."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
+    if not gpu_driver_present():
+        return []
     try:
         import torch
 
@@ -40,16 +63,26 @@ class LocalExecutor(PooledExecutor):
     name = "local"
 
     def __init__(
-        self, gpus: list[int] | None = None, limits: Limits | None = None, *, log_dir: Path | None = None
+        self,
+        gpus: list[int] | None = None,
+        limits: Limits | None = None,
+        *,
+        log_dir: Path | None = None,
+        cpu_only: bool = False,
     ) -> None:
+        """`cpu_only`: every model it will run says `device: cpu`, so unless GPUs are named, one CPU worker
+        runs them and no GPU is counted."""
         from runner.spec import Limits
 
         self.gpus, self.limits, self.log_dir = gpus, limits or Limits(), log_dir
+        self.cpu_only = cpu_only
         self._pool = SlotPool(self.limits)
 
     def slots(self) -> list[tuple[str, str | None]]:
         """(device, CUDA_VISIBLE_DEVICES for its worker) per worker slot. A worker sees only its own GPU,
         as cuda:0, so libraries that use the current device (Unsloth) pick the right one."""
+        if self.cpu_only and self.gpus is None:
+            return [("cpu", None)]
         visible = visible_gpus()
         if self.gpus is None:
             chosen = visible

@@ -1,0 +1,260 @@
+"""Ingest: bring a corpus's Chroma collection in line with its files, writing only the difference.
+
+Chunk ids are content hashes (runner.retrieval.chunking), so an ingest compares the chunks it computes with
+the ids stored and writes only the difference: adds, metadata updates, deletes. A second ingest of an
+unchanged corpus writes nothing.
+
+What did not change is neither cut nor read back. The collection's metadata keeps a manifest of the files
+its chunks were cut from (`pov.files`: path -> [sha256 of the file's bytes, number of chunks]); a file
+whose bytes hash as the manifest says keeps its stored chunks untouched, and only the chunks of new,
+edited or removed files are fetched (by `source`) and compared with what cutting gives now. The manifest
+is trusted only when the last ingest completed (a crash mid-write may have left part of a file's chunks)
+with the same chunking parameters and the same chunker (`pov.chunker`, a hash of chunking.py, so a changed
+rule reaches files that did not change); otherwise every file is cut and every stored chunk compared, as
+the first ingest does.
+
+Crash safety: every chunk and embedding is computed before the first write; the fingerprint, the manifest
+and the `complete` state are written last. A crash mid-write leaves state `writing` (retrieval warns), and
+the next ingest finishes the job, since the ids say what is stored already.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner.errors import UserError
+from runner.retrieval import chunking
+from runner.retrieval.chunking import Chunk, chunk_file, fingerprint_of
+from runner.retrieval.store import SCHEMA_VERSION, Store, chunking_key, maker
+from runner.spec import Experiment, Skipped, read_corpus
+
+MANIFEST_KEY = "pov.files"
+CHUNKER_KEY = "pov.chunker"
+
+
+@dataclass
+class IngestReport:
+    collection: str
+    location: str
+    chunks: dict[str, int] = field(default_factory=dict)
+    """Counts of chunks `added`, `updated` (metadata only), `deleted`, `unchanged`."""
+    files: dict[str, int] = field(default_factory=dict)
+    """Counts of files `added`, `updated`, `deleted`, `unchanged` (by their chunks)."""
+    skipped: list[Skipped] = field(default_factory=list)
+    no_chunks: list[str] = field(default_factory=list)
+    """Files read fine but left with no chunk (all boilerplate)."""
+    embedding: dict[str, int] = field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=1)
+def chunker_id() -> str:
+    """Hash of the chunker's code: chunks cut by other code are never kept without cutting again."""
+    try:
+        code = Path(chunking.__file__).read_bytes()
+    except (OSError, TypeError):  # no source to read (a frozen build): the package version stands in
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            code = f"pov-runner {version('pov-runner')}".encode()
+        except PackageNotFoundError:
+            code = b"pov-runner unknown"
+    return hashlib.sha256(code).hexdigest()[:16]
+
+
+def trusted_manifest(meta: dict[str, Any], chunking_now: str) -> dict[str, tuple[str, int]] | None:
+    """The collection's file manifest (path -> sha256, chunks) if it can be trusted (see the module
+    docstring), else None."""
+    if (
+        meta.get("pov.state") != "complete"
+        or meta.get("pov.chunking") != chunking_now
+        or meta.get(CHUNKER_KEY) != chunker_id()
+    ):
+        return None
+    try:
+        raw = json.loads(meta[MANIFEST_KEY])
+        return {str(rel): (str(sha), int(n)) for rel, (sha, n) in raw.items()}
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None  # a collection from before manifests, or one edited by hand
+
+
+def _manifest_text(manifest: dict[str, tuple[str, int]]) -> str:
+    """Deterministic, so that an unchanged corpus compares equal and nothing is written."""
+    return json.dumps({rel: list(v) for rel, v in sorted(manifest.items())}, separators=(",", ":"))
+
+
+def _batches(seq: list[Any], size: int) -> list[list[Any]]:
+    return [seq[i : i + size] for i in range(0, len(seq), size)]
+
+
+def _same_metadata(stored: dict[str, Any], chunk: Chunk) -> bool:
+    """Whether the stored metadata says what the chunk's does. Keys the chunk no longer has are ignored:
+    Chroma's update merges metadata, so they could never be removed, and the chunk would be rewritten by
+    every ingest."""
+    return all(stored.get(k) == v for k, v in chunk.metadata().items())
+
+
+def _file_counts(
+    chunks: dict[str, Chunk], stored: dict[str, dict[str, Any]], kept: set[str]
+) -> dict[str, int]:
+    """Files added, updated, deleted, unchanged (files with chunks); `kept`: unchanged ones not cut at all."""
+    new_by_file: dict[str, set[str]] = {}
+    for c in chunks.values():
+        new_by_file.setdefault(c.source, set()).add(c.id)
+    old_by_file: dict[str, set[str]] = {}
+    for cid, meta in stored.items():
+        old_by_file.setdefault(str(meta.get("source")), set()).add(cid)
+    counts = dict.fromkeys(("added", "updated", "deleted", "unchanged"), 0)
+    counts["unchanged"] = len(kept)
+    for f in new_by_file.keys() | old_by_file.keys():
+        new, old = new_by_file.get(f), old_by_file.get(f)
+        if old is None:
+            counts["added"] += 1
+        elif new is None:
+            counts["deleted"] += 1
+        elif new != old or not all(_same_metadata(stored[i], chunks[i]) for i in new):
+            counts["updated"] += 1
+        else:
+            counts["unchanged"] += 1
+    return counts
+
+
+def ingest(
+    exp: Experiment, *, rebuild: bool = False, strict: bool = False, embedder: Any = None
+) -> IngestReport:
+    """Bring the collection in line with the corpus; see the module docstring."""
+    from runner.retrieval.embedders.base import build_embedder
+
+    spec = exp.spec
+    corpus = read_corpus(spec.corpus.path, spec.corpus.include)
+    if strict and corpus.skipped:
+        raise UserError(
+            "files that cannot be ingested (--strict):\n" + "\n".join(f"  {s}" for s in corpus.skipped)
+        )
+    if not corpus.files:
+        why = f"; skipped: {', '.join(str(s) for s in corpus.skipped)}" if corpus.skipped else ""
+        raise UserError(f"no ingestible files in {spec.corpus.path} matching {spec.corpus.include}{why}")
+
+    store = Store(exp)
+    report = IngestReport(spec.corpus.collection, store.location, skipped=corpus.skipped)
+    with store.answering():
+        col = None if rebuild else store.collection()
+        meta = dict(col.metadata or {}) if col is not None else {}
+        if col is not None:
+            store.check_embedder(meta, spec.embedder)
+            store.check_maker(meta)
+        known = trusted_manifest(meta, chunking_key(exp)) if col is not None else None
+        # Unchanged files: as the manifest says, so neither cut nor fetched.
+        kept = {f.rel for f in corpus.files if known and known.get(f.rel, ("", 0))[0] == f.sha256}
+        if col is None:
+            stored: dict[str, dict[str, Any]] = {}
+        elif known is None:
+            stored = store.stored(col)
+        else:  # edited, removed or now skipped files: only their chunks are compared
+            stored = store.stored(col, sorted(set(known) - kept))
+
+    ch = spec.corpus.chunking
+    chunks: dict[str, Chunk] = {}
+    manifest: dict[str, tuple[str, int]] = {}
+    for f in corpus.files:
+        if f.rel in kept and known is not None:
+            manifest[f.rel] = known[f.rel]
+        else:
+            got = chunk_file(f, ch.max_words, ch.overlap_words, ch.drop_boilerplate)
+            chunks.update((c.id, c) for c in got)
+            manifest[f.rel] = (f.sha256, len(got))
+        if manifest[f.rel][1] == 0:
+            report.no_chunks.append(f.rel)
+    kept_chunks = sum(manifest[rel][1] for rel in kept)
+    if not chunks and not kept_chunks:
+        raise UserError(f"no chunks in {spec.corpus.path}: every paragraph was empty or boilerplate")
+    fingerprint = fingerprint_of(corpus.digests(), chunking_key(exp))  # the files were just read
+
+    new_ids = [i for i in chunks if i not in stored]
+    gone_ids = [i for i in stored if i not in chunks]
+    compared = [i for i in chunks if i in stored]
+    changed = [i for i in compared if not _same_metadata(stored[i], chunks[i])]
+    emb = embedder or build_embedder(spec.embedder, exp.state_dir)
+    vectors = emb.embed([chunks[i].text for i in new_ids], "document") if new_ids else None
+    dim = int(vectors.shape[1]) if vectors is not None else meta.get("pov.dim")
+    if col is not None and vectors is not None:
+        store.check_embedder(meta, spec.embedder, dim)
+    report.chunks = {
+        "added": len(new_ids),
+        "updated": len(changed),
+        "deleted": len(gone_ids),
+        "unchanged": len(compared) - len(changed) + kept_chunks,
+    }
+    report.files = _file_counts(chunks, stored, {rel for rel in kept if manifest[rel][1]})
+    report.embedding = emb.stats()
+
+    final_meta = {
+        "pov.provider": spec.embedder.provider,
+        "pov.model": spec.embedder.model,
+        "pov.dim": dim,
+        "pov.schema": SCHEMA_VERSION,
+        CHUNKER_KEY: chunker_id(),
+        **maker(exp),
+    }
+    done = {**final_meta, "pov.fingerprint": fingerprint, MANIFEST_KEY: _manifest_text(manifest)}
+    done["pov.state"] = "complete"
+    with store.answering():
+        if col is not None and not (new_ids or gone_ids or changed):
+            if any(meta.get(k) != v for k, v in done.items()):
+                col.modify(metadata=done)
+            return report
+        _write(store, col, rebuild, final_meta, meta, done, chunks, vectors, new_ids, changed, gone_ids)
+    return report
+
+
+def _write(
+    store: Store,
+    col: Any,
+    rebuild: bool,
+    final_meta: dict[str, Any],
+    meta: dict[str, Any],
+    done: dict[str, Any],
+    chunks: dict[str, Chunk],
+    vectors: Any,
+    new_ids: list[str],
+    changed: list[str],
+    gone_ids: list[str],
+) -> None:
+    """The writes, between state `writing` and the final metadata (`done`)."""
+    client = store.client
+    if rebuild and store.collection() is not None:
+        client.delete_collection(store.name)
+        col = None
+    if col is None:
+        col = client.create_collection(
+            store.name,
+            configuration={"hnsw": {"space": "cosine"}},
+            metadata={**final_meta, "pov.state": "writing"},
+            embedding_function=None,
+        )
+    else:
+        col.modify(
+            metadata={
+                **final_meta,
+                "pov.fingerprint": meta.get("pov.fingerprint", ""),
+                "pov.state": "writing",
+            }
+        )
+    size = client.get_max_batch_size()
+    for part in _batches(list(range(len(new_ids))), size):
+        ids = [new_ids[i] for i in part]
+        col.upsert(
+            ids=ids,
+            embeddings=vectors[part[0] : part[-1] + 1],
+            documents=[chunks[i].text for i in ids],
+            metadatas=[chunks[i].metadata() for i in ids],
+        )
+    for ids in _batches(changed, size):
+        col.update(ids=list(ids), metadatas=[chunks[i].metadata() for i in ids])
+    for ids in _batches(gone_ids, size):
+        col.delete(ids=list(ids))
+    col.modify(metadata=done)
