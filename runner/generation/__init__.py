@@ -11,17 +11,23 @@ results. torch and transformers are imported only inside workers.
 
 from runner.generation.backends import Backend, GenerationOut, backend_class
 from runner.generation.executors import EXECUTORS, Executor, make_executor
-from runner.generation.jobs import CAUSES, Groups, Job, JobResult, LoadFailed, WorkerCrash
+from runner.generation.frontier import Edge, frontier
+from runner.generation.jobs import CAUSES, MEMORY_CAUSES, Groups, Job, JobResult, LoadFailed, WorkerCrash
 from runner.generation.model_files import cache_folder_hashes, folder_hash, model_revision
 from runner.generation.server import Server
 from runner.generation.server_info import absolute_model, find_server, pid_alive, request
+from runner.generation.stepdown import FITTED, Attempt
 from runner.generation.tinymodel import BUILTIN_PREFIX, TinyDims, build_tiny, resolve_model
 
 __all__ = [
     "BUILTIN_PREFIX",
     "CAUSES",
     "EXECUTORS",
+    "FITTED",
+    "MEMORY_CAUSES",
+    "Attempt",
     "Backend",
+    "Edge",
     "Executor",
     "GenerationOut",
     "Groups",
@@ -37,6 +43,7 @@ __all__ = [
     "cache_folder_hashes",
     "find_server",
     "folder_hash",
+    "frontier",
     "make_executor",
     "model_revision",
     "pid_alive",

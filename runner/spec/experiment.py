@@ -14,6 +14,14 @@ from runner.spec.templates import TemplateInfo
 
 STORE_LOCATION = ("chroma_url", "persist_dir")
 """Fields of `corpus` that say where the chunks are kept, not which chunks: outside the spec hash."""
+LATER_DEFAULTS: dict[tuple[str, str], Any] = {
+    ("generation", "batch_invariant"): False,
+    ("matrix", "zip"): [],
+    ("matrix", "repeat"): 1,
+    ("limits", "max_memory_retries"): 256,
+}
+"""Fields added after executions were first recorded, with their defaults: left out of the spec hash while
+they hold them, so that a spec that does not use them keeps the hash (and the execution) it had."""
 
 
 @dataclass
@@ -48,6 +56,12 @@ class Experiment:
         existing execution gets a new hash."""
         spec = self.spec.model_dump(mode="json", exclude={"extends", "description", "tracking", "executor"})
         spec["corpus"].update({key: None for key in STORE_LOCATION})
+        for (section, key), default in LATER_DEFAULTS.items():
+            if spec[section].get(key) == default:
+                del spec[section][key]
+        for fault in spec["faults"]:
+            if fault.get("above_batch_tokens") is None:
+                fault.pop("above_batch_tokens", None)
         return {
             "spec": portable(spec, self.root),
             "questions": {k: q.text for k, q in self.questions.items()},
