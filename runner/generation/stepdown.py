@@ -64,8 +64,28 @@ class Attempt:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Attempt:
-        known = {k: data.get(k) for k in cls.__dataclass_fields__ if k != "cells"}
-        return cls(**known, cells=list(data.get("cells") or []))
+        """An attempt as `to_dict` stored it (or `composition` plus what a cell stored)."""
+
+        def whole(key: str) -> int | None:
+            value = data.get(key)
+            return None if value is None else int(value)
+
+        def number(key: str) -> float | None:
+            value = data.get(key)
+            return None if value is None else float(value)
+
+        return cls(
+            str(data.get("id") or data.get("attempt") or ""),
+            int(data.get("size") or 0),
+            whole("padded_prompt_tokens"),
+            int(data.get("max_new_tokens") or 0),
+            whole("new_tokens"),
+            str(data.get("outcome") or ""),
+            number("gpu_peak_mb"),
+            number("host_rss_mb"),
+            str(data.get("cap") or ""),
+            [str(c) for c in data.get("cells") or []],
+        )
 
     def composition(self) -> dict[str, Any]:
         """The batch as its cells record it: attempt id, size, padded prompt tokens, and the cells' ids."""
