@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from test_matrix_props import AXES, SETTINGS, World, build, key, oracle, worlds
 
 from runner.spec import Cell, Experiment, expand, repeat_seed
+
+BASE = Path(__file__).parent / "bad_specs" / "fixtures" / "base.yaml"
+"""A valid spec with two questions (q1, q2), two POV sets, two personas, one template and one model."""
 
 
 def with_matrix(exp: Experiment, **fields: Any) -> Experiment:
@@ -139,3 +144,27 @@ def test_two_zip_groups_pair_independently() -> None:
     assert {(c.model, c.template) for c in cells} == {("a", "a"), ("b", "b"), ("c", "c")}
     assert {(c.question, c.pov_set) for c in cells} == {("a", "a"), ("b", "b"), ("c", "c")}
     assert {c.persona for c in cells} == {"a", "b", "c"}
+
+
+def test_pov_plan_lists_the_repeats_of_zipped_cells(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from runner.cli import main as cli
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        f"extends: {BASE}\nname: zipped\n"
+        "matrix: {question: [q1, q2], pov_set: [alpha, beta], zip: [[question, pov_set]], repeat: 2}\n"
+    )
+    assert cli(["validate", str(spec)]) == 0
+    assert "ok (8 cells)" in capsys.readouterr().out  # 2 pairs x 2 personas x 2 repeats
+    assert cli(["plan", str(spec), "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {(r["question"], r["pov_set"]) for r in rows} == {("q1", "alpha"), ("q2", "beta")}
+    first = {r["id"]: r for r in rows if "repeat" not in r}
+    again = [r for r in rows if r.get("repeat") == 1]
+    assert len(first) == len(again) == 4
+    assert {r["base"] for r in again} == set(first)
+    assert all({**first[r["base"]], "id": r["id"], "repeat": 1, "base": r["base"]} == r for r in again)

@@ -138,6 +138,11 @@ def audit(
     outcome = AuditOutcome(plan.run_id, batch_size, len(finished), drifts=[str(d) for d in plan.drifts])
     for drift in outcome.drifts:
         say(f"drift since the run (answers may change for this reason too): {drift}")
+    if exp.spec.generation.temperature > 0:
+        say(
+            "note: this execution samples (temperature > 0), and a batch draws one random stream for all its "
+            "rows: an answer alone draws other numbers, so a change says little about padding or kernels"
+        )
     say(
         f"auditing {len(picked)} of {len(finished)} finished cells of {plan.run_name}, in batches of {batch_size}"
     )
