@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from runner.generation.faults import inject_fault, threshold_fault
 from runner.generation.jobs import Job, JobResult, classify_exception
 
 if TYPE_CHECKING:
@@ -40,35 +41,7 @@ LOAD_TIMEOUT_S = 1800.0
 """Longest a model may take to load (a large checkpoint from a slow disk) before its worker is killed."""
 
 
-class InjectedFault(RuntimeError):
-    """An exception raised on purpose by a spec's `faults:` entry."""
-
-
 # -- the in-worker core ----------------------------------------------------------------------------------------
-def inject_fault(cause: str, cell_id: str) -> None:
-    """Really do what the fault names: a signal to ourselves, an exception, or a hang."""
-    note = f"injected fault {cause!r} for cell {cell_id}"
-    sys.stderr.write(note + "\n")
-    sys.stderr.flush()
-    if cause == "segfault":
-        os.kill(os.getpid(), signal.SIGSEGV)
-    elif cause == "abort":
-        os.kill(os.getpid(), signal.SIGABRT)
-    elif cause == "killed":
-        os.kill(os.getpid(), signal.SIGKILL)
-    elif cause == "exception":
-        raise InjectedFault(note)
-    elif cause == "cuda_oom":
-        import torch
-
-        raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 20.00 GiB ({note})")
-    elif cause == "timeout":
-        while True:  # until the parent's deadline kills us
-            time.sleep(60)
-    else:
-        raise ValueError(f"unknown fault cause {cause!r}")
-    time.sleep(5)  # a signal to ourselves is delivered before this returns; never fall through silently
-    raise RuntimeError(f"{note}: the signal did not end the process")
 
 
 def _cuda_device(backend: Backend) -> str | None:
@@ -94,13 +67,6 @@ def padded_width(encoded: Any, jobs: list[Job]) -> int:
     if isinstance(width, int):
         return width
     return max((len(j.prompt.split()) for j in jobs), default=0)
-
-
-def _threshold_fault(jobs: list[Job], width: int) -> Job | None:
-    """The job whose fault fires only above a batch-token threshold, when this batch is above it."""
-    tokens = len(jobs) * width
-    armed = [j for j in jobs if j.fault and j.fault_above_tokens is not None]
-    return next((j for j in armed if tokens > int(j.fault_above_tokens or 0)), None)
 
 
 def measured_of(exc: BaseException) -> dict[str, float]:
@@ -147,7 +113,7 @@ def serve_batch(
         shape["padded_prompt_tokens"] = float(padded_width(encoded, jobs))
         if on_shape is not None:
             on_shape(dict(shape))
-        over = _threshold_fault(jobs, int(shape["padded_prompt_tokens"]))
+        over = threshold_fault(jobs, int(shape["padded_prompt_tokens"]))
         if over is not None:
             inject_fault(str(over.fault), over.cell_id)
         if encoded is not None:
