@@ -239,7 +239,7 @@ def extra_sections(execs: list[dict[str, Any]], charts: dict[str, str | None]) -
     """The memory frontier, the spread across repeats and the batch-sensitive cells, where an execution has
     any (runner.report.memory, .repeats, .sensitivity)."""
     parts: list[str] = []
-    if any(ex["memory"]["frontier"] for ex in execs):
+    if any(e["failed"] for ex in execs for e in ex["memory"]["frontier"]):
         parts.append("<h2>Memory frontier</h2>")
         parts.append(
             '<p class="note">Every generate call is recorded on its cells. A batch that ran out of memory '
@@ -321,7 +321,7 @@ def extra_sections(execs: list[dict[str, Any]], charts: dict[str, str | None]) -
                     f"<code>{html.escape(c['cell_id'])}</code>",
                     html.escape(c["template"]),
                     html.escape(c["question"]),
-                    fmt(c["batch_size"]),
+                    fmt(int(c["batch_size"])) if c["batch_size"] is not None else "–",
                     f"<code>{html.escape(c['batch_id'])}</code>",
                 ]
                 for c in sens["cells"]
