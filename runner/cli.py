@@ -20,6 +20,7 @@ COMMANDS = {
     "retrieve": "show the three retrieval stages per question",
     "run": "run every cell of a spec (resumes an unfinished run)",
     "rerun": "run a past run again, naming what changed since",
+    "audit": "run a sample of cells again alone: did their answers depend on their batch?",
     "report": "crash rate against prompt complexity, latency, checks",
     "models": "list, fetch or build local models (a real SmolLM2, a tiny random Llama)",
     "serve": "keep generation workers loaded between runs",

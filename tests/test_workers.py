@@ -17,8 +17,9 @@ import pytest
 from runner.generation.executors.local import LocalExecutor
 from runner.generation.executors.pool import RestartBudget, make_batches, run_group
 from runner.generation.executors.process import ProcessWorker
+from runner.generation.faults import InjectedFault
 from runner.generation.jobs import Job, JobResult, LoadFailed, WorkerCrash, classify_exception, classify_exit
-from runner.generation.worker import InjectedFault, serve_batch
+from runner.generation.worker import serve_batch
 from runner.spec import Generation, Limits, Model
 
 PARAMS = Generation(max_new_tokens=3, batch_size=4)

@@ -35,7 +35,8 @@ def main(args: argparse.Namespace) -> int:
         out = sys.stdout
         try:
             for c in cells:
-                out.write(json.dumps({"id": c.id, **c.axes()}) + "\n")
+                extra = {"repeat": c.repeat, "base": c.base} if c.repeat else {}
+                out.write(json.dumps({"id": c.id, **c.axes(), **extra}) + "\n")
             out.flush()
         except BrokenPipeError:
             # `pov plan --json | head` closed the pipe: that is a normal way to stop reading.
@@ -50,8 +51,12 @@ def main(args: argparse.Namespace) -> int:
     table.add_column("id", no_wrap=True, min_width=12)
     for col in ("model", "template", "persona", "pov_set", "k", "question"):
         table.add_column(col)
+    repeats = exp.spec.matrix.repeat > 1
+    if repeats:
+        table.add_column("repeat", justify="right")
     for c in cells[: args.limit]:
-        table.add_row(c.id, c.model, c.template, c.persona, c.pov_set, c.k_label, c.question)
+        row = [c.id, c.model, c.template, c.persona, c.pov_set, c.k_label, c.question]
+        table.add_row(*row, *([str(c.repeat)] if repeats else []))
     console.print(table)
     if len(cells) > args.limit:
         console.print(f"... {len(cells) - args.limit} more (--limit N, or --json for all)")

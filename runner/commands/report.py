@@ -160,3 +160,23 @@ def print_tables(console: Any, data: dict[str, Any]) -> None:
             ],
             "passed",
         )
+    print_frontier(console, execs)
+
+
+def print_frontier(console: Any, execs: list[dict[str, Any]]) -> None:
+    """Where each model stopped fitting under each memory cap, when some batch ran out of memory."""
+    from rich.table import Table
+
+    edges = [(ex, e) for ex in execs for e in ex.get("memory", {}).get("frontier", []) if e["failed"]]
+    if not edges:
+        return
+
+    def point(p: dict[str, Any] | None) -> str:
+        return "–" if not p else f"{p['size']} x {p['padded_prompt_tokens']} = {p['batch_tokens']}"
+
+    table = Table(title="memory frontier (batch size x padded prompt tokens = batch tokens)")
+    for col in ("", "model", "cap", "largest fitted", "smallest out of memory"):
+        table.add_column(col)
+    for ex, e in edges:
+        table.add_row(ex["run_id"][:8], e["model"], e["cap"], point(e["fitted"]), point(e["failed"]))
+    console.print(table)

@@ -21,10 +21,12 @@ from runner.generation.builtins import (
     resolve_model,
 )
 from runner.generation.executors import EXECUTORS, Executor, make_executor
-from runner.generation.jobs import CAUSES, Groups, Job, JobResult, LoadFailed, WorkerCrash
+from runner.generation.frontier import Edge, frontier
+from runner.generation.jobs import CAUSES, MEMORY_CAUSES, Groups, Job, JobResult, LoadFailed, WorkerCrash
 from runner.generation.model_files import cache_folder_hashes, folder_hash, model_revision
 from runner.generation.server import Server
 from runner.generation.server_info import absolute_model, find_server, pid_alive, request
+from runner.generation.stepdown import FITTED, Attempt
 from runner.generation.tinymodel import TinyDims, build_tiny
 
 __all__ = [
@@ -33,8 +35,12 @@ __all__ = [
     "CAUSES",
     "EXECUTORS",
     "FETCHED",
+    "FITTED",
+    "MEMORY_CAUSES",
     "MODEL_CACHE_ENV",
+    "Attempt",
     "Backend",
+    "Edge",
     "Executor",
     "GenerationOut",
     "Groups",
@@ -52,6 +58,7 @@ __all__ = [
     "ensure_fetched",
     "find_server",
     "folder_hash",
+    "frontier",
     "make_executor",
     "model_cache",
     "model_revision",

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import signal
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 CAUSES = ("cuda_oom", "exception", "segfault", "abort", "killed", "timeout")
 """Why a cell crashed: CUDA out of memory; any other exception; SIGSEGV; SIGABRT; SIGKILL (e.g. the host's
 OOM killer); ran past `limits.cell_timeout_s`."""
+MEMORY_CAUSES = ("cuda_oom", "killed")
+"""Causes that a smaller batch may not meet: a batch that crashes with one is split in halves and retried."""
 
 
 @dataclass
@@ -22,6 +24,10 @@ class Job:
     prompt: str
     fault: str | None = None
     """A crash cause to inject for real before generating the batch that holds this job (testing only)."""
+    fault_above_tokens: int | None = None
+    """Inject `fault` only when the batch's prompt tokens (size x padded length) are more than this."""
+    seed: int | None = None
+    """The seed of the batch that holds this job (`generation.seed` when None); batches never mix seeds."""
 
 
 @dataclass
@@ -36,14 +42,29 @@ class JobResult:
     metrics: dict[str, float] = field(default_factory=dict)
     started_at: float = 0.0
     ended_at: float = 0.0
+    batch: dict[str, Any] = field(default_factory=dict)
+    """The batch that produced this result (runner.generation.stepdown.Attempt.composition): its attempt
+    id, size, padded prompt tokens and the ids of its cells."""
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    """Every generate call this job took part in, in order (runner.generation.stepdown.Attempt.to_dict)."""
 
 
 class WorkerCrash(Exception):
-    """A batch (or the model load) did not come back: why, and the tail of the worker's stderr."""
+    """A batch (or the model load) did not come back: why, and the tail of the worker's stderr. `measured`
+    holds what the worker knew of the batch before it failed (`padded_prompt_tokens`, peak memory)."""
 
-    def __init__(self, cause: str, error: str, stderr_tail: str, *, worker_alive: bool) -> None:
+    def __init__(
+        self,
+        cause: str,
+        error: str,
+        stderr_tail: str,
+        *,
+        worker_alive: bool,
+        measured: dict[str, float] | None = None,
+    ) -> None:
         super().__init__(f"{cause}: {error}")
         self.cause, self.error, self.stderr_tail, self.worker_alive = cause, error, stderr_tail, worker_alive
+        self.measured: dict[str, float] = dict(measured or {})
 
 
 class LoadFailed(WorkerCrash):

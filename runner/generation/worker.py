@@ -18,9 +18,11 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from runner.generation.faults import inject_fault, threshold_fault
 from runner.generation.jobs import Job, JobResult, classify_exception
 
 if TYPE_CHECKING:
@@ -39,35 +41,7 @@ LOAD_TIMEOUT_S = 1800.0
 """Longest a model may take to load (a large checkpoint from a slow disk) before its worker is killed."""
 
 
-class InjectedFault(RuntimeError):
-    """An exception raised on purpose by a spec's `faults:` entry."""
-
-
 # -- the in-worker core ----------------------------------------------------------------------------------------
-def inject_fault(cause: str, cell_id: str) -> None:
-    """Really do what the fault names: a signal to ourselves, an exception, or a hang."""
-    note = f"injected fault {cause!r} for cell {cell_id}"
-    sys.stderr.write(note + "\n")
-    sys.stderr.flush()
-    if cause == "segfault":
-        os.kill(os.getpid(), signal.SIGSEGV)
-    elif cause == "abort":
-        os.kill(os.getpid(), signal.SIGABRT)
-    elif cause == "killed":
-        os.kill(os.getpid(), signal.SIGKILL)
-    elif cause == "exception":
-        raise InjectedFault(note)
-    elif cause == "cuda_oom":
-        import torch
-
-        raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate 20.00 GiB ({note})")
-    elif cause == "timeout":
-        while True:  # until the parent's deadline kills us
-            time.sleep(60)
-    else:
-        raise ValueError(f"unknown fault cause {cause!r}")
-    time.sleep(5)  # a signal to ourselves is delivered before this returns; never fall through silently
-    raise RuntimeError(f"{note}: the signal did not end the process")
 
 
 def _cuda_device(backend: Backend) -> str | None:
@@ -86,23 +60,42 @@ def host_peak_rss_mb() -> float:
     return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
+def padded_width(encoded: Any, jobs: list[Job]) -> int:
+    """The batch's prompt length in tokens, every row padded to it: the encoded batch's width, or (for a
+    backend that encodes only inside `generate`) the longest prompt in words, an estimate."""
+    width = getattr(encoded, "width", None)
+    if isinstance(width, int):
+        return width
+    return max((len(j.prompt.split()) for j in jobs), default=0)
+
+
+def measured_of(exc: BaseException) -> dict[str, float]:
+    """What `serve_batch` knew of its batch when it raised `exc` (empty when it raised before encoding)."""
+    found = exc.__dict__.get("pov_measured")
+    return dict(found) if isinstance(found, dict) else {}
+
+
 def serve_batch(
     backend: Backend,
     jobs: list[Job],
     params: Generation,
     prefetch: Prefetcher | None = None,
     ahead: list[Job] | None = None,
+    on_shape: Callable[[dict[str, float]], None] | None = None,
 ) -> list[JobResult]:
-    """Generate one batch and measure it. Raises whatever the backend (or an injected fault) raises; the
-    caller classifies it with `classify_exception`. Shared by the process worker and the Ray actor.
+    """Generate one batch and measure it. Raises whatever the backend (or an injected fault) raises, with
+    what was measured of the batch so far attached (`measured_of`); the caller classifies it with
+    `classify_exception`. Shared by the process worker and the Ray actor.
 
     Per cell: `latency_s` (its own time where the backend times rows, `latency_per_cell` 1; else the
     batch's, `latency_per_cell` 0), `tokens_per_s` (new_tokens / latency_s); per batch, on each of its cells:
-    `batch_latency_s`, `batch_size`, `batch_tokens_per_s` (the batch's new tokens / batch_latency_s).
+    `batch_latency_s`, `batch_size`, `padded_prompt_tokens`, `batch_tokens_per_s` (the batch's new tokens /
+    batch_latency_s).
 
     With a `prefetch`, the batch's inputs may already be encoded, and `ahead` (the batch the driver will
-    send next) is encoded in a thread while this one generates."""
-    faulty = next((j for j in jobs if j.fault), None)
+    send next) is encoded in a thread while this one generates. `on_shape` hears the batch's size and padded
+    prompt tokens before it generates, so a driver knows them even if generating kills the process."""
+    faulty = next((j for j in jobs if j.fault and j.fault_above_tokens is None), None)
     if faulty is not None:
         inject_fault(str(faulty.fault), faulty.cell_id)
     device = _cuda_device(backend)
@@ -110,22 +103,35 @@ def serve_batch(
         import torch
 
         torch.cuda.reset_peak_memory_stats(device)
-    started = time.time()
-    encoded = None
-    if prefetch is not None:
-        encoded = prefetch.encode(jobs, params)
-        prefetch.start(ahead, params)
-    if encoded is not None:
-        outs = backend.generate_encoded(encoded)  # type: ignore[attr-defined]
-    else:
-        outs = backend.generate([j.prompt for j in jobs], params)
-    ended = time.time()
-    alloc = reserved = 0.0
-    if device is not None:
-        import torch
-
-        alloc = torch.cuda.max_memory_allocated(device) / 2**20
-        reserved = torch.cuda.max_memory_reserved(device) / 2**20
+    shape: dict[str, float] = {"batch_size": float(len(jobs))}
+    try:
+        started = time.time()
+        encoded = None
+        if prefetch is not None:
+            encoded = prefetch.encode(jobs, params)
+            prefetch.start(ahead, params)
+        shape["padded_prompt_tokens"] = float(padded_width(encoded, jobs))
+        if on_shape is not None:
+            on_shape(dict(shape))
+        over = threshold_fault(jobs, int(shape["padded_prompt_tokens"]))
+        if over is not None:
+            inject_fault(str(over.fault), over.cell_id)
+        if encoded is not None:
+            outs = backend.generate_encoded(encoded)  # type: ignore[attr-defined]
+        else:
+            outs = backend.generate([j.prompt for j in jobs], params)
+        ended = time.time()
+    except Exception as e:
+        alloc = _peak_mb(device)[0]
+        e.__dict__["pov_measured"] = {
+            **shape,
+            "gpu_peak_allocated_mb": alloc,
+            "host_rss_mb": host_peak_rss_mb(),
+        }
+        raise
+    alloc, reserved = _peak_mb(device)
+    if encoded is None:  # the backend encoded inside generate: its rows say how long the prompts were
+        shape["padded_prompt_tokens"] = float(max((o.prompt_tokens for o in outs), default=0))
     # A backend that timed each row gives each its own latency and the batch's wall time apart; one that
     # could not gives the batch's wall time as every row's latency, and says so (latency_per_cell 0).
     per_cell = all(o.batch_latency_s is not None for o in outs)
@@ -135,6 +141,7 @@ def serve_batch(
         "gpu_peak_reserved_mb": reserved,
         "host_rss_mb": host_peak_rss_mb(),
         "batch_size": float(len(jobs)),
+        "padded_prompt_tokens": shape["padded_prompt_tokens"],
         "batch_latency_s": batch_s,
         "batch_tokens_per_s": sum(o.new_tokens for o in outs) / batch_s if batch_s > 0 else 0.0,
         "latency_per_cell": float(per_cell),
@@ -157,6 +164,18 @@ def serve_batch(
             )
         )
     return results
+
+
+def _peak_mb(device: str | None) -> tuple[float, float]:
+    """Peak GPU memory (allocated, reserved) in MiB since the batch began; zeros without a GPU."""
+    if device is None:
+        return 0.0, 0.0
+    import torch
+
+    return (
+        torch.cuda.max_memory_allocated(device) / 2**20,
+        torch.cuda.max_memory_reserved(device) / 2**20,
+    )
 
 
 def _fatal_cuda_error(exc: BaseException) -> bool:
@@ -342,14 +361,19 @@ def worker_main(
         if msg[0] == "stop":
             _exit_now(0)
         _, batch_id, jobs, params_data, ahead = msg
-        crash: tuple[str, str, bool] | None = None
+        crash: tuple[str, str, bool, dict[str, float]] | None = None
+
+        def tell_shape(shape: dict[str, float], batch_id: int = batch_id) -> None:
+            conn.send(("shape", batch_id, shape))
+
         try:
-            results = serve_batch(backend, jobs, Generation.model_validate(params_data), prefetch, ahead)
+            params = Generation.model_validate(params_data)
+            results = serve_batch(backend, jobs, params, prefetch, ahead, on_shape=tell_shape)
         except Exception as e:
             traceback.print_exc()
             sys.stderr.flush()
             cause, error = classify_exception(e)
-            crash = (cause, error, _fatal_cuda_error(e) and cause != "cuda_oom")
+            crash = (cause, error, _fatal_cuda_error(e) and cause != "cuda_oom", measured_of(e))
         if crash is None:
             conn.send(("results", batch_id, results))
             continue

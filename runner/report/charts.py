@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from runner.report.memory import frontier_chart
 from runner.report.tables import (
     CHART_AXES,
     PER_BATCH,
@@ -30,6 +31,7 @@ CHARTS = (
     "gpu",
     "vs_prompt_tokens",
     "checks",
+    "frontier",
 )
 """Every chart's key; a drawn chart is the file <key>.png."""
 
@@ -231,4 +233,5 @@ def render_charts(data: dict[str, Any], out: Path) -> dict[str, str | None]:
     charts["gpu"] = perf_chart(execs, out, "gpu")
     charts["vs_prompt_tokens"] = scatter_chart(execs, out)
     charts["checks"] = checks_chart(execs, out)
+    charts["frontier"] = frontier_chart(execs, out)
     return charts

@@ -233,8 +233,111 @@ def render_html(data: dict[str, Any], charts: dict[str, str | None], title: str)
         )
     )
     parts.append("</div></div>")
+    parts += extra_sections(execs, charts)
     parts.append("</body></html>\n")
     return "\n".join(parts)
+
+
+def _point(p: dict[str, Any] | None) -> str:
+    if not p:
+        return "–"
+    return f"{p['size']} × {p['padded_prompt_tokens']} = {p['batch_tokens']}"
+
+
+def extra_sections(execs: list[dict[str, Any]], charts: dict[str, str | None]) -> list[str]:
+    """The memory frontier, the spread across repeats and the batch-sensitive cells, where an execution has
+    any (runner.report.memory, .repeats, .sensitivity)."""
+    parts: list[str] = []
+    if any(e["failed"] for ex in execs for e in ex["memory"]["frontier"]):
+        parts.append("<h2>Memory frontier</h2>")
+        parts.append(
+            '<p class="note">Every generate call is recorded on its cells. A batch that ran out of memory '
+            "was split in halves and tried again, down to one cell; only a cell that ran out of memory alone "
+            "is recorded crashed. Batch tokens = batch size × padded prompt tokens.</p>"
+        )
+        parts.append(_img(charts, "frontier", "memory frontier"))
+        rows = []
+        for ex in execs:
+            for e in ex["memory"]["frontier"]:
+                rows.append(
+                    [
+                        html.escape(ex["run_id"][:8]),
+                        html.escape(e["model"]),
+                        html.escape(e["cap"]),
+                        str(e["attempts"]),
+                        _point(e["fitted"]),
+                        _point(e["failed"]),
+                        "yes" if e["bracketed"] else "no",
+                    ]
+                )
+            rows.append(
+                [
+                    html.escape(ex["run_id"][:8]),
+                    "cells retried smaller",
+                    str(ex["memory"]["retried"]),
+                    "out of memory alone",
+                    str(ex["memory"]["oom_alone"]),
+                    "",
+                    "",
+                ]
+            )
+        parts.append(
+            _table(
+                [
+                    "execution",
+                    "model",
+                    "memory cap",
+                    "attempts",
+                    "largest fitted (size × padded = tokens)",
+                    "smallest out of memory",
+                    "edge between them",
+                ],
+                rows,
+            )
+        )
+    if any(ex.get("repeats") for ex in execs):
+        parts.append("<h2>Repeats</h2>")
+        parts.append(
+            '<p class="note">The rates above count every repeat as a cell. Here: the crash rate of each '
+            "repeat, and the cells whose repeats did not all give the same answer.</p>"
+        )
+        for ex in execs:
+            rep = ex.get("repeats")
+            if not rep:
+                continue
+            parts.append(rate_table([ex], lambda e: e["repeats"]["per_repeat"], "repeat"))
+            parts.append(
+                f'<p class="note">{html.escape(ex["label"])}: crash rate across repeats '
+                f"{fmt(rep['rate_min'], 'pct')} – {fmt(rep['rate_max'], 'pct')}; "
+                f"{rep['differing']} of {rep['cells']} cells answered differently in some repeat.</p>"
+            )
+    if any(ex.get("batch_sensitive") for ex in execs):
+        parts.append("<h2>Batch-sensitive cells</h2>")
+        parts.append(
+            '<p class="note">Cells that <code>pov audit</code> ran again alone: an answer that changed '
+            "depended on the prompts it shared its batch with (padding, kernels).</p>"
+        )
+        for ex in execs:
+            sens = ex.get("batch_sensitive")
+            if not sens:
+                continue
+            parts.append(
+                f'<p><span class="{"hi" if sens["changed"] else ""}">{sens["changed"]} of {sens["audited"]}'
+                f"</span> audited cells of {html.escape(ex['label'])} changed when run alone.</p>"
+            )
+            rows = [
+                [
+                    f"<code>{html.escape(c['cell_id'])}</code>",
+                    html.escape(c["template"]),
+                    html.escape(c["question"]),
+                    fmt(int(c["batch_size"])) if c["batch_size"] is not None else "–",
+                    f"<code>{html.escape(c['batch_id'])}</code>",
+                ]
+                for c in sens["cells"]
+            ]
+            if rows:
+                parts.append(_table(["cell", "template", "question", "batch size", "batch"], rows))
+    return parts
 
 
 def _finite(obj: Any) -> Any:

@@ -43,6 +43,10 @@ class CellRow:
     metrics: dict[str, float]
     checks: dict[str, str]
     end_time: int
+    tags: dict[str, str] = field(default_factory=dict)
+    """The child run's tags as stored (batch, attempts, audit flags among them)."""
+    params: dict[str, str] = field(default_factory=dict)
+    """The child run's params as stored (repeat and base cell id among them)."""
 
     @property
     def crashed(self) -> bool:
@@ -153,6 +157,8 @@ def count_cells(children: Iterable[Run]) -> tuple[list[CellRow], dict[str, int]]
             dict(run.data.metrics),
             Tags.checks(tags),
             run.info.end_time or run.info.start_time or 0,
+            dict(tags),
+            dict(params),
         )
         if cell_id in by_cell:
             ignored["duplicate"] += 1

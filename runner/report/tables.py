@@ -192,6 +192,21 @@ def summarize(ex: Execution, bins: Bins) -> dict[str, Any]:
         "checks_by_template": check_rates(cells, "template"),
         "checks_by_persona": check_rates(cells, "persona"),
         "points": points(cells),
+        **extras(cells),
+    }
+
+
+def extras(cells: list[CellRow]) -> dict[str, Any]:
+    """The tables of the memory frontier, repeats and batch sensitivity (each None or empty when the
+    execution has nothing for it)."""
+    from runner.report.memory import memory_summary
+    from runner.report.repeats import repeat_summary
+    from runner.report.sensitivity import batch_sensitivity
+
+    return {
+        "memory": memory_summary(cells),
+        "repeats": repeat_summary(cells),
+        "batch_sensitive": batch_sensitivity(cells),
     }
 
 

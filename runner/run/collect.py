@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from runner.run.checks import evaluate
 from runner.run.complexity import measure
 from runner.run.results import CellResult
+from runner.spec import repeat_seed
 
 if TYPE_CHECKING:
     import numpy as np
@@ -111,6 +112,7 @@ class ResultCollector:
         prep = self.prepared[r.cell_id]
         now = time.time()
         metrics = {**prep.metrics, **r.metrics}
+        metrics["seed"] = float(repeat_seed(self.exp.spec.generation.seed, prep.cell.repeat))
         tags = dict(self.model_tags.get(prep.cell.model, {}))
         measured = self._complexity.get(r.cell_id)
         metrics.update(measured if measured is not None else self._measure(prep))
@@ -140,4 +142,6 @@ class ResultCollector:
             tags=tags,
             started_at=r.started_at or now,
             ended_at=r.ended_at or now,
+            batch=dict(r.batch),
+            attempts=list(r.attempts),
         )

@@ -29,10 +29,11 @@ from runner.retrieval import open_retriever
 from runner.run.collect import ResultCollector
 from runner.run.lock import execution_lock
 from runner.run.manifest import build_manifest
-from runner.run.prepare import prepare, retrieval_keys
+from runner.run.prepare import Prepared, prepare, retrieval_keys
 from runner.run.sinks import JsonlSink, run_dir
 from runner.run.summary import RunSummary
 from runner.run.tokens import token_counter
+from runner.spec import repeat_seed
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -82,6 +83,13 @@ def _ctrl_c_after() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
     if caught:
         raise KeyboardInterrupt
+
+
+def job_for(exp: Experiment, prep: Prepared) -> Job:
+    """A prepared cell as its worker gets it: the prompt, its injected fault, and a repeat's own seed."""
+    cell = prep.cell
+    seed = repeat_seed(exp.spec.generation.seed, cell.repeat) if cell.repeat else None
+    return Job(cell.id, prep.prompt, prep.fault, prep.fault_above_tokens, seed)
 
 
 def _revision(info: Any, model: Model, state_dir: Any) -> str:
@@ -265,7 +273,7 @@ def _run(
             if prep.error:
                 unrenderable.append(JobResult(prep.cell.id, "crashed", cause="exception", error=prep.error))
             else:
-                groups[prep.cell.model][1].append(Job(prep.cell.id, prep.prompt, prep.fault))
+                groups[prep.cell.model][1].append(job_for(exp, prep))
         with _progress(console, quiet) as progress:
             task = progress.add_task("generating", total=len(todo))
             collect = ResultCollector(

@@ -31,12 +31,20 @@ class Prepared:
     metrics: dict[str, float]
     variables: dict[str, Any] = field(default_factory=dict)
     fault: str | None = None
+    fault_above_tokens: int | None = None
+    """The fault fires only in a batch of more prompt tokens than this (`Fault.above_batch_tokens`)."""
     error: str | None = None
     """Set when the prompt could not be made; the cell is recorded as crashed without running."""
 
 
 def fault_for(faults: list[Fault], cell: Cell) -> str | None:
     """The first fault whose `match` fits the cell and whose `rate` picks it (a stable hash of the cell id)."""
+    fault = picked_fault(faults, cell)
+    return fault.cause if fault is not None else None
+
+
+def picked_fault(faults: list[Fault], cell: Cell) -> Fault | None:
+    """The fault `fault_for` names the cause of."""
     combo = {
         "model": cell.model,
         "template": cell.template,
@@ -50,7 +58,7 @@ def fault_for(faults: list[Fault], cell: Cell) -> str | None:
             continue
         draw = int(hashlib.sha256(f"{cell.id}:{i}".encode()).hexdigest()[:8], 16) / 2**32
         if draw < fault.rate:
-            return fault.cause
+            return fault
     return None
 
 
@@ -98,6 +106,7 @@ def prepare(
             "pov_statements": exp.pov_sets[cell.pov_set],
         }
         context = result.to_dict()
+        fault = picked_fault(exp.spec.faults, cell)
         prep = Prepared(
             cell,
             "",
@@ -105,7 +114,8 @@ def prepare(
             [str(c["text"]) for c in chunks],
             stage_metrics(context),
             variables,
-            fault_for(exp.spec.faults, cell),
+            fault.cause if fault else None,
+            fault.above_batch_tokens if fault else None,
         )
         try:
             prep.prompt = render(templates[cell.template], variables)

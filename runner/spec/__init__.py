@@ -21,7 +21,7 @@ from runner.spec.corpus import (
 )
 from runner.spec.experiment import Experiment, display_path, portable, project_root
 from runner.spec.loader import load_spec
-from runner.spec.matrix import Cell, counts, expand, matches
+from runner.spec.matrix import Cell, counts, expand, matches, repeat_seed
 from runner.spec.schema import (
     AXES,
     Checks,
@@ -81,5 +81,6 @@ __all__ = [
     "read_corpus",
     "read_source",
     "render",
+    "repeat_seed",
     "snapshot_files",
 ]

@@ -14,9 +14,12 @@ from runner.spec.templates import TemplateInfo
 
 STORE_LOCATION = ("chroma_url", "persist_dir")
 """Fields of `corpus` that say where the chunks are kept, not which chunks: outside the spec hash."""
-
 ADDED_SINCE_V1: dict[str, Any] = {
     "checks.copied_share": 0.5,
+    "generation.batch_invariant": False,
+    "matrix.zip": [],
+    "matrix.repeat": 1,
+    "limits.max_memory_retries": 256,
     "checks.loop_window_ratio": 0.75,
 }
 """Spec fields added after the spec hash was first defined, with their defaults. A spec that leaves one at
@@ -57,6 +60,9 @@ class Experiment:
         spec = self.spec.model_dump(mode="json", exclude={"extends", "description", "tracking", "executor"})
         spec["corpus"].update({key: None for key in STORE_LOCATION})
         _omit_new_defaults(spec)
+        for fault in spec["faults"]:  # a field of list items: the registry's dotted paths do not reach it
+            if fault.get("above_batch_tokens") is None:
+                fault.pop("above_batch_tokens", None)
         return {
             "spec": portable(spec, self.root),
             "questions": {k: q.text for k, q in self.questions.items()},

@@ -1,7 +1,9 @@
-"""Expand an experiment into cells: model x template x persona x POV set x k schedule x question."""
+"""Expand an experiment into cells: model x template x persona x POV set x k schedule x question, with
+paired axes (`matrix.zip`, runner.spec.paired) and repeats (`matrix.repeat`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runner.spec.experiment import Experiment, portable
+from runner.spec.paired import paired_combos
 from runner.spec.schema import AXES
 
 
@@ -24,6 +27,15 @@ class Cell:
     pov_set: str
     k: tuple[int, int, int]
     question: str
+    repeat: int = 0
+    """Which run of the cell this is (`matrix.repeat`); 0 is the cell as it is without repeats."""
+    base_id: str = ""
+    """The id of repeat 0 of this cell; empty on repeat 0 itself (`base` reads either)."""
+
+    @property
+    def base(self) -> str:
+        """The id shared by every repeat of this cell: repeat 0's."""
+        return self.base_id or self.id
 
     def axes(self) -> dict[str, Any]:
         return {
@@ -38,6 +50,19 @@ class Cell:
     @property
     def k_label(self) -> str:
         return "-".join(map(str, self.k))
+
+
+def repeat_seed(seed: int, repeat: int) -> int:
+    """The seed of repeat `repeat` (`generation.seed` for repeat 0). Shared by every cell of that repeat: a
+    backend seeds a batch, not a row, so one seed per repeat lets repeat r run the batches repeat 0 ran."""
+    if repeat == 0:
+        return seed
+    return int(hashlib.sha256(f"{seed}:repeat:{repeat}".encode()).hexdigest()[:8], 16)
+
+
+def repeat_id(base_id: str, repeat: int) -> str:
+    """Repeat r > 0 of a cell: a hash of the cell's id and r, so adding repeats keeps every existing id."""
+    return hashlib.sha256(f"{base_id}\nrepeat={repeat}".encode()).hexdigest()[:12]
 
 
 def _values(exp: Experiment, axis: str) -> list[Any]:
@@ -87,9 +112,12 @@ class CellHasher:
 
     def __init__(self, exp: Experiment) -> None:
         spec = exp.spec
+        generation = spec.generation.model_dump(mode="json")
+        if not spec.generation.batch_invariant:  # added later: ids from before it must not change
+            generation.pop("batch_invariant")
         self._shared = _digest(
             {
-                "generation": spec.generation.model_dump(mode="json"),
+                "generation": generation,
                 "embedder": spec.embedder.model_dump(mode="json", exclude={"batch_size", "device"}),
                 "reranker": spec.effective_reranker.model_dump(mode="json", exclude={"batch_size", "device"}),
                 "collection": spec.corpus.collection,
@@ -130,20 +158,26 @@ def _digest(obj: Any) -> str:
 
 
 def expand(exp: Experiment) -> list[Cell]:
-    """Every cell of the experiment: the product minus excludes, plus includes (each once)."""
+    """Every cell of the experiment: the product (zipped axes paired) minus excludes, plus includes (each
+    once); then, with `matrix.repeat` N, repeats 1..N-1 of every cell, repeat by repeat."""
     hasher = CellHasher(exp)
     cells: dict[str, Cell] = {}
     for combo in _combos(exp):
         cell = hasher.cell(combo)
         cells.setdefault(cell.id, cell)
-    return list(cells.values())
+    base = list(cells.values())
+    repeats = [
+        dataclasses.replace(c, id=repeat_id(c.id, r), repeat=r, base_id=c.id)
+        for r in range(1, exp.spec.matrix.repeat)
+        for c in base
+    ]
+    return base + repeats
 
 
 def _combos(exp: Experiment) -> Iterator[dict[str, Any]]:
     """Axis values of every cell, lazily: the product minus excludes, then the includes (maybe repeated)."""
     m = exp.spec.matrix
-    for combo_values in itertools.product(*(_values(exp, a) for a in AXES)):
-        combo = dict(zip(AXES, combo_values, strict=True))
+    for combo in paired_combos(m.zip, lambda axis: _values(exp, axis)):
         if not any(matches(rule, combo) for rule in m.exclude):
             yield combo
     for rule in m.include:

@@ -11,6 +11,7 @@ from runner.errors import Problem, SpecError, did_you_mean
 from runner.registry import BACKENDS, EMBEDDERS
 from runner.spec.experiment import Experiment, display_path
 from runner.spec.matrix import is_empty
+from runner.spec.paired import zip_problems
 from runner.spec.safe_yaml import Mark, PathKey, load_yaml, read_text
 from runner.spec.schema import AXES, Question, Spec, check_k
 from runner.spec.templates import TemplateInfo, check_renders, parse_header
@@ -164,6 +165,13 @@ def _check_matrix(spec: Spec, questions: dict[str, Question], c: ProblemList) ->
     for kind in ("exclude", "include"):
         for i, rule in enumerate(getattr(m, kind)):
             _check_rule(rule, ("matrix", kind, i), choices, questions, c, full=(kind == "include"))
+
+    def length(axis: str) -> int:
+        chosen = getattr(m, axis)
+        return len(choices[axis]) if chosen == "all" else len(chosen)
+
+    for where, message in zip_problems(m.zip, length, [set(rule) for rule in m.exclude]):
+        c.at(("matrix", *where), message)
     for i, fault in enumerate(spec.faults):
         _check_rule(fault.match, ("faults", i, "match"), choices, questions, c, full=False)
 

@@ -156,6 +156,9 @@ class Generation(Strict):
     """Seed for sampling and for anything random in a cell."""
     batch_size: int = Field(8, ge=1, le=1024)
     """Prompts generated together in one call."""
+    batch_invariant: bool = False
+    """Generate every cell alone (batch 1): slower, but no answer can depend on the prompts it shared a batch
+    with (padding, kernels). Cells get other ids than in batches (like another `batch_size`)."""
 
     @model_validator(mode="after")
     def _min_le_max(self) -> Generation:
@@ -185,6 +188,22 @@ class Matrix(Strict):
     """Partial cells to drop: every axis given must match (e.g. `{template: a, persona: b}`)."""
     include: list[dict[str, Any]] = []
     """Extra cells to add; each names every axis but `question` (default all); a list value expands."""
+    zip: list[list[str]] = []
+    """Groups of axes that advance together instead of as a product: `[[question, pov_set]]` runs the first
+    question with the first POV set, the second with the second, and so on. The axes of a group list the same
+    number of values (`all` counts the declared ones, in declaration order); `exclude` cannot name them."""
+    repeat: int = 1
+    """Runs of each cell. Repeat r > 0 of a cell has its own id (repeat 0 keeps the id the cell has without
+    repeats) and the seed `repeat_seed(generation.seed, r)`; batches never mix repeats."""
+
+    @field_validator("repeat", mode="before")
+    @classmethod
+    def _repeat(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"repeat is how many times each cell runs, a whole number, got {v!r}")
+        if v < 1:
+            raise ValueError(f"repeat is how many times each cell runs: 1 or more, got {v}")
+        return v
 
     @field_validator("model", "template", "persona", "pov_set", "question", mode="before")
     @classmethod
@@ -224,6 +243,10 @@ class Limits(Strict):
     """Cap on the worker's CUDA memory, so a large GPU can stand in for a small one."""
     max_worker_restarts: int = Field(100, ge=0)
     """Crashed workers restarted before the remaining cells are marked `crashed` without running."""
+    max_memory_retries: int = Field(256, ge=0)
+    """Smaller batches tried per model group after out-of-memory crashes (`cuda_oom`, `killed`): a batch
+    that runs out of memory is split in halves, down to one cell. Once these are used up, a batch that runs
+    out of memory has its cells recorded crashed without trying smaller ones."""
 
 
 class Tracking(Strict):
@@ -276,6 +299,10 @@ class Fault(Strict):
     """Axis values a cell must have (as in `matrix.exclude`); empty matches every cell."""
     rate: float = Field(1.0, ge=0, le=1)
     """Fraction of matching cells (chosen by a hash of the cell id, so the choice is stable)."""
+    above_batch_tokens: int | None = Field(None, ge=1)
+    """Fire only when the batch holding the cell is larger than this many prompt tokens (batch size times
+    its padded prompt length): a stand-in for a memory limit, so out-of-memory handling can be tested on the
+    CPU. Unset fires on every batch that holds the cell."""
 
 
 class Spec(Strict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from runner.run import NullTracker, Tracker
+from runner.tracking.audit import AuditOutcome, audit
 from runner.tracking.client import find_run, make_client, quote, resolve_tracking_uri, search_all, tag_is
 from runner.tracking.mlflow_tracker import MlflowTracker
 from runner.tracking.reproduce import RerunOutcome, rerun
@@ -38,6 +39,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "TRUE",
     "Artifacts",
+    "AuditOutcome",
     "Kind",
     "Metrics",
     "MlflowTracker",
@@ -48,6 +50,7 @@ __all__ = [
     "Status",
     "Tags",
     "Tracker",
+    "audit",
     "find_run",
     "make_client",
     "make_tracker",

@@ -137,6 +137,10 @@ def cell_tags(r: CellResult, parent_id: str, secrets: dict[str, str]) -> dict[st
     }
     if r.output is not None:
         tags[Tags.OUTPUT_HASH] = short_hash(r.output)
+    if r.batch.get("attempt"):
+        tags[Tags.BATCH_ID] = str(r.batch["attempt"])
+    if r.attempts:
+        tags[Tags.ATTEMPTS] = attempts_tag(r.attempts)
     if r.status == Status.CRASHED:
         tags[Tags.CAUSE] = r.cause or DEFAULT_CAUSE
         if r.error:
@@ -144,6 +148,17 @@ def cell_tags(r: CellResult, parent_id: str, secrets: dict[str, str]) -> dict[st
     for k, v in r.tags.items():  # the run stage's check.<name> flags among them
         tags.setdefault(k, str(v))
     return _clean(tags, MAX_TAG, secrets)
+
+
+def attempts_tag(attempts: list[dict[str, Any]], limit: int = MAX_TAG) -> str:
+    """The attempts as compact JSON within a tag's limit: whole attempts, the earliest left out first (the
+    last, the one that fitted or crashed alone, always stays); batch.json holds all of them."""
+    kept = list(attempts)
+    while True:
+        text = json.dumps(kept, separators=(",", ":"), default=str)
+        if len(text) <= limit or len(kept) <= 1:
+            return text
+        kept.pop(0)
 
 
 def cell_params(r: CellResult, model: tuple[str, str], secrets: dict[str, str]) -> dict[str, str]:
@@ -155,6 +170,8 @@ def cell_params(r: CellResult, model: tuple[str, str], secrets: dict[str, str]) 
         **{axis: axis_value(c, axis) for axis in AXES},
         Params.MODEL_NAME: r.tags.get(Params.MODEL_NAME, model[0]),
         Params.MODEL_REVISION: r.tags.get(Params.MODEL_REVISION, model[1]),
+        Params.REPEAT: str(c.repeat),
+        Params.BASE_CELL_ID: c.base,
     }
     return _clean(params, MAX_PARAM, secrets)
 
@@ -179,4 +196,6 @@ def cell_files(r: CellResult, secrets: dict[str, str]) -> dict[str, str]:
         files[Artifacts.OUTPUT] = r.output
     if r.status == Status.CRASHED:
         files[Artifacts.STDERR] = "\n".join(x for x in (r.error, r.stderr_tail) if x) or "(no output)"
+    if r.batch or r.attempts:
+        files[Artifacts.BATCH] = json.dumps({"batch": r.batch, "attempts": r.attempts}, indent=1, default=str)
     return {name: redact(text, secrets) for name, text in files.items()}

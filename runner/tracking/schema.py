@@ -44,6 +44,9 @@ class Tags:
     SUPERSEDED = "pov.superseded"
     RANKING_HASH = "pov.ranking_hash"
     OUTPUT_HASH = "pov.output_hash"
+    BATCH_ID = "pov.batch_id"
+    ATTEMPTS = "pov.attempts"
+    BATCH_SENSITIVE = "pov.batch_sensitive"
     GIT_COMMIT = "git.commit"
     GIT_BRANCH = "git.branch"
     GIT_DIRTY = "git.dirty"
@@ -123,6 +126,8 @@ class Params:
     CELL_ID = "cell_id"
     MODEL_NAME = "model_name"
     MODEL_REVISION = "model_revision"
+    REPEAT = "repeat"
+    BASE_CELL_ID = "base_cell_id"
 
     @staticmethod
     def axis(name: str) -> str:
@@ -149,6 +154,11 @@ class Metrics:
     COMPLEXITY_PROMPT_TOKENS = "complexity_prompt_tokens"
     TOKENS_PER_S = "tokens_per_s"
     GPU_PEAK_ALLOCATED_MB = "gpu_peak_allocated_mb"
+    BATCH_SIZE = "batch_size"
+    PADDED_PROMPT_TOKENS = "padded_prompt_tokens"
+    BATCH_TOKENS = "batch_tokens"
+    MEMORY_RETRIES = "memory_retries"
+    SEED = "seed"
 
     @staticmethod
     def crashed(cause: str) -> str:
@@ -169,7 +179,9 @@ class Artifacts:
     CONTEXT = "context.json"
     OUTPUT = "output.md"
     STDERR = "stderr.txt"
+    BATCH = "batch.json"
     REPORT = "report"
+    AUDIT = "audit"
 
     @staticmethod
     def template(name: str) -> str:
@@ -211,6 +223,16 @@ _TAG_DOCS: dict[str, tuple[str, str]] = {
     Tags.SUPERSEDED: (_CELL, f"`{TRUE}` on a child that was redone; it is also deleted and KILLED or FAILED"),
     Tags.RANKING_HASH: (_CELL, "hash of the chunk ids of the three retrieval stages, in rank order"),
     Tags.OUTPUT_HASH: (_CELL, "hash of the generated answer (absent for a crash)"),
+    Tags.BATCH_ID: (_CELL, "the attempt id of the batch the answer came from; cells of one batch share it"),
+    Tags.ATTEMPTS: (
+        _CELL,
+        "JSON list of every generate call the cell took part in (runner.generation.Attempt.to_dict): "
+        "size, padded and batch prompt tokens, outcome (`fitted` or a cause), peak memory, cap",
+    ),
+    Tags.BATCH_SENSITIVE: (
+        _CELL,
+        f"set by `pov audit`: `{TRUE}` when the answer changed when run alone, `{FALSE}` when it did not",
+    ),
     Tags.GIT_COMMIT: (_EXEC, f"the project's git commit (`{UNKNOWN}` outside git)"),
     Tags.GIT_BRANCH: (_EXEC, "its branch"),
     Tags.GIT_DIRTY: (_EXEC, f"`{TRUE}` when it had uncommitted changes, else `{FALSE}`"),
@@ -232,6 +254,8 @@ _PARAM_DOCS: dict[str, tuple[str, str]] = {
     **{axis: (_CELL, "the cell's value on this axis") for axis in AXES},
     Params.MODEL_NAME: (_CELL, "the model as loaded (name or folder)"),
     Params.MODEL_REVISION: (_CELL, f"its revision or files hash (`{NONE}` if unknown)"),
+    Params.REPEAT: (_CELL, "which run of the cell this is (`matrix.repeat`; 0 without repeats)"),
+    Params.BASE_CELL_ID: (_CELL, "the id of repeat 0 of the cell (its own id on repeat 0)"),
 }
 _METRIC_DOCS: dict[str, tuple[str, str]] = {
     Metrics.CELLS_TOTAL: (_EXEC, "cells in the execution"),
@@ -257,6 +281,11 @@ _METRIC_DOCS: dict[str, tuple[str, str]] = {
     Metrics.COMPLEXITY_PROMPT_TOKENS: (_CELL, "prompt length in tokens, measured before generation"),
     Metrics.TOKENS_PER_S: (_CELL, "generated tokens per second"),
     Metrics.GPU_PEAK_ALLOCATED_MB: (_CELL, "peak GPU memory allocated, MiB"),
+    Metrics.BATCH_SIZE: (_CELL, "cells in the batch the answer came from"),
+    Metrics.PADDED_PROMPT_TOKENS: (_CELL, "that batch's prompt length in tokens (its rows padded to it)"),
+    Metrics.BATCH_TOKENS: (_CELL, "that batch's prompt tokens: batch_size x padded_prompt_tokens"),
+    Metrics.MEMORY_RETRIES: (_CELL, "batches the cell was in that ran out of memory (and were split)"),
+    Metrics.SEED: (_CELL, "the seed the cell's batch ran with (a repeat's own, else generation.seed)"),
 }
 _ARTIFACT_DOCS: dict[str, tuple[str, str]] = {
     Artifacts.SPEC: (_EXEC, "the resolved spec, standalone (what `pov rerun` loads)"),
@@ -266,7 +295,9 @@ _ARTIFACT_DOCS: dict[str, tuple[str, str]] = {
     Artifacts.CONTEXT: (_CELL, "the three ranked retrieval stages (ids, texts, scores)"),
     Artifacts.OUTPUT: (_CELL, "the answer (absent for a crash)"),
     Artifacts.STDERR: (_CELL, "a crash's message and the end of its stderr"),
+    Artifacts.BATCH: (_CELL, "the batch the answer came from (with the other cells' ids) and every attempt"),
     Artifacts.REPORT: (_EXEC, "`pov report`'s folder (`report-vs-<run id>` with --compare)"),
+    Artifacts.AUDIT: (_EXEC, "`pov audit`'s findings: audit/<time>.json, one per audit"),
 }
 _SHOWN_AS = {
     Tags.VERSION_PREFIX: "version.<package>",

@@ -1,8 +1,10 @@
 """Driving one model group through one worker: batching, crash isolation, restarts. Executor-neutral.
 
-A crashed batch is retried one job at a time, so only the jobs that crash on their own are recorded as
-crashed; the others finish. A worker that died is restarted (bounded by `limits.max_worker_restarts`);
-one whose model fails to load takes its whole group down with it, since every job would fail the same way.
+A batch that runs out of memory is split in halves and tried again, down to one cell
+(runner.generation.stepdown); any other crashed batch is retried one job at a time, so only the jobs that
+crash on their own are recorded as crashed; the others finish. Every generate call is recorded on its
+cells. A worker that died is restarted (bounded by `limits.max_worker_restarts`); one whose model fails to
+load takes its whole group down with it, since every job would fail the same way.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from runner.generation.jobs import Job, JobResult, LoadFailed, WorkerCrash
+from runner.generation.jobs import MEMORY_CAUSES, Job, JobResult, LoadFailed, WorkerCrash
+from runner.generation.stepdown import AttemptLog
 
 if TYPE_CHECKING:
     from runner.spec import Generation, Limits, Model
@@ -48,21 +51,45 @@ class RestartBudget:
 
 
 def make_batches(jobs: list[Job], batch_size: int) -> list[list[Job]]:
-    """Cut batches from jobs sorted by prompt length, so each batch pads little."""
-    ordered = sorted(jobs, key=lambda j: len(j.prompt))
-    return [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    """Cut batches from jobs sorted by prompt length, so each batch pads little; jobs of different seeds
+    (repeats) go to different batches, each seed's in the order the first seed's ran."""
+    by_seed: dict[int | None, list[Job]] = {}
+    for job in jobs:
+        by_seed.setdefault(job.seed, []).append(job)
+    batches = []
+    for group in by_seed.values():
+        ordered = sorted(group, key=lambda j: len(j.prompt))
+        batches += [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    return batches
+
+
+def batch_params(params: Generation, batch: list[Job]) -> Generation:
+    """The decoding parameters of one batch: the spec's, with the batch's seed (a repeat's) when it has one."""
+    seed = batch[0].seed if batch else None
+    return params if seed is None or seed == params.seed else params.model_copy(update={"seed": seed})
 
 
 def crashed_result(
-    job: Job, crash: WorkerCrash, attempts: int, batch_size: int, error: str | None = None
+    job: Job,
+    crash: WorkerCrash,
+    attempts: int,
+    batch_size: int,
+    error: str | None = None,
+    tried: list[dict[str, Any]] | None = None,
 ) -> JobResult:
+    tried = tried or []
     return JobResult(
         job.cell_id,
         "crashed",
         cause=crash.cause,
         error=error or crash.error,
         stderr_tail=crash.stderr_tail or None,
-        metrics={"attempts": float(attempts), "batch_size": float(batch_size)},
+        metrics={
+            "attempts": float(attempts),
+            "batch_size": float(batch_size),
+            "memory_retries": float(sum(a.get("outcome") in MEMORY_CAUSES for a in tried)),
+        },
+        attempts=tried,
     )
 
 
@@ -76,9 +103,15 @@ def run_group(
     should_stop: Callable[[], bool] = lambda: False,
 ) -> None:
     """Run every job of one model group on `worker`, emitting results batch by batch."""
-    pending: deque[tuple[list[Job], int]] = deque((b, 1) for b in make_batches(jobs, params.batch_size))
+    size = 1 if params.batch_invariant else params.batch_size
+    pending: deque[tuple[list[Job], int]] = deque((b, 1) for b in make_batches(jobs, size))
+    log = AttemptLog(limits)
     last_crash: WorkerCrash | None = None
     started: dict[str, float] = {}
+
+    def crashed(job: Job, crash: WorkerCrash, attempt: int, size: int, note: str | None = None) -> JobResult:
+        return crashed_result(job, crash, attempt, size, note, log.take(job.cell_id))
+
     while pending and not should_stop():
         if not worker.alive:
             if last_crash is not None:
@@ -87,30 +120,43 @@ def run_group(
                         f"not run: the worker crashed and was restarted {budget.used} times "
                         f"(limits.max_worker_restarts); last crash: {last_crash.error}"
                     )
-                    emit([crashed_result(j, last_crash, 0, 0, note) for batch, _ in pending for j in batch])
+                    emit([crashed(j, last_crash, 0, 0, note) for batch, _ in pending for j in batch])
                     return
                 budget.used += 1
             try:
                 started = worker.start()
             except LoadFailed as failed:
                 note = f"model failed to load: {failed.error}"
-                emit([crashed_result(j, failed, a, 0, note) for batch, a in pending for j in batch])
+                emit([crashed(j, failed, a, 0, note) for batch, a in pending for j in batch])
                 return
         batch, attempt = pending.popleft()
         ahead = pending[0][0] if pending else None
+        these = batch_params(params, batch)
         try:
-            results = worker.run_batch(batch, params, limits.cell_timeout_s * len(batch), ahead)
+            results = worker.run_batch(batch, these, limits.cell_timeout_s * len(batch), ahead)
         except WorkerCrash as crash:
             if should_stop():
                 return  # the run is stopping and killed the worker: its jobs stay pending
             if not crash.worker_alive:
                 last_crash = crash
-            if len(batch) > 1:
+            log.failed(batch, crash, these)
+            smaller = log.step_down(batch, crash)
+            if smaller is not None:
+                # Out of memory: the halves go first in line, each split again if it fails the same way.
+                pending.extendleft((half, attempt + 1) for half in reversed(smaller))
+            elif log.out_of_retries(batch, crash):
+                note = (
+                    f"{crash.error} (a batch of {len(batch)}; not retried smaller: the group used "
+                    f"limits.max_memory_retries = {limits.max_memory_retries})"
+                )
+                emit([crashed(j, crash, attempt, len(batch), note) for j in batch])
+            elif len(batch) > 1:
                 # Isolate: each job alone, first in line, so the crash is pinned on the jobs that cause it.
                 pending.extendleft(([j], attempt + 1) for j in reversed(batch))
             else:
-                emit([crashed_result(batch[0], crash, attempt, 1)])
+                emit([crashed(batch[0], crash, attempt, 1)])
             continue
+        log.fitted(batch, results, these)
         for r in results:
             r.metrics["attempts"] = float(attempt)
             for key in ("worker_start_s", "worker_boot_s"):

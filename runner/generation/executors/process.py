@@ -144,17 +144,34 @@ class ProcessWorker:
             self.conn.send(("batch", self._batch, jobs, params.model_dump(mode="json"), ahead))
         except (OSError, ValueError):
             self._raise_dead(offset)
-        msg = self._wait(timeout_s, offset, f"a batch of {len(jobs)}")
+        deadline = time.monotonic() + timeout_s
+        shape: dict[str, float] = {}
+        try:
+            msg = self._wait(timeout_s, offset, f"a batch of {len(jobs)}", deadline)
+            while msg[0] == "shape":  # the batch's size and padded length, sent before it generates
+                shape = dict(msg[2])
+                msg = self._wait(timeout_s, offset, f"a batch of {len(jobs)}", deadline)
+        except WorkerCrash as crash:  # died or hung: what it said of the batch is all there is
+            crash.measured = {**shape, **crash.measured}
+            raise
         if msg[0] == "results":
             return list(msg[2])
-        _, _, cause, error, fatal = msg
+        _, _, cause, error, fatal, *measured = msg
         if fatal:
             self.proc.join(10)
             self.kill()
-        raise WorkerCrash(cause, error, read_tail(self.stderr_path, offset), worker_alive=self.alive)
+        raise WorkerCrash(
+            cause,
+            error,
+            read_tail(self.stderr_path, offset),
+            worker_alive=self.alive,
+            measured={**shape, **(measured[0] if measured else {})},
+        )
 
-    def _wait(self, timeout_s: float, offset: int, doing: str) -> tuple[Any, ...]:
-        deadline = time.monotonic() + timeout_s
+    def _wait(
+        self, timeout_s: float, offset: int, doing: str, deadline: float | None = None
+    ) -> tuple[Any, ...]:
+        deadline = deadline if deadline is not None else time.monotonic() + timeout_s
         while True:
             if self.should_stop():
                 self.kill()

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from runner.generation.executors.pool import PooledExecutor, SlotPool
 from runner.generation.jobs import Groups, Job, JobResult, LoadFailed, WorkerCrash, classify_exception
-from runner.generation.worker import LOAD_TIMEOUT_S, file_size, read_tail
+from runner.generation.worker import LOAD_TIMEOUT_S, file_size, measured_of, read_tail
 
 if TYPE_CHECKING:
     from runner.spec import Executor, Generation, Limits, Model
@@ -170,7 +170,11 @@ class RayWorker:
         except ray.exceptions.RayTaskError as e:
             cause, error = classify_exception(_root(ray, e))
             raise WorkerCrash(
-                cause, error, read_tail(self.log_path, offset), worker_alive=not _is_death(ray, e)
+                cause,
+                error,
+                read_tail(self.log_path, offset),
+                worker_alive=not _is_death(ray, e),
+                measured=measured_of(_root(ray, e)),
             ) from None
         except Exception as e:
             if not _is_death(ray, e):
