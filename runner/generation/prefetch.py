@@ -21,6 +21,14 @@ if TYPE_CHECKING:
 
 
 @runtime_checkable
+class Encoded(Protocol):
+    """What a Pipelined backend's `encode_batch` returns: at least the prompt length, in tokens, that every
+    row of the batch is padded to."""
+
+    width: int
+
+
+@runtime_checkable
 class Pipelined(Protocol):
     """A backend whose `generate` is `generate_encoded(encode_batch(...))`, so the two can be split."""
 

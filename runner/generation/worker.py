@@ -63,9 +63,10 @@ def host_peak_rss_mb() -> float:
 def padded_width(encoded: Any, jobs: list[Job]) -> int:
     """The batch's prompt length in tokens, every row padded to it: the encoded batch's width, or (for a
     backend that encodes only inside `generate`) the longest prompt in words, an estimate."""
-    width = getattr(encoded, "width", None)
-    if isinstance(width, int):
-        return width
+    from runner.generation.prefetch import Encoded
+
+    if isinstance(encoded, Encoded):
+        return int(encoded.width)
     return max((len(j.prompt.split()) for j in jobs), default=0)
 
 
