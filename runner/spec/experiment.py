@@ -15,6 +15,13 @@ from runner.spec.templates import TemplateInfo
 STORE_LOCATION = ("chroma_url", "persist_dir")
 """Fields of `corpus` that say where the chunks are kept, not which chunks: outside the spec hash."""
 
+ADDED_SINCE_V1: dict[str, Any] = {
+    "generation.compile": False,
+}
+"""Spec fields added after the spec hash was first defined, with their defaults. A spec that leaves one at
+its default hashes as before the field existed, so adding a field never orphans existing executions; a spec
+that sets it gets a new hash, as any change of meaning should. Register every new field here."""
+
 
 @dataclass
 class Experiment:
@@ -48,12 +55,31 @@ class Experiment:
         existing execution gets a new hash."""
         spec = self.spec.model_dump(mode="json", exclude={"extends", "description", "tracking", "executor"})
         spec["corpus"].update({key: None for key in STORE_LOCATION})
+        _omit_new_defaults(spec)
         return {
             "spec": portable(spec, self.root),
             "questions": {k: q.text for k, q in self.questions.items()},
             "pov_sets": self.pov_sets,
             "templates": {k: t.text for k, t in self.templates.items()},
         }
+
+
+def _omit_new_defaults(spec: dict[str, Any]) -> None:
+    for dotted, default in ADDED_SINCE_V1.items():
+        *parents, leaf = dotted.split(".")
+        node: Any = spec
+        for key in parents:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node and node[leaf] == default:
+            del node[leaf]
+
+
+def without_new_defaults(section: str, dump: dict[str, Any]) -> dict[str, Any]:
+    """`dump` (the dumped spec section `section`) without the fields of ADDED_SINCE_V1 left at their
+    default, for hashes of one section (cell ids hash `generation`)."""
+    wrapped = {section: dump}
+    _omit_new_defaults(wrapped)
+    return wrapped[section]
 
 
 def portable(obj: Any, root: Path) -> Any:

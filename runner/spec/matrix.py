@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from runner.spec.experiment import Experiment, portable
+from runner.spec.experiment import Experiment, portable, without_new_defaults
 from runner.spec.schema import AXES
 
 
@@ -89,7 +89,7 @@ class CellHasher:
         spec = exp.spec
         self._shared = _digest(
             {
-                "generation": spec.generation.model_dump(mode="json"),
+                "generation": without_new_defaults("generation", spec.generation.model_dump(mode="json")),
                 "embedder": spec.embedder.model_dump(mode="json", exclude={"batch_size", "device"}),
                 "reranker": spec.effective_reranker.model_dump(mode="json", exclude={"batch_size", "device"}),
                 "collection": spec.corpus.collection,

@@ -1,0 +1,114 @@
+"""`generation.compile: true`: the transformers backend decodes with a static KV cache and a torch.compile'd
+forward (CUDA graphs on a GPU). On the CPU the same path compiles too; it must answer with exactly the greedy
+tokens of the eager path, reuse its compiled graphs across prompt lengths, and be refused where it cannot
+work (Unsloth, bitsandbytes 4-bit)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from runner.errors import SpecError
+from runner.spec import Generation, Model, expand, load_spec
+
+QUICKSTART = Path(__file__).resolve().parent.parent / "experiments" / "quickstart.yaml"
+QUICKSTART_CELL_IDS = ("f2ca540ac6ae", "6dc4952864fa")
+"""The quickstart's first and last cell ids before `generation.compile` existed: they must not change."""
+
+PROMPTS = [
+    "Why?",
+    "Tell me about local currency settlement and the dollar, and what the G7 answers with.",
+    "G7 and BRICS",
+    " ".join(["BRICS members settle more trade in local currencies."] * 6),
+    "What do sanctions teach their targets?",
+]
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
+    from runner.generation.backends.transformers import TransformersBackend
+
+    return TransformersBackend(Model(name=str(tiny_model_dir), device="cpu", max_seq_length=256), None)
+
+
+def _tokens(outs: list) -> list[tuple[str, int]]:  # type: ignore[type-arg]
+    return [(o.text, o.new_tokens) for o in outs]
+
+
+def test_compiled_decoding_gives_the_eager_greedy_tokens_and_reuses_its_graphs(backend) -> None:  # type: ignore[no-untyped-def]
+    import torch._dynamo
+
+    eager = Generation(max_new_tokens=12, batch_size=4)
+    compiled = eager.model_copy(update={"compile": True})
+    first, second = PROMPTS[:4], PROMPTS[4:]  # 4 rows of different lengths, then a batch of 1
+    want = _tokens(backend.generate(first, eager)) + _tokens(backend.generate(second, eager))
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    got = _tokens(backend.generate(first, compiled)) + _tokens(backend.generate(second, compiled))
+    assert got == want
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert graphs >= 1  # the decode step really went through torch.compile
+
+    # Other prompt lengths and a short batch (3 rows, padded to the batch size of 4): no new graph.
+    again = [PROMPTS[1], PROMPTS[0], PROMPTS[2]]
+    assert _tokens(backend.generate(again, compiled)) == _tokens(backend.generate(again, eager))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+
+
+def test_cache_lengths_and_rows_come_from_a_few_buckets() -> None:
+    from runner.generation.backends.compiled import cache_length, padded_rows
+
+    # Quarters of max_seq_length: at most four cache shapes per row count, never shorter than needed.
+    assert [cache_length(n, 2048) for n in (1, 512, 513, 1500, 2048)] == [512, 512, 1024, 1536, 2048]
+    assert cache_length(100, 250) == 126  # quarters rounded up: 63 per quarter
+    # One row stays alone (a crashed batch's cells are retried one by one); short batches fill up.
+    assert [padded_rows(n, 8) for n in (1, 2, 7, 8)] == [1, 8, 8, 8]
+
+
+def test_compile_leaves_existing_spec_hashes_and_cell_ids_alone() -> None:
+    plain = load_spec(QUICKSTART)
+    assert plain.spec_hash == "f8a5540ecdc71fbb"
+    cells = expand(plain)
+    assert (cells[0].id, cells[-1].id) == QUICKSTART_CELL_IDS
+    on = load_spec(QUICKSTART, ["generation.compile=true"])
+    assert on.spec_hash != plain.spec_hash
+    assert {c.id for c in expand(on)}.isdisjoint({c.id for c in cells})
+
+
+def _spec(tmp_path: Path, models: str, generation: str = "{compile: true}") -> Path:
+    spec = tmp_path / "experiments" / "compile.yaml"
+    spec.parent.mkdir(parents=True, exist_ok=True)
+    spec.write_text(
+        textwrap.dedent(
+            f"""\
+            name: compile
+            extends: {QUICKSTART}
+            models: {models}
+            generation: {generation}
+            matrix: {{model: all}}
+            """
+        )
+    )
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("model", "message"),
+    [
+        ("{backend: unsloth, name: some/model, load_in_4bit: true}", "backend transformers"),
+        ("{backend: transformers, name: some/model, load_in_4bit: true}", "4-bit"),
+    ],
+)
+def test_compile_is_refused_where_it_cannot_work(tmp_path: Path, model: str, message: str) -> None:
+    spec = _spec(tmp_path, f"{{big: {model}}}")
+    with pytest.raises(SpecError) as err:
+        load_spec(spec)
+    text = str(err.value)
+    assert "generation.compile" in text and message in text
+    assert f"{spec.name}:" in text  # points at the spec file
+    # Unused models do not matter; the same models without compile are fine.
+    load_spec(spec, ["generation.compile=false"])
+    load_spec(spec, ["matrix.model=[tiny]"])
