@@ -17,45 +17,46 @@ QUICKSTART = Path(__file__).resolve().parent.parent / "experiments" / "quickstar
 QUICKSTART_CELL_IDS = ("f2ca540ac6ae", "6dc4952864fa")
 """The quickstart's first and last cell ids before `generation.compile` existed: they must not change."""
 
-PROMPTS = [
-    "Why?",
-    "Tell me about local currency settlement and the dollar, and what the G7 answers with.",
-    "G7 and BRICS",
-    " ".join(["BRICS members settle more trade in local currencies."] * 6),
-    "What do sanctions teach their targets?",
-]
-
-
-@pytest.fixture(scope="module")
-def backend(tiny_model_dir: Path):  # type: ignore[no-untyped-def]
-    from runner.generation.backends.transformers import TransformersBackend
-
-    return TransformersBackend(Model(name=str(tiny_model_dir), device="cpu", max_seq_length=256), None)
+WHY, SHORT, MEDIUM, LONGER, LONG = (
+    "Why?",  # 18 tokens with the chat template
+    "G7 and BRICS",  # 19
+    "What do sanctions teach their targets?",  # 26
+    "Tell me about local currency settlement and the dollar, and what the G7 answers with.",  # 37
+    " ".join(["BRICS members settle more trade in local currencies."] * 6),  # 75
+)
+LONGEST_IN_BUCKET = LONGER + " And why do the BRICS members care so much?"  # 50
 
 
 def _tokens(outs: list) -> list[tuple[str, int]]:  # type: ignore[type-arg]
     return [(o.text, o.new_tokens) for o in outs]
 
 
-def test_compiled_decoding_gives_the_eager_greedy_tokens_and_reuses_its_graphs(backend) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.slow  # about 15 s: three small graphs traced on the CPU
+def test_compiled_decoding_gives_the_eager_greedy_tokens_and_reuses_its_graphs(tiny_model_dir: Path) -> None:
     import torch._dynamo
 
+    from runner.generation.backends.transformers import TransformersBackend
+
+    # A fresh model: transformers remembers the longest static cache a model has had.
+    backend = TransformersBackend(Model(name=str(tiny_model_dir), device="cpu", max_seq_length=256), None)
     eager = Generation(max_new_tokens=12, batch_size=4)
     compiled = eager.model_copy(update={"compile": True})
-    first, second = PROMPTS[:4], PROMPTS[4:]  # 4 rows of different lengths, then a batch of 1
-    want = _tokens(backend.generate(first, eager)) + _tokens(backend.generate(second, eager))
+    four = [WHY, LONGER, SHORT, MEDIUM]  # needs 37 + 12 positions: the first quarter of 256
+    three = [SHORT, LONGEST_IN_BUCKET, WHY]  # 50 + 12: other widths, same quarter; filled up to 4 rows
+    alone = [LONG]  # 75 + 12: the second quarter, one row
+    assert [len(backend.encode(p)) for p in (LONGER, LONGEST_IN_BUCKET, LONG)] == [37, 50, 75]
+    want = [_tokens(backend.generate(batch, eager)) for batch in (four, three, alone)]
 
     torch._dynamo.reset()
-    torch._dynamo.utils.counters.clear()
-    got = _tokens(backend.generate(first, compiled)) + _tokens(backend.generate(second, compiled))
-    assert got == want
-    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    counters = torch._dynamo.utils.counters
+    counters.clear()
+    assert _tokens(backend.generate(four, compiled)) == want[0]
+    graphs = counters["stats"]["unique_graphs"]
     assert graphs >= 1  # the decode step really went through torch.compile
-
-    # Other prompt lengths and a short batch (3 rows, padded to the batch size of 4): no new graph.
-    again = [PROMPTS[1], PROMPTS[0], PROMPTS[2]]
-    assert _tokens(backend.generate(again, compiled)) == _tokens(backend.generate(again, eager))
-    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    assert _tokens(backend.generate(three, compiled)) == want[1]
+    assert counters["stats"]["unique_graphs"] == graphs  # no graph for other prompt widths or fewer rows
+    assert _tokens(backend.generate(alone, compiled)) == want[2]
+    assert counters["stats"]["unique_graphs"] > graphs  # a new shape (one row, a longer cache) compiles
 
 
 def test_cache_lengths_and_rows_come_from_a_few_buckets() -> None:

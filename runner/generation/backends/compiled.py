@@ -44,12 +44,15 @@ def padded_rows(n: int, batch_size: int) -> int:
 
 
 def compile_config(device: str) -> Any:
-    """transformers' `CompileConfig` for `device`: CUDA graphs on a GPU; on the CPU (tests, dry runs) the
-    same static shapes through inductor, which transformers only allows when asked explicitly."""
+    """transformers' `CompileConfig` for `device`. On a GPU: inductor with CUDA graphs. On the CPU (tests,
+    dry runs): `aot_eager`, which captures the same graphs with the same static shapes and guards (so the
+    same reuse and recompiles) and runs them with eager kernels; inductor would spend minutes building C++
+    kernels on a small machine for a path whose speed only matters on a GPU. transformers compiles off the
+    accelerators only when asked explicitly (`_compile_all_devices`)."""
     from transformers import CompileConfig
 
     if device.startswith("cuda"):
         return CompileConfig(fullgraph=False, dynamic=False, mode="reduce-overhead")
-    config = CompileConfig(fullgraph=False, dynamic=False, backend="aot_eager", mode=None)
-    config._compile_all_devices = True  # transformers' own switch for compiling off the accelerators
+    config = CompileConfig(fullgraph=False, dynamic=False, backend="aot_eager", mode="default")
+    config._compile_all_devices = True  # type: ignore[assignment]  # declared None in transformers
     return config

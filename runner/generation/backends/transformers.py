@@ -158,7 +158,7 @@ class TransformersBackend:
             return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     # -- generation ------------------------------------------------------------------------------------------
-    def _generation_config(self, params: GenerationParams, width: int) -> Any:
+    def _generation_config(self, params: GenerationParams) -> Any:
         from transformers import GenerationConfig
 
         # A fresh config, so a checkpoint's own generation_config.json (often sampling) never leaks in.
@@ -175,11 +175,7 @@ class TransformersBackend:
         if params.compile:
             if self._compile_config is None:
                 self._compile_config = compile_config(self.device)
-            kwargs.update(
-                cache_implementation="static",
-                max_cache_len=cache_length(width + params.max_new_tokens, self.spec.max_seq_length),
-                compile_config=self._compile_config,
-            )
+            kwargs.update(cache_implementation="static", compile_config=self._compile_config)
         return GenerationConfig(**kwargs)
 
     def generate(self, prompts: list[str], params: GenerationParams) -> list[GenerationOut]:
@@ -219,7 +215,9 @@ class TransformersBackend:
                 f"generation.compile: true, but {type(self).__name__} with load_in_4bit={self.spec.load_in_4bit} "
                 "cannot be compiled; set generation.compile: false"
             )
-        config = self._generation_config(params, width)
+        config = self._generation_config(params)
+        if params.compile:
+            config.max_cache_len = cache_length(width + params.max_new_tokens, self.spec.max_seq_length)
         if params.temperature > 0:
             # Seeded per batch: the same batch with the same seed samples the same tokens.
             torch.manual_seed(params.seed)
