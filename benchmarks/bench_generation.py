@@ -103,7 +103,9 @@ def experiment(
     )
 
 
-def pick_retriever(exp: Any) -> tuple[Any, str]:
+def pick_retriever(exp: Any, passages: bool = False) -> tuple[Any, str]:
+    if passages:
+        return PassageRetriever(), "corpus passages (--passages)"
     try:
         from runner.retrieval import open_retriever
 
@@ -129,7 +131,7 @@ def runner_pass(
 
     exp = experiment(model_dir, args, batch_size, four_bit, compile)
     cells = expand(exp)[: args.prompts]
-    retriever, source = pick_retriever(exp)
+    retriever, source = pick_retriever(exp, args.passages)
     if warm:
         executor = make_executor(exp.spec, state_dir=exp.state_dir)
         assert isinstance(executor, ServeExecutor), "pov serve is not running"
@@ -281,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         "--cpu", action="store_true", help="run on the CPU (a dry run: the tiny model, float32)"
     )
     parser.add_argument("--max-seq-length", type=int, default=4096, help="the model's max_seq_length")
+    parser.add_argument("--passages", action="store_true", help="corpus passages instead of the retriever")
     parser.add_argument("--bandwidth-gbs", type=float, default=roofline.H200_GBS, help="for the roofline")
     args = parser.parse_args(argv)
     import torch
