@@ -299,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         gpu = torch.cuda.get_device_name(0)
     model_dir = args.model.resolve() if args.model else build_model(args.out, args.cpu)
-    variants: list[tuple[str, str | None]] = [("bf16", None)] if "bf16" in args.variants else []
+    variants: list[tuple[str, str | None]] = (
+        [("fp32-cpu" if args.cpu else "bf16", None)] if "bf16" in args.variants else []
+    )
     if "4bit" in args.variants:
         if importlib.util.find_spec("unsloth") is not None:
             variants.append(("4bit-unsloth", "unsloth"))
