@@ -12,7 +12,9 @@ Steps (each writes <out>/<step>/ and prints its tables; `all` runs them in order
          is spent and reported as far as it got; the same command resumes it on a warm machine.
   speed  benchmarks/bench_generation.py with --model: bf16 eager at batch 8 and 32 against the one-by-one
          loop, the same with generation.compile: true, and the decode roofline; with --nemo-batch N also the
-         Nemo-shaped model in 4-bit at batch N.
+         Nemo-shaped model in 4-bit at batch N (the largest the crash run's frontier allows); with --nemo-bf16
+         that model in bf16, eager and compiled, at batch 8 and 32 (24.5 GB of weights: the case where the
+         roofline is memory bandwidth, not kernel launches as for a 135M model).
 
 Retrieval on the GPU machine: all-MiniLM-L6-v2 (87 MB) cannot travel there with the site (64 MiB per command),
 so the crash run embeds with a random-weight sentence-transformer built there (gpu_models.build_embedder;
@@ -23,17 +25,24 @@ On the development machine, once (about 2 minutes; the site is ~45 MiB; the work
 
     cd <project root> && ../shared/gpu/make-site unsloth==2026.10.9 bitsandbytes pydantic "mlflow>=3" chromadb cohere gguf
 
-On the GPU machine (device runs with carry [".gpu"]; each line one command; /opt/x survives while warm;
+On the GPU machine (device runs with carry [".gpu"]; one line per command, each well under the 10-minute
+limit by my estimates, none measured; /opt/x and the built models survive while the machine stays warm;
 outputs under $OUT; SMOL is the SmolLM2-135M-Instruct transformers folder, converted there):
 
     SETUP='mkdir -p /opt/x && { [ -d /opt/x/site ] || tar xJf .gpu/site.txz -C /opt/x; } && export PYTHONPATH=/opt/x/site:$PWD HF_HUB_OFFLINE=1'
-    eval "$SETUP" && nvidia-smi | tee $OUT/nvidia-smi.txt && python3 benchmarks/gpu_run.py nemo --out $OUT 2>&1 | tee $OUT/nemo.log
-    eval "$SETUP" && python3 benchmarks/gpu_run.py crash --out $OUT --budget-s 540 2>&1 | tee $OUT/crash.log
-    eval "$SETUP" && python3 benchmarks/gpu_run.py speed --out $OUT --model "$SMOL" --nemo-batch 8 2>&1 | tee $OUT/speed.log
+    eval "$SETUP" && nvidia-smi | tee $OUT/nvidia-smi.txt && python3 benchmarks/gpu_run.py nemo --out $OUT && python3 benchmarks/gpu_run.py crash --out $OUT --budget-s 420 2>&1 | tee $OUT/crash.log
+    eval "$SETUP" && python3 benchmarks/gpu_run.py crash --out $OUT --budget-s 540 2>&1 | tee $OUT/crash.log   # resumes, if the first stopped short
+    eval "$SETUP" && python3 benchmarks/gpu_run.py speed --out $OUT --model "$SMOL" 2>&1 | tee $OUT/speed.log            # ~7 min
+    eval "$SETUP" && python3 benchmarks/gpu_run.py speed --out $OUT --nemo-bf16 2>&1 | tee $OUT/speed-nemo.log          # ~8 min
+    eval "$SETUP" && python3 benchmarks/gpu_run.py speed --out $OUT --nemo-batch 8 2>&1 | tee $OUT/speed-nemo4.log      # ~3 min
 
-(`nemo` and `crash` fit one command when the budget allows: `... nemo --out $OUT && python3 benchmarks/gpu_run.py
-crash --out $OUT --budget-s 420`. `crash` alone builds what is missing. A crash run that hit its budget says so;
-the same `crash` line on the still-warm machine resumes it, as `pov run` does.)
+(`crash` alone builds what is missing. A crash run that hit its budget says so, and is reported as far as it
+got; the same `crash` line on the still-warm machine resumes it, as `pov run` does. Time: a random model never
+writes its end token, so every cell generates all of the seed replica's 1024 new tokens: 15 batches of 1024
+decode steps, and a batch that crashes is retried one prompt at a time. If that does not fit the budget,
+`--max-new-tokens 256` (a new execution: it changes the spec) keeps the prefill, where a batch of long prompts
+peaks, and shrinks the KV cache's growth: for 8 prompts of ~1300 tokens, 3.0 GB at 1024 new tokens, 2.0 GB at
+256 (40 layers x 8 KV heads x 128 x 2 x 2 bytes = 160 KiB per token).)
 
 Dry run of every step here, on the CPU, with the tiny Nemo-shaped model (2 layers, vocab 131072) and tiny dims:
 
@@ -283,59 +292,47 @@ def bench(args: argparse.Namespace, name: str, extra: list[str]) -> int:
 
 
 def step_speed(args: argparse.Namespace) -> dict[str, int]:
-    small = ["--prompts", "8", "--new-tokens", "8", "--batch-size", "4", "8"] if args.dry_run else []
+    """bench_generation passes: SmolLM (bf16, eager and compiled, against the one-by-one loop), the Nemo-shaped
+    model in 4-bit (Unsloth; not compilable), and in bf16 eager and compiled (24.5 GB of weights: where the
+    roofline is about memory bandwidth rather than kernel launches). The dry run takes tiny models, float32."""
     codes = {}
+    seq = ["--cold-batch-size", "--max-seq-length", "2048"]
+    tiny = ["--cpu", "--prompts", "8", "--new-tokens", "8", "--batch-size", "4", "8"]
     if args.dry_run:
-        codes["smollm"] = bench(
-            args, "smollm", ["--cpu", "--variants", "bf16", "--cold-batch-size", "--compile", *small]
-        )
+        codes["smollm"] = bench(args, "smollm", ["--variants", "bf16", "--compile", *seq, *tiny])
     elif args.model is not None:
-        codes["smollm"] = bench(
-            args,
-            "smollm",
-            [
-                "--model",
-                str(args.model),
-                "--variants",
-                "bf16",
-                "--compile",
-                "--batch-size",
-                "8",
-                "32",
-                "--cold-batch-size",
-                "--max-seq-length",
-                "2048",
-            ],
-        )
+        smol = [
+            "--model",
+            str(args.model),
+            "--variants",
+            "bf16",
+            "--compile",
+            "--batch-size",
+            "8",
+            "32",
+            *seq,
+        ]
+        codes["smollm"] = bench(args, "smollm", smol)
     else:
         log("speed: no --model (the SmolLM2-135M-Instruct folder): its passes are skipped")
-    if args.nemo_batch or args.dry_run:
-        nemo = nemo_dir(args) if (nemo_dir(args) / "config.json").exists() else step_nemo(args)
-        extra = ["--model", str(nemo), "--cold-batch-size", "--max-seq-length", "2048"]
-        if args.dry_run:  # the CPU has no 4-bit: the Nemo-shaped folder in float32, to prove the path
-            extra += [
-                "--cpu",
-                "--variants",
-                "bf16",
-                "--skip-baseline",
-                "--prompts",
-                "8",
-                "--new-tokens",
-                "8",
-                "--batch-size",
-                "8",
-            ]
-        else:
-            extra += [
-                "--variants",
-                "4bit",
-                "--batch-size",
-                str(args.nemo_batch),
-                "--prompts",
-                str(args.nemo_prompts),
-            ]
-            extra += [] if args.nemo_baseline else ["--skip-baseline"]
-        codes["nemo"] = bench(args, "nemo", extra)
+    if not (args.nemo_batch or args.nemo_bf16 or args.dry_run):
+        return _done(args, codes)
+    nemo = nemo_dir(args) if (nemo_dir(args) / "config.json").exists() else step_nemo(args)
+    few = ["--model", str(nemo), "--skip-baseline", "--prompts", str(args.nemo_prompts), *seq]
+    if args.nemo_batch and not args.dry_run:
+        four = [*few, "--variants", "4bit", "--batch-size", str(args.nemo_batch)]
+        if args.nemo_baseline:
+            four.remove("--skip-baseline")
+        codes["nemo-4bit"] = bench(args, "nemo-4bit", four)
+    if args.nemo_bf16 or args.dry_run:
+        sizes = ["--batch-size", "8", "32"]
+        codes["nemo-bf16"] = bench(
+            args, "nemo-bf16", [*few, "--variants", "bf16", "--compile", *(tiny if args.dry_run else sizes)]
+        )
+    return _done(args, codes)
+
+
+def _done(args: argparse.Namespace, codes: dict[str, int]) -> dict[str, int]:
     write_json(args.out / "speed" / "exit_codes.json", {**codes, **versions()})
     return codes
 
