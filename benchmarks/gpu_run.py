@@ -52,6 +52,7 @@ Dry run of every step here, on the CPU, with the tiny Nemo-shaped model (2 layer
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -168,7 +169,8 @@ def crash_overrides(args: argparse.Namespace, model: Path, embedder: Path) -> li
         f"matrix.model=[{MODEL_KEY}]",
         f"embedder={emb}",
         f"reranker={emb}",
-        f"corpus.collection=brics-{embedder.name}",
+        # A collection holds one embedder's vectors: one per embedder folder.
+        f"corpus.collection=brics-{hashlib.sha256(str(embedder).encode()).hexdigest()[:12]}",
         f"generation.max_new_tokens={args.max_new_tokens}",
         "generation.batch_size=8",
         "limits.gpu_memory_gb=15",
@@ -371,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--nemo-baseline", action="store_true", help="speed: the one-by-one loop for Nemo too"
+    )
+    parser.add_argument(
+        "--nemo-bf16", action="store_true", help="speed: the Nemo-shaped model in bf16, eager and compiled"
     )
     args = parser.parse_args(argv)
     args.out = args.out.resolve()

@@ -5,6 +5,7 @@ work (Unsloth, bitsandbytes 4-bit)."""
 
 from __future__ import annotations
 
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -13,9 +14,31 @@ import pytest
 from runner.errors import SpecError
 from runner.spec import Generation, Model, expand, load_spec
 
-QUICKSTART = Path(__file__).resolve().parent.parent / "experiments" / "quickstart.yaml"
-QUICKSTART_CELL_IDS = ("f2ca540ac6ae", "6dc4952864fa")
-"""The quickstart's first and last cell ids before `generation.compile` existed: they must not change."""
+REPO = Path(__file__).resolve().parent.parent
+BASE = REPO / "experiments" / "base.yaml"
+TINY_QUICKSTART = """\
+name: quickstart
+description: Offline end-to-end run of the whole pipeline on the BRICS sample with a tiny local model.
+extends: base.yaml
+models:
+  tiny: {backend: transformers, name: "builtin:tiny-llama", max_seq_length: 2048, device: cpu}
+generation: {max_new_tokens: 48, temperature: 0.0, seed: 0, batch_size: 8}
+matrix:
+  model: [tiny]
+  template: [summary_opinion, opinion_only]
+  persona: [professor, assistant]
+  pov_set: [global_south, security]
+  k: [[15, 10, 5]]
+  question: [japan-alliances, brics-growth-drivers, local-currency-settlement]
+  exclude:
+    - {template: opinion_only, persona: assistant}
+limits: {cell_timeout_s: 120}
+tracking: {experiment: quickstart}
+"""
+"""The tiny-model quickstart as it was before `generation.compile` existed."""
+TINY_QUICKSTART_HASH = "f8a5540ecdc71fbb"
+TINY_QUICKSTART_CELL_IDS = ("f2ca540ac6ae", "6dc4952864fa")
+"""Its spec hash and first and last cell ids then: executions made before must keep resuming."""
 
 WHY, SHORT, MEDIUM, LONGER, LONG = (
     "Why?",  # 18 tokens with the chat template
@@ -69,12 +92,20 @@ def test_cache_lengths_and_rows_come_from_a_few_buckets() -> None:
     assert [padded_rows(n, 8) for n in (1, 2, 7, 8)] == [1, 8, 8, 8]
 
 
-def test_compile_leaves_existing_spec_hashes_and_cell_ids_alone() -> None:
-    plain = load_spec(QUICKSTART)
-    assert plain.spec_hash == "f8a5540ecdc71fbb"
+def test_compile_leaves_existing_spec_hashes_and_cell_ids_alone(tmp_path: Path) -> None:
+    for part in ("data/brics", "templates"):
+        shutil.copytree(REPO / part, tmp_path / part)
+    (tmp_path / "experiments").mkdir()
+    shutil.copy2(REPO / "experiments" / "base.yaml", tmp_path / "experiments" / "base.yaml")
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
+    spec = tmp_path / "experiments" / "tiny_quickstart.yaml"
+    spec.write_text(TINY_QUICKSTART)
+
+    plain = load_spec(spec)
+    assert plain.spec_hash == TINY_QUICKSTART_HASH
     cells = expand(plain)
-    assert (cells[0].id, cells[-1].id) == QUICKSTART_CELL_IDS
-    on = load_spec(QUICKSTART, ["generation.compile=true"])
+    assert (cells[0].id, cells[-1].id) == TINY_QUICKSTART_CELL_IDS
+    on = load_spec(spec, ["generation.compile=true"])
     assert on.spec_hash != plain.spec_hash
     assert {c.id for c in expand(on)}.isdisjoint({c.id for c in cells})
 
@@ -86,7 +117,7 @@ def _spec(tmp_path: Path, models: str, generation: str = "{compile: true}") -> P
         textwrap.dedent(
             f"""\
             name: compile
-            extends: {QUICKSTART}
+            extends: {BASE}
             models: {models}
             generation: {generation}
             matrix: {{model: all}}
