@@ -10,6 +10,14 @@ kernel keeps its model). The one-by-one loop is timed from a loaded model too.
     python benchmarks/bench_generation.py                  # 64 prompts, 128 new tokens, batch sizes 8 and 32
     python benchmarks/bench_generation.py --batch-size 8 16 32 64 --variants bf16 --cold-batch-size
     python benchmarks/bench_generation.py --skip-baseline --repeat 3 --json out.json   # overhead only
+    python benchmarks/bench_generation.py --model DIR --variants bf16 --compile   # a real model; + compiled
+    python benchmarks/bench_generation.py --cpu --prompts 8 --new-tokens 8        # dry run: tiny model, CPU
+
+`--model DIR` runs a transformers folder instead of the built 1B model. `--compile` adds, for bf16, warm
+passes with `generation.compile: true` (static KV cache + torch.compile with CUDA graphs): one first pass
+per batch size that pays the compilation, then the timed ones, whose answers are compared with the eager
+passes' answers. The table ends with the decode roofline (benchmarks/roofline.py: weight bytes / memory
+bandwidth per step, `--bandwidth-gbs`, default the H200's 4,800 GB/s) and the share of it each pass reached.
 
 Each runner pass says where its overhead went, from the workers' own clocks: before the first batch (the
 run's preparation, and in a cold pass the worker's imports and load), in the backend outside
@@ -36,54 +44,39 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import roofline  # noqa: E402  (the modules beside this script)
+from notebook_loop import one_by_one_pass  # noqa: E402
+from passages import PassageRetriever  # noqa: E402
+
 DIMS = {"hidden": 2048, "layers": 16, "heads": 32, "intermediate": 8192, "vocab": 32000, "max_position": 4096}
 
 
-def build_model(out_root: Path) -> Path:
+def build_model(out_root: Path, cpu: bool = False) -> Path:
     from runner.generation.tinymodel import TinyDims, build_tiny
 
-    dest = out_root / "llama-1b-bf16"
+    dest = out_root / ("tiny-cpu" if cpu else "llama-1b-bf16")
     if not (dest / "config.json").exists():
         started = time.perf_counter()
-        build_tiny(dest, seed=0, dims=TinyDims(**DIMS), dtype="bfloat16")
+        if cpu:
+            build_tiny(dest, seed=0)
+        else:
+            build_tiny(dest, seed=0, dims=TinyDims(**DIMS), dtype="bfloat16")
         print(f"built {dest} in {time.perf_counter() - started:.0f} s", flush=True)
     return dest
 
 
-class PassageRetriever:
-    """A runner.retrieval.Retriever for when Chroma or the embedder cannot run here: the same shapes (k3
-    passages of up to 180 words), chosen by a hash of the key."""
-
-    def __init__(self, words: int = 180) -> None:
-        import hashlib
-
-        self._hash = hashlib.sha256
-        self.passages = []
-        for f in sorted((REPO / "data" / "brics").glob("[0-9]*.md")):
-            text = f.read_text().split()
-            self.passages += [" ".join(text[i : i + words]) for i in range(0, len(text), words)]
-
-    def retrieve(self, keys: Any) -> dict[Any, Any]:
-        from runner.retrieval import RetrievalResult, Stage
-
-        out = {}
-        for q, p, k in keys:
-            start = int(self._hash(f"{q}|{p}".encode()).hexdigest()[:8], 16)
-            picked = [self.passages[(start + j) % len(self.passages)] for j in range(k[2])]
-            ids = [f"p{j}" for j in range(len(picked))]
-            scores = [1.0 - j / 10 for j in range(len(picked))]
-            stages = [Stage(name, ids, picked, scores) for name in ("vector", "query", "pov")]
-            out[(q, p, tuple(k))] = RetrievalResult(q, p, tuple(k), stages)
-        return out
-
-    def check_embedder(self) -> None:
-        return None
+def device_of(args: argparse.Namespace) -> str:
+    return "cpu" if args.cpu else "cuda:0"
 
 
-def overrides(model_dir: Path, args: argparse.Namespace, batch_size: int, four_bit: str | None) -> list[str]:
+def overrides(
+    model_dir: Path, args: argparse.Namespace, batch_size: int, four_bit: str | None, compile: bool = False
+) -> list[str]:
     backend = four_bit or "transformers"
+    where = "dtype: float32, device: cpu" if args.cpu else "dtype: bfloat16"
     model = (
-        f"{{backend: {backend}, name: {model_dir}, max_seq_length: 4096, dtype: bfloat16"
+        f"{{backend: {backend}, name: {model_dir}, max_seq_length: {args.max_seq_length}, {where}"
         f"{', load_in_4bit: true' if four_bit else ''}}}"
     )
     return [
@@ -94,18 +87,25 @@ def overrides(model_dir: Path, args: argparse.Namespace, batch_size: int, four_b
         f"generation.max_new_tokens={args.new_tokens}",
         f"generation.min_new_tokens={args.new_tokens}",
         f"generation.batch_size={batch_size}",
+        f"generation.compile={str(compile).lower()}",
         "limits.cell_timeout_s=600",
         "faults=[]",
     ]
 
 
-def experiment(model_dir: Path, args: argparse.Namespace, batch_size: int, four_bit: str | None) -> Any:
+def experiment(
+    model_dir: Path, args: argparse.Namespace, batch_size: int, four_bit: str | None, compile: bool = False
+) -> Any:
     from runner.spec import load_spec
 
-    return load_spec(REPO / "experiments" / "tiny.yaml", overrides(model_dir, args, batch_size, four_bit))
+    return load_spec(
+        REPO / "experiments" / "tiny.yaml", overrides(model_dir, args, batch_size, four_bit, compile)
+    )
 
 
-def pick_retriever(exp: Any) -> tuple[Any, str]:
+def pick_retriever(exp: Any, passages: bool = False) -> tuple[Any, str]:
+    if passages:
+        return PassageRetriever(), "corpus passages (--passages)"
     try:
         from runner.retrieval import open_retriever
 
@@ -116,7 +116,12 @@ def pick_retriever(exp: Any) -> tuple[Any, str]:
 
 
 def runner_pass(
-    model_dir: Path, args: argparse.Namespace, batch_size: int, four_bit: str | None, warm: bool
+    model_dir: Path,
+    args: argparse.Namespace,
+    batch_size: int,
+    four_bit: str | None,
+    warm: bool,
+    compile: bool = False,
 ) -> dict[str, Any]:
     from runner.generation import make_executor
     from runner.generation.executors.local import LocalExecutor
@@ -124,14 +129,14 @@ def runner_pass(
     from runner.run import NullTracker, read_results, run_experiment
     from runner.spec import expand
 
-    exp = experiment(model_dir, args, batch_size, four_bit)
+    exp = experiment(model_dir, args, batch_size, four_bit, compile)
     cells = expand(exp)[: args.prompts]
-    retriever, source = pick_retriever(exp)
+    retriever, source = pick_retriever(exp, args.passages)
     if warm:
         executor = make_executor(exp.spec, state_dir=exp.state_dir)
         assert isinstance(executor, ServeExecutor), "pov serve is not running"
     else:
-        executor = LocalExecutor([0], exp.spec.limits)
+        executor = LocalExecutor(None if args.cpu else [0], exp.spec.limits)
     profiler = None
     if args.profile:
         import cProfile
@@ -153,7 +158,13 @@ def runner_pass(
     load = max((r["metrics"].get("model_load_s", 0.0) for r in done), default=0.0) if not warm else 0.0
     waited = max((r["metrics"].get("worker_start_s", 0.0) for r in done), default=0.0)
     booted = max((r["metrics"].get("worker_boot_s", 0.0) for r in done), default=0.0)
+    ordered = sorted(rows, key=lambda r: r["cell"]["id"])
     return {
+        "batch_size": batch_size,
+        "new_tokens": args.new_tokens,
+        "weight_bytes": max((r["metrics"].get("model_memory_mb", 0.0) for r in done), default=0.0) * 2**20,
+        # Keyed by prompt: generation.compile is part of the cell ids, so ids do not pair the passes up.
+        "outputs": {r["prompt"]: r.get("output") for r in ordered},
         "wall_s": summary.wall_time_s,
         "generate_s": summary.generate_time_s,
         "load_s": load,
@@ -169,7 +180,7 @@ def runner_pass(
             "worker boot (spawn, imports, load)": round(booted, 1),
             "waited for the worker": round(waited, 1),
         },
-        "prompts": [r["prompt"] for r in sorted(rows, key=lambda r: r["cell"]["id"])],
+        "prompts": [r["prompt"] for r in ordered],
         "source": source,
     }
 
@@ -222,74 +233,32 @@ def stop_server(handle: Any) -> None:
     proc.wait(120)
 
 
-def _one_by_one(
-    model_dir: str, prompts: list[str], new_tokens: int, four_bit: str | None, queue: Any
-) -> None:
-    """The notebook's loop, in a fresh process: load once, then tokenize, generate and decode each prompt."""
-    import torch
-
-    if four_bit == "unsloth":
-        import unsloth  # noqa: F401  (before transformers)
-        from unsloth import FastLanguageModel
-
-        model, tok = FastLanguageModel.from_pretrained(
-            model_name=model_dir, max_seq_length=4096, dtype=None, load_in_4bit=True
-        )
-        FastLanguageModel.for_inference(model)
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
-
-        kwargs: dict[str, Any] = {"dtype": torch.bfloat16}
-        if four_bit:
-            kwargs.update(
-                quantization_config=BitsAndBytesConfig(
-                    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16
-                ),
-                device_map={"": "cuda:0"},
-            )
-        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
-        if not four_bit:
-            model = model.to("cuda:0")
-        tok = AutoTokenizer.from_pretrained(model_dir)
-    tokens = 0
-    torch.cuda.synchronize()
-    started = time.perf_counter()
-    for prompt in prompts:
-        text = tok.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        inputs = tok(text, return_tensors="pt", add_special_tokens=False).to("cuda:0")
-        out = model.generate(
-            **inputs,
-            max_new_tokens=new_tokens,
-            min_new_tokens=new_tokens,
-            do_sample=False,
-            pad_token_id=tok.pad_token_id,
-        )
-        tokens += out.shape[1] - inputs["input_ids"].shape[1]
-        tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    torch.cuda.synchronize()
-    queue.put(
-        {
-            "generate_s": time.perf_counter() - started,
-            "tokens": tokens,
-            "peak_alloc_mb": torch.cuda.max_memory_allocated() / 2**20,
-        }
+def warm_pass(
+    rows: list[dict[str, Any]],
+    model_dir: Path,
+    args: argparse.Namespace,
+    label: str,
+    bs: int,
+    backend_4bit: str | None,
+    mode: str,
+    compile: bool = False,
+) -> list[str]:
+    """One runner pass through `pov serve`, added to `rows`; returns its prompts."""
+    r = runner_pass(model_dir, args, bs, backend_4bit, warm=True, compile=compile)
+    prompts: list[str] = r.pop("prompts")
+    if compile:
+        eager = [e for e in rows if e["variant"] == label and e["mode"] == f"warm bs={bs}"]
+        if eager:
+            same = sum(r["outputs"][k] == v for k, v in eager[0]["outputs"].items() if k in r["outputs"])
+            r["same_answers_as_eager"] = f"{same}/{len(eager[0]['outputs'])}"
+    rows.append({"variant": label, "mode": mode, **r})
+    print(
+        f"  {label} {mode}: {r['wall_s']:.1f} s wall, {r['generate_s']:.1f} s in generate "
+        f"({r['finished']} ok, {r['crashed']} crashed; prompts from {r['source']}"
+        f"{'; same answers as eager: ' + r['same_answers_as_eager'] if 'same_answers_as_eager' in r else ''})",
+        flush=True,
     )
-
-
-def one_by_one_pass(
-    model_dir: Path, prompts: list[str], new_tokens: int, four_bit: str | None
-) -> dict[str, Any]:
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_one_by_one, args=(str(model_dir), prompts, new_tokens, four_bit, queue))
-    proc.start()
-    result = queue.get(timeout=3600)
-    proc.join()
-    return dict(result)
+    return prompts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -306,15 +275,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of each runner pass")
     parser.add_argument("--repeat", type=int, default=1, help="warm passes per batch size")
+    parser.add_argument(
+        "--model", type=Path, help="a transformers model folder instead of the built 1B model"
+    )
+    parser.add_argument("--compile", action="store_true", help="also warm passes with generation.compile")
+    parser.add_argument(
+        "--cpu", action="store_true", help="run on the CPU (a dry run: the tiny model, float32)"
+    )
+    parser.add_argument("--max-seq-length", type=int, default=4096, help="the model's max_seq_length")
+    parser.add_argument("--passages", action="store_true", help="corpus passages instead of the retriever")
+    parser.add_argument("--bandwidth-gbs", type=float, default=roofline.H200_GBS, help="for the roofline")
     args = parser.parse_args(argv)
     import torch
 
-    if not torch.cuda.is_available():
+    if args.cpu:
+        gpu = "cpu (dry run)"
+        if "4bit" in args.variants:
+            print("4-bit: skipped (needs a GPU)")
+            args.variants = [v for v in args.variants if v != "4bit"]
+    elif not torch.cuda.is_available():
         print("bench_generation: skipped (no CUDA GPU)")
         return 0
-    gpu = torch.cuda.get_device_name(0)
-    model_dir = build_model(args.out)
-    variants: list[tuple[str, str | None]] = [("bf16", None)] if "bf16" in args.variants else []
+    else:
+        gpu = torch.cuda.get_device_name(0)
+    model_dir = args.model.resolve() if args.model else build_model(args.out, args.cpu)
+    variants: list[tuple[str, str | None]] = (
+        [("fp32-cpu" if args.cpu else "bf16", None)] if "bf16" in args.variants else []
+    )
     if "4bit" in args.variants:
         if importlib.util.find_spec("unsloth") is not None:
             variants.append(("4bit-unsloth", "unsloth"))
@@ -338,41 +325,69 @@ def main(argv: list[str] | None = None) -> int:
             server = start_server(model_dir, args, backend_4bit)
             try:
                 for bs in [b for b in args.batch_size for _ in range(args.repeat)]:
-                    r = runner_pass(model_dir, args, bs, backend_4bit, warm=True)
-                    prompts = r.pop("prompts")
-                    rows.append({"variant": label, "mode": f"warm bs={bs}", **r})
-                    print(
-                        f"  {label} warm bs={bs}: {r['wall_s']:.1f} s wall, {r['generate_s']:.1f} s in generate "
-                        f"({r['finished']} ok, {r['crashed']} crashed; prompts from {r['source']})",
-                        flush=True,
-                    )
+                    prompts = warm_pass(rows, model_dir, args, label, bs, backend_4bit, f"warm bs={bs}")
+                if args.compile and four_bit is None:
+                    for bs in args.batch_size:
+                        # The first pass of a batch size compiles its graphs; the next ones are timed.
+                        warm_pass(rows, model_dir, args, label, bs, None, f"compile bs={bs} (1st)", True)
+                        for _ in range(args.repeat):
+                            warm_pass(rows, model_dir, args, label, bs, None, f"compiled bs={bs}", True)
             finally:
                 stop_server(server)
         if not args.skip_baseline and prompts:
-            b = one_by_one_pass(model_dir, prompts, args.new_tokens, four_bit)
+            b = one_by_one_pass(model_dir, prompts, args.new_tokens, four_bit, device_of(args))
             rows.append({"variant": label, "mode": "one-by-one", "wall_s": b["generate_s"], **b})
             print(f"  {label} one-by-one: {b['generate_s']:.1f} s", flush=True)
-    report(rows, gpu, args)
+    report(rows, gpu, args, model_dir)
     if args.json:
-        args.json.write_text(json.dumps({"gpu": gpu, "dims": DIMS, "rows": rows}, indent=2) + "\n")
+        figures = [{k: v for k, v in r.items() if k != "outputs"} for r in rows]
+        for r in figures:
+            r["roofline"] = roofline.compare(r, shape_of(model_dir, args), args.bandwidth_gbs)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps(
+                {"gpu": gpu, "model": str(model_dir), "dims": model_dims(model_dir), "rows": figures},
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 
-def report(rows: list[dict[str, Any]], gpu: str, args: argparse.Namespace) -> None:
+def model_dims(model_dir: Path) -> dict[str, Any]:
+    config = json.loads((model_dir / "config.json").read_text())
+    keys = (
+        "model_type",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "head_dim",
+        "intermediate_size",
+        "vocab_size",
+    )
+    return {k: config[k] for k in keys if k in config}
+
+
+def shape_of(model_dir: Path, args: argparse.Namespace) -> roofline.Shape:
+    return roofline.Shape.of(model_dir, 4 if args.cpu else 2)
+
+
+def report(rows: list[dict[str, Any]], gpu: str, args: argparse.Namespace, model_dir: Path) -> None:
     line = "=" * 124
     print(
-        f"\n{line}\nbench_generation  GPU: {gpu}  model: Llama {DIMS}  "
+        f"\n{line}\nbench_generation  GPU: {gpu}  model: {model_dir.name} {model_dims(model_dir)}  "
         f"{args.prompts} prompts x {args.new_tokens} new tokens (min = max)\n{line}"
     )
     print(
-        f"{'variant':<14}{'mode':<16}{'wall s':>9}{'generate s':>12}{'overhead s':>12}{'% of gen':>10}"
+        f"{'variant':<14}{'mode':<22}{'wall s':>9}{'generate s':>12}{'overhead s':>12}{'% of gen':>10}"
         f"{'load s':>8}{'tok/s wall':>12}{'tok/s gen':>11}{'prompt tok':>12}{'peak MiB':>10}"
     )
     for r in rows:
         runner = r["mode"] != "one-by-one"
         share = f"{100 * r['overhead_s'] / r['generate_s']:.1f}" if runner else "-"
         print(
-            f"{r['variant']:<14}{r['mode']:<16}{r['wall_s']:>9.1f}{r['generate_s']:>12.2f}"
+            f"{r['variant']:<14}{r['mode']:<22}{r['wall_s']:>9.1f}{r['generate_s']:>12.2f}"
             f"{r.get('overhead_s', 0.0):>12.2f}{share:>10}{r.get('load_s', 0.0):>8.1f}"
             f"{r['tokens'] / r['wall_s']:>12.0f}{r['tokens'] / r['generate_s']:>11.0f}"
             f"{r.get('prompt_tokens_mean', 0.0):>12.0f}{r['peak_alloc_mb']:>10.0f}"
@@ -390,8 +405,14 @@ def report(rows: list[dict[str, Any]], gpu: str, args: argparse.Namespace) -> No
             f"{r['variant']} {r['mode']}: {speed}runner overhead {r['overhead_s']:.2f} s "
             f"= {100 * r['overhead_s'] / r['generate_s']:.1f}% of generate time; where: {r.get('overhead', {})}; "
             f"phases: {r.get('phases', {})}"
+            + (
+                f"; same answers as eager: {r['same_answers_as_eager']}"
+                if "same_answers_as_eager" in r
+                else ""
+            )
         )
     print(line)
+    roofline.print_table(rows, shape_of(model_dir, args), args.bandwidth_gbs, f"bench_generation on {gpu}")
 
 
 if __name__ == "__main__":

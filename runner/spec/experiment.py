@@ -21,6 +21,7 @@ ADDED_SINCE_V1: dict[str, Any] = {
     "matrix.repeat": 1,
     "limits.max_memory_retries": 256,
     "checks.loop_window_ratio": 0.75,
+    "generation.compile": False,
 }
 """Spec fields added after the spec hash was first defined, with their defaults. A spec that leaves one at
 its default hashes as before the field existed, so adding a field never orphans existing executions; a spec
@@ -79,6 +80,14 @@ def _omit_new_defaults(spec: dict[str, Any]) -> None:
             node = node.get(key) if isinstance(node, dict) else None
         if isinstance(node, dict) and leaf in node and node[leaf] == default:
             del node[leaf]
+
+
+def without_new_defaults(section: str, dump: dict[str, Any]) -> dict[str, Any]:
+    """`dump` (the dumped spec section `section`) without the fields of ADDED_SINCE_V1 left at their
+    default, for hashes of one section (cell ids hash `generation`)."""
+    wrapped = {section: dump}
+    _omit_new_defaults(wrapped)
+    return wrapped[section]
 
 
 def portable(obj: Any, root: Path) -> Any:

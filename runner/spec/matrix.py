@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from runner.spec.experiment import Experiment, portable
+from runner.spec.experiment import Experiment, portable, without_new_defaults
 from runner.spec.paired import paired_combos
 from runner.spec.schema import AXES
 
@@ -112,12 +112,10 @@ class CellHasher:
 
     def __init__(self, exp: Experiment) -> None:
         spec = exp.spec
-        generation = spec.generation.model_dump(mode="json")
-        if not spec.generation.batch_invariant:  # added later: ids from before it must not change
-            generation.pop("batch_invariant")
         self._shared = _digest(
             {
-                "generation": generation,
+                # Fields added later count only when set: ids from before them must not change.
+                "generation": without_new_defaults("generation", spec.generation.model_dump(mode="json")),
                 "embedder": spec.embedder.model_dump(mode="json", exclude={"batch_size", "device"}),
                 "reranker": spec.effective_reranker.model_dump(mode="json", exclude={"batch_size", "device"}),
                 "collection": spec.corpus.collection,

@@ -232,6 +232,8 @@ def resolve(
                 ("models", name, "backend"),
                 f"unknown backend {model.backend!r}{did_you_mean(model.backend, BACKENDS.names())}",
             )
+    if spec.generation.compile:
+        _check_compile(spec, c)
     for key in ("embedder", "reranker"):
         emb = getattr(spec, key)
         if emb is not None and emb.provider not in EMBEDDERS:
@@ -250,6 +252,37 @@ def resolve(
         c.at(("matrix",), "the matrix has no cells: matrix.exclude removes every combination")
         raise SpecError(c.problems)
     return exp
+
+
+COMPILING_BACKENDS = ("transformers",)
+"""Backends that decode with `generation.compile: true` (a static cache and a compiled forward)."""
+
+
+def _matrix_models(spec: Spec) -> list[str]:
+    """The declared models that some cell uses: the matrix's, and those an include rule adds."""
+    chosen = spec.matrix.model
+    names = set(spec.models) if chosen == "all" else set(chosen)
+    for rule in spec.matrix.include:
+        value = rule.get("model", [])
+        names.update(value if isinstance(value, list) else [value])
+    return [name for name in spec.models if name in names]
+
+
+def _check_compile(spec: Spec, c: ProblemList) -> None:
+    for name in _matrix_models(spec):
+        model = spec.models[name]
+        if model.backend not in COMPILING_BACKENDS:
+            c.at(
+                ("generation", "compile"),
+                f"model {name!r} has backend {model.backend}, and compile works with backend transformers "
+                "only: set generation.compile: false, or leave the model out of the matrix",
+            )
+        elif model.load_in_4bit:
+            c.at(
+                ("generation", "compile"),
+                f"model {name!r} loads in 4-bit (bitsandbytes), which transformers does not compile: set "
+                "generation.compile: false, or load_in_4bit: false",
+            )
 
 
 def load_template(name: str, path: Path, label: str) -> TemplateInfo:

@@ -159,6 +159,13 @@ class Generation(Strict):
     batch_invariant: bool = False
     """Generate every cell alone (batch 1): slower, but no answer can depend on the prompts it shared a batch
     with (padding, kernels). Cells get other ids than in batches (like another `batch_size`)."""
+    compile: bool = False
+    """Decode with a static KV cache and a `torch.compile`d forward (CUDA graphs on a GPU): faster decoding
+    once compiled, after tens of seconds of compilation for each new batch shape. Batches are shaped to reuse
+    the compiled graphs: the cache is a quarter, half, three quarters or all of the model's max_seq_length,
+    and a batch of more than one prompt is filled up to batch_size (a lone prompt stays alone). Needs
+    `backend: transformers` without `load_in_4bit` (transformers compiles neither Unsloth's patched models nor
+    bitsandbytes 4-bit layers)."""
 
     @model_validator(mode="after")
     def _min_le_max(self) -> Generation:

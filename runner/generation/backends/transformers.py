@@ -2,6 +2,8 @@
 
 Each row of a batch is timed on its own: a stopping criterion that stops nothing stamps the end of every
 generation step, and a row's latency runs from the batch's start to the step that produced its last token.
+With `generation.compile: true` the decode steps run through a static cache and torch.compile
+(runner.generation.backends.compiled says how batches are shaped for it).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from runner.generation.backends.base import GenerationOut, prompt_budget, truncate_left
+from runner.generation.backends.compiled import cache_length, compile_config, padded_rows
 
 if TYPE_CHECKING:
     from runner.spec import Generation as GenerationParams
@@ -59,6 +62,7 @@ class EncodedBatch:
     """A batch ready for the model: left-padded ids and mask on the CPU, and each prompt's kept ids."""
 
     input_ids: Any
+    """One row per prompt, then (when compiling) filler rows that repeat the last prompt."""
     mask: Any
     rows: list[tuple[list[int], bool]]
     """Per prompt: the ids fed to the model and whether the prompt lost its beginning."""
@@ -68,6 +72,10 @@ class EncodedBatch:
 
 class TransformersBackend:
     """Loads the model once; `generate` answers a batch of prompts in one `model.generate` call."""
+
+    compiles = True
+    """Whether `generation.compile: true` can be honoured (a subclass whose model transformers cannot compile
+    says False, and such a batch fails instead of silently running eagerly)."""
 
     def __init__(self, model: Model, device: str | None = None) -> None:
         self.spec = model
@@ -80,6 +88,7 @@ class TransformersBackend:
         self.model, self.tokenizer = self._load()
         self.load_s = time.perf_counter() - started
         self._prepare_tokenizer()
+        self._compile_config: Any = None
 
     # -- loading ---------------------------------------------------------------------------------------------
     def _load(self) -> tuple[Any, Any]:
@@ -163,6 +172,10 @@ class TransformersBackend:
         }
         if params.temperature > 0:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
+        if params.compile:
+            if self._compile_config is None:
+                self._compile_config = compile_config(self.device)
+            kwargs.update(cache_implementation="static", compile_config=self._compile_config)
         return GenerationConfig(**kwargs)
 
     def generate(self, prompts: list[str], params: GenerationParams) -> list[GenerationOut]:
@@ -182,9 +195,11 @@ class TransformersBackend:
             )
         rows = [truncate_left(list(ids), budget, bos) for ids in encoded["input_ids"]]
         width = max(len(ids) for ids, _ in rows)
-        input_ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, (ids, _) in enumerate(rows):
+        n = padded_rows(len(rows), params.batch_size) if params.compile else len(rows)
+        input_ids = torch.full((n, width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for i in range(n):
+            ids = rows[min(i, len(rows) - 1)][0]
             if ids:
                 input_ids[i, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
                 mask[i, width - len(ids) :] = 1
@@ -195,7 +210,14 @@ class TransformersBackend:
         from transformers import StoppingCriteriaList
 
         params, width = batch.params, batch.width
+        if params.compile and (not self.compiles or self.spec.load_in_4bit):
+            raise RuntimeError(
+                f"generation.compile: true, but {type(self).__name__} with load_in_4bit={self.spec.load_in_4bit} "
+                "cannot be compiled; set generation.compile: false"
+            )
         config = self._generation_config(params)
+        if params.compile:
+            config.max_cache_len = cache_length(width + params.max_new_tokens, self.spec.max_seq_length)
         if params.temperature > 0:
             # Seeded per batch: the same batch with the same seed samples the same tokens.
             torch.manual_seed(params.seed)
@@ -218,7 +240,7 @@ class TransformersBackend:
         if on_gpu:
             torch.cuda.synchronize(self.device)
         latency = time.perf_counter() - started
-        answers = out[:, width:].tolist()  # one copy from the device for the whole batch
+        answers = out[: len(batch.rows), width:].tolist()  # one copy from the device; filler rows dropped
         lengths = [next((j + 1 for j, t in enumerate(new) if t in self.eos_ids), len(new)) for new in answers]
         with self._tokenizer_lock:
             texts = self.tokenizer.batch_decode(

@@ -44,6 +44,8 @@ class UnslothBackend(TransformersBackend):
     """Same prompt handling and batched generation as TransformersBackend; the model comes from
     FastLanguageModel, switched to inference mode."""
 
+    compiles = False  # Unsloth patches the model's forward; the spec refuses generation.compile with it
+
     def __init__(self, model: Model, device: str | None = None) -> None:
         import torch
 
