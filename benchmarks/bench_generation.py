@@ -298,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     else:
         gpu = torch.cuda.get_device_name(0)
+    args.out.mkdir(parents=True, exist_ok=True)  # pov serve's log goes there before any model is built
     model_dir = args.model.resolve() if args.model else build_model(args.out, args.cpu)
     variants: list[tuple[str, str | None]] = (
         [("fp32-cpu" if args.cpu else "bf16", None)] if "bf16" in args.variants else []
