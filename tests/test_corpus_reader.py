@@ -15,7 +15,7 @@ import pytest
 
 import runner.spec.corpus as reader
 from runner.errors import UserError
-from runner.generation import tinymodel
+from runner.generation import resolve_model, tinymodel
 from runner.retrieval.chunking import corpus_fingerprint
 from runner.run.manifest import corpus_info
 from runner.spec import Experiment, SpecError, load_spec
@@ -90,7 +90,7 @@ def test_tiny_builder_trains_on_what_the_reader_reads(
     monkeypatch.setattr(reader, "MAX_FILE_BYTES", limit, raising=False)
     (root / "huge.md").write_text(GOOD.read_text() * 2)
     exp = _experiment(tmp_path, root)
-    built = Path(tinymodel.resolve_model(exp, exp.spec.models["tiny"]).name)
+    built = Path(resolve_model(exp, exp.spec.models["tiny"]).name)
     assert json.loads((built / "pov_build.json").read_text())["corpus"] == ["good.md"]
 
 
