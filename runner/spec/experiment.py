@@ -22,10 +22,12 @@ ADDED_SINCE_V1: dict[str, Any] = {
     "limits.max_memory_retries": 256,
     "checks.loop_window_ratio": 0.75,
     "generation.compile": False,
+    "faults.*.above_batch_tokens": None,
 }
-"""Spec fields added after the spec hash was first defined, with their defaults. A spec that leaves one at
-its default hashes as before the field existed, so adding a field never orphans existing executions; a spec
-that sets it gets a new hash, as any change of meaning should. Register every new field here."""
+"""Spec fields added after the spec hash was first defined, with their defaults (`*`: every item of a list or
+value of a mapping). A spec that leaves one at its default hashes as before the field existed, so adding a
+field never orphans existing executions; a spec that sets it gets a new hash, as any change of meaning
+should. Register every new field here."""
 
 
 @dataclass
@@ -61,9 +63,6 @@ class Experiment:
         spec = self.spec.model_dump(mode="json", exclude={"extends", "description", "tracking", "executor"})
         spec["corpus"].update({key: None for key in STORE_LOCATION})
         _omit_new_defaults(spec)
-        for fault in spec["faults"]:  # a field of list items: the registry's dotted paths do not reach it
-            if fault.get("above_batch_tokens") is None:
-                fault.pop("above_batch_tokens", None)
         return {
             "spec": portable(spec, self.root),
             "questions": {k: q.text for k, q in self.questions.items()},
@@ -75,11 +74,19 @@ class Experiment:
 def _omit_new_defaults(spec: dict[str, Any]) -> None:
     for dotted, default in ADDED_SINCE_V1.items():
         *parents, leaf = dotted.split(".")
-        node: Any = spec
+        nodes: list[Any] = [spec]
         for key in parents:
-            node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict) and leaf in node and node[leaf] == default:
-            del node[leaf]
+            if key == "*":
+                nodes = [
+                    v
+                    for n in nodes
+                    for v in (n.values() if isinstance(n, dict) else n if isinstance(n, list) else [])
+                ]
+            else:
+                nodes = [n.get(key) for n in nodes if isinstance(n, dict)]
+        for node in nodes:
+            if isinstance(node, dict) and leaf in node and node[leaf] == default:
+                del node[leaf]
 
 
 def without_new_defaults(section: str, dump: dict[str, Any]) -> dict[str, Any]:
