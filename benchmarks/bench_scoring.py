@@ -15,6 +15,13 @@ Entries: `loop` (the notebook's calculate_similarity/loop_pov_score, in tests/te
 `numpy-unit` (assume_normalized=True, what retrieval uses), `torch` and `torch-unit` (CPU tensors sharing
 the numpy memory), and `bare-numpy` / `bare-torch` (the product alone); with CUDA also `cuda`, `cuda-unit`
 and `bare-cuda` (tensors moved to the GPU once, outside the timing; each call synchronised).
+
+The other stage-3 methods, beside the notebook's `l2` (pov_scores): `blend-<entry>` (blend_scores: stage 2's
+scores and the POV score, z-scored per question and mixed) and `contrast-<entry>` (contrast_scores against two
+reference sets of P statements each, as `reference: others` does with a spec of three POV sets), for
+<entry> in numpy, numpy-unit, torch, torch-unit (and cuda, cuda-unit). Target: within 1.5x of the `l2` entry
+of the same kind at the large shape; `python benchmarks/bench_scoring.py` prints those ratios from one
+interleaved run.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from test_scoring import reference_pov
 
-from runner.retrieval.scoring import pov_scores
+from runner.retrieval.scoring import blend_scores, contrast_scores, pov_scores
 
 D, P = 1024, 16
 NOTEBOOK = (100, 10)
@@ -93,6 +100,8 @@ CUDA = torch.cuda.is_available()
 ENTRIES = ["loop", "numpy", "numpy-unit", "torch", "torch-unit", "bare-numpy", "bare-torch"]
 if CUDA:
     ENTRIES += ["cuda", "cuda-unit", "bare-cuda"]
+L2_KINDS = [e for e in ENTRIES if e != "loop" and not e.startswith("bare")]
+ENTRIES += [f"{method}-{kind}" for method in ("blend", "contrast") for kind in L2_KINDS]
 _on_gpu: dict[int, tuple[Any, Any]] = {}
 
 
@@ -105,7 +114,40 @@ def _synced(fn: Any) -> Any:
     return run
 
 
+def _extras(docs: np.ndarray, povs: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Stage 2's scores of every candidate (blend) and two reference sets of P statements (contrast)."""
+    relevance = np.random.default_rng(4).standard_normal(docs.shape[:-1], dtype=np.float32)
+    return relevance, [_unit_batch((1, len(povs)), seed)[0] for seed in (5, 6)]
+
+
+def _method_fn(entry: str, docs: np.ndarray, povs: np.ndarray) -> Any:
+    """`blend-<kind>` and `contrast-<kind>`: the call of that method as `<kind>` calls pov_scores."""
+    method, kind = entry.split("-", 1)
+    relevance, refs = _extras(docs, povs)
+    unit = kind.endswith("-unit")
+    on = kind.removesuffix("-unit")
+    if on == "numpy":
+        d, p, rel, rs = docs, povs, relevance, refs
+    else:
+        to = "cuda" if on == "cuda" else "cpu"
+        if on == "cuda":
+            if id(docs) not in _on_gpu:
+                _on_gpu.clear()
+                _on_gpu[id(docs)] = (torch.from_numpy(docs).cuda(), torch.from_numpy(povs).cuda())
+            d, p = _on_gpu[id(docs)]
+        else:
+            d, p = torch.from_numpy(docs), torch.from_numpy(povs)
+        rel, rs = torch.from_numpy(relevance).to(to), [torch.from_numpy(r).to(to) for r in refs]
+    if method == "blend":
+        fn = lambda: blend_scores(d, p, rel, weight=0.5, assume_normalized=unit)  # noqa: E731
+    else:
+        fn = lambda: contrast_scores(d, p, rs, assume_normalized=unit)  # noqa: E731
+    return _synced(fn) if on == "cuda" else fn
+
+
 def _fn(entry: str, docs: np.ndarray, povs: np.ndarray) -> Any:
+    if entry.startswith(("blend-", "contrast-")):
+        return _method_fn(entry, docs, povs)
     docs_t, povs_t = torch.from_numpy(docs), torch.from_numpy(povs)
     flat, flat_t = docs.reshape(-1, D), docs_t.reshape(-1, D)
     if entry.endswith("cuda") or entry.startswith("cuda"):
@@ -169,13 +211,24 @@ if __name__ == "__main__":
     # python benchmarks/bench_scoring.py [N_QUESTIONS] [ROUNDS]: the large shape, entries interleaved.
     n = int(sys.argv[1]) if len(sys.argv) > 1 else LARGE[0]
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 15
-    names = [e for e in ENTRIES if e != "loop"]
+    only = sys.argv[3].split(",") if len(sys.argv) > 3 else None  # e.g. numpy-unit,blend-numpy-unit
+    names = [e for e in ENTRIES if e != "loop" and (only is None or e in only)]
     got = interleaved((n, LARGE[1]), rounds, names)
     base = {"numpy": "bare-numpy", "torch": "bare-torch", "cuda": "bare-cuda"}
     print(f"{_label((n, LARGE[1]))}, {rounds} interleaved rounds, torch threads {torch.get_num_threads()}")
     for e in names:
+        if e.startswith(("blend-", "contrast-")):
+            l2 = e.split("-", 1)[1]
+            t = np.array(got[e])
+            if l2 in got:
+                b = np.array(got[l2])
+                print(
+                    f"{e:>20}: min {t.min() * 1e3:9.2f} ms  median {np.median(t) * 1e3:9.2f} ms"
+                    f"  x l2 {l2} (min) {t.min() / b.min():.2f}  (median) {np.median(t) / np.median(b):.2f}"
+                )
+            continue
         bare = base[e.removesuffix("-unit")] if not e.startswith("bare") else e
-        t, b = np.array(got[e]), np.array(got[bare])
+        t, b = np.array(got[e]), np.array(got.get(bare, got[e]))
         print(
             f"{e:>11}: min {t.min() * 1e3:9.2f} ms  median {np.median(t) * 1e3:9.2f} ms  mean {t.mean() * 1e3:9.2f} ms"
             f"  x bare (min) {t.min() / b.min():.2f}  (median) {np.median(t) / np.median(b):.2f}"

@@ -12,6 +12,13 @@ from typing import Any
 from runner.spec.schema import Question, Spec
 from runner.spec.templates import TemplateInfo
 
+ADDED_FIELDS: dict[str, Any] = {
+    "pov_scores": {"l2": {"method": "l2", "weight": 0.5, "reference": "others"}},
+    "matrix.pov_score": "all",
+    "query_reranker": None,
+}
+"""Fields added after executions were first recorded, with their defaults as dumped: left out of the spec
+hash while they hold them."""
 STORE_LOCATION = ("chroma_url", "persist_dir")
 """Fields of `corpus` that say where the chunks are kept, not which chunks: outside the spec hash."""
 
@@ -48,6 +55,15 @@ class Experiment:
         existing execution gets a new hash."""
         spec = self.spec.model_dump(mode="json", exclude={"extends", "description", "tracking", "executor"})
         spec["corpus"].update({key: None for key in STORE_LOCATION})
+        # Fields added since executions were first recorded count only when set, so that a spec that does
+        # not use them keeps its hash (and its executions resume).
+        for key, default in ADDED_FIELDS.items():
+            path = key.split(".")
+            node = spec
+            for part in path[:-1]:
+                node = node[part]
+            if node.get(path[-1]) == default:
+                del node[path[-1]]
         return {
             "spec": portable(spec, self.root),
             "questions": {k: q.text for k, q in self.questions.items()},
