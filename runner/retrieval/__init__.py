@@ -7,8 +7,10 @@ query rerank, POV rerank) for each (question, POV set, k schedule).
 Heavy modules (torch, chromadb, sentence-transformers) are imported only when a retriever is used.
 """
 
+from runner.retrieval.metrics import RETRIEVAL_METRICS
 from runner.retrieval.retriever import (
     STAGES,
+    AnyKey,
     ChromaRetriever,
     Key,
     RetrievalResult,
@@ -16,11 +18,13 @@ from runner.retrieval.retriever import (
     Stage,
     open_retriever,
 )
-from runner.retrieval.scoring import cosine_scores, pov_scores, rank_desc
+from runner.retrieval.scoring import blend_scores, contrast_scores, cosine_scores, pov_scores, rank_desc
 from runner.retrieval.store import IngestReport, Store, ingest
 
 __all__ = [
+    "RETRIEVAL_METRICS",
     "STAGES",
+    "AnyKey",
     "ChromaRetriever",
     "IngestReport",
     "Key",
@@ -28,6 +32,8 @@ __all__ = [
     "Retriever",
     "Stage",
     "Store",
+    "blend_scores",
+    "contrast_scores",
     "cosine_scores",
     "ingest",
     "open_retriever",

@@ -113,6 +113,18 @@ def boilerplate_reason(paragraph: str, english: bool = True) -> str | None:
     return None
 
 
+def is_boilerplate_chunk(text: str) -> bool:
+    """Whether at least half of a chunk's words are in paragraphs `boilerplate_reason` flags: how retrieval
+    counts the boilerplate each stage let through (the rules judge paragraphs; a chunk packs several)."""
+    paragraphs = split_paragraphs(text)
+    words = sum(len(p.split()) for p in paragraphs)
+    if not words:
+        return False
+    english = stopword_density(text) >= 0.2
+    flagged = sum(len(p.split()) for p in paragraphs if boilerplate_reason(p, english) is not None)
+    return 2 * flagged >= words
+
+
 def _windows(words: list[str], max_words: int, overlap_words: int) -> list[list[str]]:
     step = max_words - overlap_words
     out = []

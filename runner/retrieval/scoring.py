@@ -183,7 +183,9 @@ def blend(relevance: ArrayT, pov: Any, weight: float) -> ArrayT:
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"blend weight must be in [0, 1], got {weight}")
     if tuple(np.shape(relevance)) != tuple(np.shape(pov)):
-        raise ValueError(f"relevance has shape {tuple(np.shape(relevance))}, POV scores {tuple(np.shape(pov))}")
+        raise ValueError(
+            f"relevance has shape {tuple(np.shape(relevance))}, POV scores {tuple(np.shape(pov))}"
+        )
     if _is_torch(relevance) or _is_torch(pov):
         import torch
 
