@@ -96,7 +96,8 @@ def _handler(state: StandIn) -> type[BaseHTTPRequestHandler]:
                     {
                         "id": hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16],
                         "results": [
-                            {"index": i, "relevance_score": s} for i, s in scored[: body.get("top_n") or len(docs)]
+                            {"index": i, "relevance_score": s}
+                            for i, s in scored[: body.get("top_n") or len(docs)]
                         ],
                         "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}},
                     },

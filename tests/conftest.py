@@ -294,7 +294,9 @@ def build_tiny_cross_encoder(folder: Path, seed: int = 0) -> Path:
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-    words = sorted({w for f in (REPO / "data" / "brics").glob("*") for w in re.findall(r"[a-z]+", f.read_text().lower())})
+    words = sorted(
+        {w for f in (REPO / "data" / "brics").glob("*") for w in re.findall(r"[a-z]+", f.read_text().lower())}
+    )
     folder.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
     tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)

@@ -39,7 +39,9 @@ def blend_loop(docs: np.ndarray, povs: np.ndarray, relevance: np.ndarray, weight
     out = []
     for batch, rel in zip(rows_d, rows_r, strict=True):
         pov = [math.sqrt(sum(cos(d, p) ** 2 for p in povs)) for d in batch]
-        out.append([(1 - weight) * a + weight * b for a, b in zip(z_loop(list(rel)), z_loop(pov), strict=True)])
+        out.append(
+            [(1 - weight) * a + weight * b for a, b in zip(z_loop(list(rel)), z_loop(pov), strict=True)]
+        )
     return np.array(out).reshape(relevance.shape)
 
 
@@ -53,7 +55,9 @@ def test_contrast_matches_its_formula_numpy_and_torch(shape: tuple[int, ...]) ->
     got = contrast_scores(docs, povs, refs)
     assert got.shape == shape[:-1] and got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=1e-5)
-    got_t = contrast_scores(torch.from_numpy(docs), torch.from_numpy(povs), [torch.from_numpy(r) for r in refs])
+    got_t = contrast_scores(
+        torch.from_numpy(docs), torch.from_numpy(povs), [torch.from_numpy(r) for r in refs]
+    )
     assert isinstance(got_t, torch.Tensor)
     np.testing.assert_allclose(got_t.numpy(), want, atol=1e-5)
     unit = docs / np.linalg.norm(docs, axis=-1, keepdims=True)
@@ -70,7 +74,9 @@ def test_blend_matches_its_formula_numpy_and_torch(weight: float) -> None:
     got = blend_scores(docs, povs, relevance, weight=weight)
     assert got.shape == (4, 12)
     np.testing.assert_allclose(got, want, atol=1e-5)
-    got_t = blend_scores(torch.from_numpy(docs), torch.from_numpy(povs), torch.from_numpy(relevance), weight=weight)
+    got_t = blend_scores(
+        torch.from_numpy(docs), torch.from_numpy(povs), torch.from_numpy(relevance), weight=weight
+    )
     np.testing.assert_allclose(got_t.numpy(), want, atol=1e-5)
 
 

@@ -19,7 +19,9 @@ SEED_REPLICA_LAST = ["3f0ef146e745", "a93430a2c989"]
 def test_cell_ids_of_specs_without_a_choice_have_not_moved() -> None:
     cells = expand(load_spec(REPO / "experiments" / "quickstart.yaml"))
     assert (len(cells), [c.id for c in cells[:3]]) == QUICKSTART_CELLS
-    assert [c.id for c in expand(load_spec(REPO / "experiments" / "seed_replica.yaml"))][-2:] == SEED_REPLICA_LAST
+    assert [c.id for c in expand(load_spec(REPO / "experiments" / "seed_replica.yaml"))][
+        -2:
+    ] == SEED_REPLICA_LAST
     assert {c.pov_score for c in cells} == {"l2"}
 
 
@@ -68,7 +70,9 @@ def test_the_axis_crosses_methods_and_l2_cells_keep_their_ids(spec: Path) -> Non
 
 def test_what_a_method_scores_with_is_in_its_ids(spec: Path) -> None:
     def ids(*extra: str) -> dict[tuple[str, str, str], str]:
-        return {(c.question, c.pov_set, c.pov_score): c.id for c in expand(load_spec(spec, [*METHODS, *extra]))}
+        return {
+            (c.question, c.pov_set, c.pov_score): c.id for c in expand(load_spec(spec, [*METHODS, *extra]))
+        }
 
     base = ids()
     heavier = ids("pov_scores.blend.weight=0.7")

@@ -7,7 +7,14 @@ query rerank, POV rerank) for each (question, POV set, k schedule).
 Heavy modules (torch, chromadb, sentence-transformers) are imported only when a retriever is used.
 """
 
-from runner.retrieval.metrics import RETRIEVAL_METRICS
+from runner.retrieval.metrics import (
+    BEST_MATCH_RANK,
+    RELEVANCE_KEPT,
+    RETRIEVAL_METRICS,
+    STAGE_BOILERPLATE_SHARE,
+    STAGE_TRUNCATED,
+    STANCE_SPECIFICITY,
+)
 from runner.retrieval.retriever import (
     STAGES,
     AnyKey,
@@ -22,8 +29,13 @@ from runner.retrieval.scoring import blend_scores, contrast_scores, cosine_score
 from runner.retrieval.store import IngestReport, Store, ingest
 
 __all__ = [
+    "BEST_MATCH_RANK",
+    "RELEVANCE_KEPT",
     "RETRIEVAL_METRICS",
     "STAGES",
+    "STAGE_BOILERPLATE_SHARE",
+    "STAGE_TRUNCATED",
+    "STANCE_SPECIFICITY",
     "AnyKey",
     "ChromaRetriever",
     "IngestReport",

@@ -10,6 +10,7 @@ Every statement is embedded by the reranker as a query, once per batch (and cach
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -68,16 +69,14 @@ class PovStage:
                     for i in ids
                 )
             )
-            l2[pov] = self._batch(
-                docs, doc_vec, lambda m, pov=pov: pov_scores(m, self.statements(pov), assume_normalized=True)
-            )
+            l2[pov] = self._batch(docs, doc_vec, functools.partial(self._l2, pov))
         contrast: dict[tuple[str, str], dict[str, float]] = {}
         for pov, name in dict.fromkeys((p, s) for p, s in keys if methods[s].method == "contrast"):
             refs = [self.statements(r) for r in reference_sets(self.exp, pov, methods[name])]
             if not refs:
                 raise UserError(
                     f"POV score {name!r} (contrast) has no reference set for POV set {pov!r}: the matrix uses no "
-                    "other POV set; name one in pov_scores.{name}.reference"
+                    f"other POV set; name one in pov_scores.{name}.reference"
                 )
             docs = list(
                 dict.fromkeys(
@@ -90,9 +89,7 @@ class PovStage:
             contrast[(pov, name)] = self._batch(
                 docs,
                 doc_vec,
-                lambda m, pov=pov, refs=refs: contrast_scores(
-                    m, self.statements(pov), refs, assume_normalized=True
-                ),
+                functools.partial(self._contrast, pov, refs),
             )
         out = []
         for (pov, name), (ids, rel) in zip(keys, candidates, strict=True):
@@ -105,6 +102,12 @@ class PovStage:
             else:
                 out.append(np.array([l2[pov][i] for i in ids], dtype=np.float64))
         return out
+
+    def _l2(self, pov: str, docs: np.ndarray) -> np.ndarray:
+        return pov_scores(docs, self.statements(pov), assume_normalized=True)
+
+    def _contrast(self, pov: str, refs: list[np.ndarray], docs: np.ndarray) -> np.ndarray:
+        return contrast_scores(docs, self.statements(pov), refs, assume_normalized=True)
 
     @staticmethod
     def _batch(

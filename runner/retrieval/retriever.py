@@ -253,7 +253,7 @@ class ChromaRetriever:
                 str(key[1]),
                 (int(key[2][0]), int(key[2][1]), int(key[2][2])),
                 str(key[3]) if len(key) > 3 else DEFAULT_POV_SCORE,
-            )  # type: ignore[misc]
+            )
             for key in given
         }
         wanted: list[Key] = list(dict.fromkeys(full.values()))

@@ -170,31 +170,34 @@ def standardize(x: ArrayT) -> ArrayT:
         v = t.to(acc)
         centred = v - v.mean(dim=-1, keepdim=True)
         std = centred.pow(2).mean(dim=-1, keepdim=True).sqrt()
-        return torch.where(std > 0, centred / std.clamp_min(torch.finfo(acc).tiny), 0.0)  # type: ignore[no-any-return]
+        z: Any = torch.where(std > 0, centred / std.clamp_min(torch.finfo(acc).tiny), 0.0)
+        return z  # type: ignore[no-any-return]
     arr = np.asarray(x)
     arr = arr.astype(np.result_type(arr.dtype, np.float32), copy=False)
     centred = arr - arr.mean(axis=-1, keepdims=True)
     std = np.sqrt(np.mean(centred * centred, axis=-1, keepdims=True))
-    return np.divide(centred, std, out=np.zeros_like(centred), where=std > 0)  # type: ignore[return-value]
+    out: Any = np.divide(centred, std, out=np.zeros_like(centred), where=std > 0)
+    return out  # type: ignore[no-any-return]
 
 
 def blend(relevance: ArrayT, pov: Any, weight: float) -> ArrayT:
     """`(1 - weight) * z(relevance) + weight * z(pov)`, z-scored along the last axis (see blend_scores)."""
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"blend weight must be in [0, 1], got {weight}")
-    if tuple(np.shape(relevance)) != tuple(np.shape(pov)):
-        raise ValueError(
-            f"relevance has shape {tuple(np.shape(relevance))}, POV scores {tuple(np.shape(pov))}"
-        )
-    if _is_torch(relevance) or _is_torch(pov):
+    rel: Any = relevance
+    other: Any = pov
+    if tuple(rel.shape if hasattr(rel, "shape") else np.shape(rel)) != tuple(
+        other.shape if hasattr(other, "shape") else np.shape(other)
+    ):
+        raise ValueError(f"relevance has shape {tuple(np.shape(rel))}, POV scores {tuple(np.shape(other))}")
+    if _is_torch(rel) or _is_torch(other):
         import torch
 
-        rel_t = relevance if _is_torch(relevance) else torch.as_tensor(np.asarray(relevance))
-        pov_t = pov if _is_torch(pov) else torch.as_tensor(np.asarray(pov))
-        pov_t = pov_t.to(device=rel_t.device)  # type: ignore[union-attr]
+        rel = rel if _is_torch(rel) else torch.as_tensor(np.asarray(rel))
+        other = (other if _is_torch(other) else torch.as_tensor(np.asarray(other))).to(device=rel.device)
     else:
-        rel_t, pov_t = np.asarray(relevance), np.asarray(pov)
-    out: Any = standardize(rel_t) * (1.0 - weight) + standardize(pov_t) * weight
+        rel, other = np.asarray(rel), np.asarray(other)
+    out: Any = standardize(rel) * (1.0 - weight) + standardize(other) * weight
     return out  # type: ignore[no-any-return]
 
 
@@ -209,7 +212,8 @@ def blend_scores(
     each z-scored over a question's n candidates (the last axis), so that a cosine, a cross-encoder logit and
     a POV score weigh alike whatever their scales. `weight` 0 keeps stage 2's order, 1 is `l2`'s order.
     """
-    return blend(relevance, pov_scores(doc_emb, pov_emb, assume_normalized=assume_normalized), weight)
+    out: Any = blend(relevance, pov_scores(doc_emb, pov_emb, assume_normalized=assume_normalized), weight)
+    return out  # type: ignore[no-any-return]
 
 
 def contrast_scores(

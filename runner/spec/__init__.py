@@ -37,8 +37,8 @@ from runner.spec.schema import (
     Matrix,
     Model,
     PovScore,
-    Question,
     QueryReranker,
+    Question,
     Spec,
     Tracking,
 )

@@ -93,15 +93,18 @@ class CellHasher:
 
     def __init__(self, exp: Experiment) -> None:
         spec = exp.spec
-        self._shared = _digest(
-            {
-                "generation": spec.generation.model_dump(mode="json"),
-                "embedder": spec.embedder.model_dump(mode="json", exclude={"batch_size", "device"}),
-                "reranker": spec.effective_reranker.model_dump(mode="json", exclude={"batch_size", "device"}),
-                "collection": spec.corpus.collection,
-                "chunking": spec.corpus.chunking.model_dump(mode="json"),
-            }
-        )
+        shared = {
+            "generation": spec.generation.model_dump(mode="json"),
+            "embedder": spec.embedder.model_dump(mode="json", exclude={"batch_size", "device"}),
+            "reranker": spec.effective_reranker.model_dump(mode="json", exclude={"batch_size", "device"}),
+            "collection": spec.corpus.collection,
+            "chunking": spec.corpus.chunking.model_dump(mode="json"),
+        }
+        if spec.query_reranker is not None:  # only when set: the ids of cells without one stay as they were
+            shared["query_reranker"] = portable(
+                spec.query_reranker.model_dump(mode="json", exclude={"batch_size", "device"}), exp.root
+            )
+        self._shared = _digest(shared)
         self._parts = {
             "model": {
                 k: _digest(portable(m.model_dump(mode="json"), exp.root)) for k, m in spec.models.items()

@@ -117,6 +117,60 @@ class CohereAPI:
                 )
                 self._sleep(wait)
 
+    @staticmethod
+    def _status(e: Exception) -> int | None:
+        status = getattr(e, "status_code", None)
+        return status if isinstance(status, int) else None
+
+    @staticmethod
+    def _unreachable(e: Exception) -> bool:
+        """No connection was made at all (closed port, unknown host, no answer to connect)."""
+        import httpx
+
+        return isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout))
+
+    def _retry_wait(self, e: Exception, attempt: int) -> float | None:
+        import httpx
+
+        status = self._status(e)
+        retryable = (
+            status == 429 or (status is not None and status >= 500) or isinstance(e, httpx.TransportError)
+        )
+        limit = self.connect_retries if self._unreachable(e) else self.max_retries
+        if not retryable or attempt >= min(limit, self.max_retries):
+            return None
+        wait: float = self.backoff_s * 2**attempt
+        headers = getattr(e, "headers", None) or {}
+        retry_after = {k.lower(): v for k, v in headers.items()}.get("retry-after")
+        if retry_after is not None:
+            with contextlib.suppress(ValueError):  # an HTTP date falls back to the backoff
+                wait = max(0.0, float(retry_after))
+        return min(self.max_backoff_s, wait)
+
+    def _describe(self, e: Exception) -> str:
+        status = self._status(e)
+        body: Any = getattr(e, "body", None)
+        detail = body.get("message", "") if isinstance(body, dict) else (body or str(e))
+        text = f"HTTP {status}: {detail}" if status is not None else f"{e.__class__.__name__}: {e}"
+        return self._scrub(str(text))[:500]
+
+    def _final_error(self, e: Exception, attempts: int) -> Exception:
+        status = self._status(e)
+        if self._unreachable(e):
+            return UserError(
+                redact(
+                    f"cannot reach the Cohere API at {self.base_url}: {self._describe(e)}; check CO_API_URL "
+                    f"(unset, it is {DEFAULT_URL}) and your network"
+                )
+            )
+        if status in (401, 403):
+            return UserError(f"Cohere refused the API key in CO_API_KEY ({self._describe(e)})")
+        if status is not None and 400 <= status < 500 and status != 429:
+            return UserError(
+                f"Cohere rejected the {self.what} request for model {self.model!r} ({self._describe(e)})"
+            )
+        return CohereError(f"cohere {self.what} failed after {attempts} retries: {self._describe(e)}")
+
 
 class CohereEmbedder(CohereAPI):
     provider = "cohere"
@@ -177,57 +231,3 @@ class CohereEmbedder(CohereAPI):
 
     def token_counts(self, texts: Sequence[str]) -> tuple[list[int], int]:
         raise NotImplementedError("cohere embeddings: tokens are not counted locally")
-
-    @staticmethod
-    def _status(e: Exception) -> int | None:
-        status = getattr(e, "status_code", None)
-        return status if isinstance(status, int) else None
-
-    @staticmethod
-    def _unreachable(e: Exception) -> bool:
-        """No connection was made at all (closed port, unknown host, no answer to connect)."""
-        import httpx
-
-        return isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout))
-
-    def _retry_wait(self, e: Exception, attempt: int) -> float | None:
-        import httpx
-
-        status = self._status(e)
-        retryable = (
-            status == 429 or (status is not None and status >= 500) or isinstance(e, httpx.TransportError)
-        )
-        limit = self.connect_retries if self._unreachable(e) else self.max_retries
-        if not retryable or attempt >= min(limit, self.max_retries):
-            return None
-        wait: float = self.backoff_s * 2**attempt
-        headers = getattr(e, "headers", None) or {}
-        retry_after = {k.lower(): v for k, v in headers.items()}.get("retry-after")
-        if retry_after is not None:
-            with contextlib.suppress(ValueError):  # an HTTP date falls back to the backoff
-                wait = max(0.0, float(retry_after))
-        return min(self.max_backoff_s, wait)
-
-    def _describe(self, e: Exception) -> str:
-        status = self._status(e)
-        body: Any = getattr(e, "body", None)
-        detail = body.get("message", "") if isinstance(body, dict) else (body or str(e))
-        text = f"HTTP {status}: {detail}" if status is not None else f"{e.__class__.__name__}: {e}"
-        return self._scrub(str(text))[:500]
-
-    def _final_error(self, e: Exception, attempts: int) -> Exception:
-        status = self._status(e)
-        if self._unreachable(e):
-            return UserError(
-                redact(
-                    f"cannot reach the Cohere API at {self.base_url}: {self._describe(e)}; check CO_API_URL "
-                    f"(unset, it is {DEFAULT_URL}) and your network"
-                )
-            )
-        if status in (401, 403):
-            return UserError(f"Cohere refused the API key in CO_API_KEY ({self._describe(e)})")
-        if status is not None and 400 <= status < 500 and status != 429:
-            return UserError(
-                f"Cohere rejected the {self.what} request for model {self.model!r} ({self._describe(e)})"
-            )
-        return CohereError(f"cohere {self.what} failed after {attempts} retries: {self._describe(e)}")

@@ -10,6 +10,7 @@ part of every cached score and of the cell ids.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -31,16 +32,15 @@ class CohereReranker(CohereAPI):
         max_retries: int = 6,
         backoff_s: float = 1.0,
         connect_retries: int = CONNECT_RETRIES,
-        sleep: Callable[[float], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        extra = {"sleep": sleep} if sleep is not None else {}
         super().__init__(
             spec.model,
             role="query reranker",
             max_retries=max_retries,
             backoff_s=backoff_s,
             connect_retries=connect_retries,
-            **extra,
+            sleep=sleep,
         )
         self.batch_size = min(spec.batch_size, MAX_DOCUMENTS)
 
