@@ -148,3 +148,40 @@ def test_cohere_rerank_through_the_sdk(project: Path, standin: StandIn) -> None:
     assert len(reranks) == 1 and reranks[0]["model"] == "rerank-v3.5" and reranks[0]["query"] == question
     assert reranks[0]["documents"] == s1.texts and reranks[0]["top_n"] == 15
     assert os.environ["CO_API_KEY"] not in str(r.to_dict())
+
+
+def test_pov_retrieve_says_what_each_key_did_and_compares_sets(
+    project: Path,
+    by_method: dict[tuple[str, str, str], RetrievalResult],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from runner.cli import main
+
+    monkeypatch.setenv("COLUMNS", "240")
+    spec = str(project / "experiments" / "quickstart.yaml")
+    args = [
+        "retrieve",
+        spec,
+        "--question",
+        "japan-alliances",
+        "--k",
+        "15,10,5",
+        *(f"--set={o}" for o in METHODS),
+    ]
+    assert main([*args, "--pov-set", "security", "--pov-score", "contrast"]) == 0
+    out = capsys.readouterr().out
+    r = by_method[("japan-alliances", "security", "contrast")]
+    assert f"relevance kept {100 * r.metrics['relevance_kept']:.0f}%" in out
+    assert f"stance specificity {r.metrics['stance_specificity']:.2f}" in out
+    assert main([*args, "--compare-pov", "--pov-score", "l2", "--width", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "japan-alliances · k=15-10-5 · l2: final chunks by POV set" in out
+    sets = ("global_south", "security", "markets")
+    finals = {p: by_method[("japan-alliances", p, "l2")].stages[2].ids for p in sets}
+    for p in sets:
+        elsewhere = {i for o in sets if o != p for i in finals[o]}
+        for cid in finals[p]:
+            assert f"{'*' if cid in elsewhere else ' '}{cid[:8]}" in out
+    assert main([*args, "--pov-score", "nope"]) == 2
+    assert "no such method" in capsys.readouterr().err
