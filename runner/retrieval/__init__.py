@@ -26,7 +26,7 @@ from runner.retrieval.retriever import (
     open_retriever,
 )
 from runner.retrieval.scoring import blend_scores, contrast_scores, cosine_scores, pov_scores, rank_desc
-from runner.retrieval.store import IngestReport, Store, ingest
+from runner.retrieval.store import Dropped, IngestReport, Store, ingest, truncation_warning
 
 __all__ = [
     "BEST_MATCH_RANK",
@@ -38,6 +38,7 @@ __all__ = [
     "STANCE_SPECIFICITY",
     "AnyKey",
     "ChromaRetriever",
+    "Dropped",
     "IngestReport",
     "Key",
     "RetrievalResult",
@@ -51,4 +52,5 @@ __all__ = [
     "open_retriever",
     "pov_scores",
     "rank_desc",
+    "truncation_warning",
 ]

@@ -15,6 +15,17 @@ the spirit of jusText (Pomikálek 2011), by signals that prose does not produce:
 - menu: >= 3 ` | `-style separators, at least one per 10 words;
 - footer: a short paragraph with `©` or "all rights reserved";
 - reference entry: starts like a citation, `Surname, I. ... (2021)`;
+- reference list: lines that start with a list marker (`1.`, `1)`, `[1]`) and carry a citation's mark (a
+  year in parentheses followed by `.` or `,`, a DOI, a URL, `et al`, `pp. 12`, `Vol. 3`, `Retrieved`,
+  `Accessed`, `ISBN`, a document number such as `2024/1252`) make up at least half of its lines. A
+  numbered paragraph of prose that cites a source (`2. As the IEA (2024) notes, ...`) has no such mark;
+- author bio: a paragraph of at most 100 words that opens like one (`About the author`, or a name followed
+  by `is a/an/the`) and has two marks of one (`fellow`, `editor`, `previously`, `PhD`, `holds a`, `follow
+  him`, an @handle, ...): "Fatih Birol is the executive director of the IEA, and he warned ..." has one;
+- newsletter, cookie notice, site furniture: a paragraph of at most 80 words with two or more distinct cue
+  phrases of page notices (`newsletter`, `inbox`, `subscribe`; `cookies`, `consent`, `privacy policy`,
+  `accept all`; `contact us`, `frequently asked questions`, `back to top`, `password`, ...), named for the
+  kind with the most. One cue is not enough: prose says "we use cookies" or "sign up to a partnership";
 - word list: in an English file, fewer than 15% stopwords over >= 5 words (prose runs at 30-55%;
   menus and keyword lists below 10%). The English test stops this rule from emptying other languages.
 Chunks left with fewer than 8 words are dropped too: such a chunk is a lone heading or label, carries
@@ -24,8 +35,10 @@ Reading the files is not done here: runner.spec.corpus is the one reader (ingest
 tiny-model builder share its skip rules and limits).
 
 Every text rule here runs in linear time: no pattern can backtrack over the same characters twice, and the
-one anchored pattern with nested repetition (the citation) is bounded in length, so a megabyte token costs
-what a megabyte of prose does.
+anchored patterns with nested repetition (the citation, a bio's opening) are bounded in length, so a megabyte
+token costs what a megabyte of prose does. The rules are cheap too, since every ingest chunks the whole
+corpus again: the patterns that search a paragraph run only where a plain substring test finds what they
+look for, and each paragraph's stopwords are counted once (the file's English test sums the counts).
 """
 
 from __future__ import annotations
@@ -88,29 +101,175 @@ _STOPWORD_TEXT = """a about above after again against all am an and any are as a
 STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 
 
+def _stop_counts(text: str) -> tuple[int, int]:
+    """(stopwords among its words, whitespace tokens): what stopword_density divides."""
+    return sum(map(STOPWORDS.__contains__, _WORD.findall(text.lower()))), len(text.split())
+
+
 def stopword_density(text: str) -> float:
-    tokens = text.split()
-    return sum(w in STOPWORDS for w in _WORD.findall(text.lower())) / len(tokens) if tokens else 0.0
+    stops, tokens = _stop_counts(text)
+    return stops / tokens if tokens else 0.0
 
 
-def boilerplate_reason(paragraph: str, english: bool = True) -> str | None:
-    """Why a paragraph is page furniture rather than prose, or None (see the module docstring)."""
+_LIST_ITEM = re.compile(r"[ \t]{0,8}(?:\[\d{1,3}\]|\d{1,3}[.)])\s")
+_REFERENCE_MARK = re.compile(
+    r"\((?:1[89]|20)\d\d[a-z]?\)[.,]|\bdoi\b|https?://|\bet al\b|\bpp?\.\s?\d|\bvol\.\s?\d"
+    r"|\bretrieved\b|\baccessed\b|\bisbn\b|\b(?:1[89]|20)\d\d/\d{1,6}\b",
+    re.IGNORECASE,
+)
+
+
+def _reference_list(paragraph: str) -> bool:
+    """At least half of the lines are numbered or bracketed entries with a citation's mark."""
+    lines = [ln for ln in paragraph.split("\n") if ln.strip()]
+    entries = sum(
+        1
+        for ln in lines
+        if _LIST_ITEM.match(ln) and len(ln.split()) <= 80 and _REFERENCE_MARK.search(ln) is not None
+    )
+    return entries > 0 and 2 * entries >= len(lines)
+
+
+_BIO_OPENING = re.compile(
+    r"about the authors?\b|(?:[A-Z][\w'’.-]{0,30}\s){1,3}(?:is|was)\s(?:a|an|the)\s", re.IGNORECASE
+)
+_BIO_NAME = re.compile(r"(?:[A-Z][\w'’.-]{0,30}\s){1,3}(?:is|was)\s(?:a|an|the)\s")
+_BIO_MARKS = re.compile(
+    r"\b(?:fellow|professor|lecturer|researcher|analyst|economist|editor|correspondent|columnist|journalist"
+    r"|reporter|writer|contributor|director|previously|ph\.?d|holds a|is the author of|writes (?:about|on)"
+    r"|covers|follow (?:him|her|them))\b|(?<![\w@])@\w"
+)
+
+
+def _author_bio(paragraph: str, low: str) -> bool:
+    if not (low.startswith("about the author") or _BIO_NAME.match(paragraph)):
+        return False
+    return len(set(_BIO_MARKS.findall(low))) >= 2
+
+
+NOTICE_CUES: dict[str, tuple[str, ...]] = {
+    "newsletter": (
+        "newsletter",
+        "newsletters",
+        "subscribe",
+        "unsubscribe",
+        "sign up",
+        "inbox",
+        "delivered to your",
+    ),
+    "cookie notice": (
+        "cookie",
+        "cookies",
+        "consent",
+        "privacy policy",
+        "cookie policy",
+        "accept all",
+        "manage preferences",
+        "cookie settings",
+        "terms of use",
+        "terms of service",
+    ),
+    "site furniture": (
+        "contact us",
+        "about us",
+        "careers",
+        "frequently asked questions",
+        "faq",
+        "faqs",
+        "was this article helpful",
+        "was this page helpful",
+        "back to top",
+        "customer service",
+        "password",
+        "log in",
+        "sign in",
+        "subscription",
+        "share this article",
+        "print this page",
+        "related articles",
+    ),
+}
+"""Cue phrases of page notices, by the reason a paragraph made of them is dropped for."""
+_NOTICE = re.compile(
+    r"\b(?:"
+    + "|".join(sorted((re.escape(c) for cs in NOTICE_CUES.values() for c in cs), key=len, reverse=True))
+    + r")\b"
+)
+_NOTICE_KIND = {c: kind for kind, cues in NOTICE_CUES.items() for c in cues}
+_NOTICE_HINTS = (
+    "newsletter",
+    "subscri",
+    "sign ",
+    "inbox",
+    "cookie",
+    "consent",
+    "privacy",
+    "accept all",
+    "preferences",
+    "terms of",
+    "contact",
+    "about us",
+    "careers",
+    "question",
+    "faq",
+    "helpful",
+    "back to top",
+    "customer",
+    "password",
+    "log in",
+    "share this",
+    "print this",
+    "related",
+)
+
+
+def _notice(low: str) -> str | None:
+    """The kind of page notice a short paragraph is, from two or more distinct cue phrases."""
+    if not any(h in low for h in _NOTICE_HINTS):
+        return None
+    cues = set(_NOTICE.findall(low))
+    if len(cues) < 2:
+        return None
+    kinds = [_NOTICE_KIND[c] for c in cues]
+    return max(NOTICE_CUES, key=kinds.count)  # ties: the order of NOTICE_CUES
+
+
+def boilerplate_reason(paragraph: str, english: bool = True, density: float | None = None) -> str | None:
+    """Why a paragraph is page furniture rather than prose, or None (see the module docstring). `density`
+    is its stopword_density when the caller has it already."""
     tokens = paragraph.split()
     if not tokens:
         return None
-    if sum(len(m) for m in _URL.findall(paragraph)) >= 0.2 * len(paragraph):
+    if ("://" in paragraph or "www." in paragraph or "@" in paragraph) and sum(
+        len(m) for m in _URL.findall(paragraph)
+    ) >= 0.2 * len(paragraph):
         return "links"
-    seps = len(_SEPARATOR.findall(paragraph))
-    if seps >= 3 and seps * 10 >= len(tokens):
-        return "menu"
+    if any(c in paragraph for c in "|•·»"):
+        seps = len(_SEPARATOR.findall(paragraph))
+        if seps >= 3 and seps * 10 >= len(tokens):
+            return "menu"
     low = paragraph.lower()
     if len(tokens) < 60 and ("©" in paragraph or "all rights reserved" in low):
         return "footer"
     if _CITATION.match(paragraph):
         return "reference entry"
-    if english and len(tokens) >= 5 and stopword_density(paragraph) < 0.15:
-        return "word list"
+    if paragraph.lstrip()[:1] in _LIST_STARTS and _reference_list(paragraph):
+        return "reference list"
+    if len(tokens) <= 100 and _author_bio(paragraph, low):
+        return "author bio"
+    if len(tokens) <= 80:
+        kind = _notice(low)
+        if kind is not None:
+            return kind
+    if english and len(tokens) >= 5:
+        if density is None:
+            density = stopword_density(paragraph)
+        if density < 0.15:
+            return "word list"
     return None
+
+
+_LIST_STARTS = frozenset("[0123456789")
 
 
 def is_boilerplate_chunk(text: str) -> bool:
@@ -136,15 +295,37 @@ def _windows(words: list[str], max_words: int, overlap_words: int) -> list[list[
         start += step
 
 
-def chunk_text(text: str, max_words: int, overlap_words: int, drop_boilerplate: bool = False) -> list[str]:
+SHORT_CHUNK = f"chunk under {MIN_CHUNK_WORDS} words"
+"""The reason recorded for a chunk dropped for its size."""
+
+
+def chunk_text(
+    text: str,
+    max_words: int,
+    overlap_words: int,
+    drop_boilerplate: bool = False,
+    dropped: list[tuple[str, str]] | None = None,
+) -> list[str]:
     """Pack whole paragraphs into chunks of at most `max_words` words; a paragraph longer than that is cut
-    into windows that repeat `overlap_words` words, and its last window is packed with what follows."""
+    into windows that repeat `overlap_words` words, and its last window is packed with what follows.
+    With `drop_boilerplate`, `dropped` (when given) receives (reason, text) of every paragraph and short
+    chunk left out."""
     if overlap_words >= max_words:
         raise ValueError("overlap_words must be smaller than max_words")
     paragraphs = split_paragraphs(text)
     if drop_boilerplate:
-        english = stopword_density(" ".join(paragraphs)) >= 0.2
-        paragraphs = [p for p in paragraphs if boilerplate_reason(p, english) is None]
+        # The file's stopword density is the paragraphs' counts summed: each paragraph is counted once.
+        counts = [_stop_counts(p) for p in paragraphs]
+        total = sum(t for _, t in counts)
+        english = total > 0 and sum(s for s, _ in counts) / total >= 0.2
+        kept = []
+        for p, (stops, n) in zip(paragraphs, counts, strict=True):
+            reason = boilerplate_reason(p, english, stops / n if n else 0.0)
+            if reason is None:
+                kept.append(p)
+            elif dropped is not None:
+                dropped.append((reason, p))
+        paragraphs = kept
     chunks: list[str] = []
     buf: list[str] = []
     buf_words = 0
@@ -179,6 +360,8 @@ def chunk_text(text: str, max_words: int, overlap_words: int, drop_boilerplate: 
     if buf:
         chunks.append("\n\n".join(buf))
     if drop_boilerplate:
+        if dropped is not None:
+            dropped += [(SHORT_CHUNK, c) for c in chunks if len(c.split()) < MIN_CHUNK_WORDS]
         chunks = [c for c in chunks if len(c.split()) >= MIN_CHUNK_WORDS]
     return chunks
 
@@ -192,11 +375,15 @@ def chunk_id(source: str, text: str, occurrence: int = 0) -> str:
 
 
 def chunk_file(
-    f: SourceFile, max_words: int, overlap_words: int, drop_boilerplate: bool = False
+    f: SourceFile,
+    max_words: int,
+    overlap_words: int,
+    drop_boilerplate: bool = False,
+    dropped: list[tuple[str, str]] | None = None,
 ) -> list[Chunk]:
     seen: dict[str, int] = {}
     out = []
-    for i, text in enumerate(chunk_text(f.text, max_words, overlap_words, drop_boilerplate)):
+    for i, text in enumerate(chunk_text(f.text, max_words, overlap_words, drop_boilerplate, dropped)):
         n = seen.get(text, 0)
         seen[text] = n + 1
         out.append(Chunk(chunk_id(f.rel, text, n), text, f.rel, i))

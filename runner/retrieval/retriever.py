@@ -356,9 +356,11 @@ class ChromaRetriever:
 def open_retriever(exp: Experiment) -> ChromaRetriever:
     """The real retriever, over a collection brought up to date first: ingest is idempotent (an unchanged
     corpus writes nothing), and a run must never retrieve from chunks of files edited since."""
-    from runner.retrieval.store import ingest
+    from runner.retrieval.store import ingest, truncation_warning
 
-    ingest(exp)
+    report = ingest(exp)
+    if report.truncated:
+        log.warning(truncation_warning(report, exp.spec.embedder.model))
     retriever = ChromaRetriever(exp)
     if not retriever.reuse_stored:
         # A separate reranker (an API such as Cohere) is first needed by retrieval, after the execution

@@ -69,6 +69,33 @@ class IngestReport:
     no_chunks: list[str] = field(default_factory=list)
     """Files read fine but left with no chunk (all boilerplate)."""
     embedding: dict[str, int] = field(default_factory=dict)
+    dropped: list[Dropped] = field(default_factory=list)
+    """Paragraphs left out as boilerplate and chunks under 8 words (with `drop_boilerplate`), in file order."""
+    truncated: int = 0
+    """Chunks longer than the embedder's window: only their start is embedded."""
+    window: int | None = None
+    """The embedder's window in tokens, where it can count them locally (None: unknown)."""
+
+
+@dataclass(frozen=True)
+class Dropped:
+    source: str
+    """The file, relative to the corpus folder."""
+    reason: str
+    """The rule that dropped it (runner.retrieval.chunking)."""
+    text: str
+
+
+def truncation_warning(report: IngestReport, model: str) -> str:
+    """What `pov ingest` and `pov run` say when chunks are longer than the embedder reads."""
+    total = (
+        report.chunks.get("added", 0) + report.chunks.get("unchanged", 0) + report.chunks.get("updated", 0)
+    )
+    return (
+        f"{report.truncated} of {total} chunks are longer than {model}'s window of {report.window} tokens: "
+        "only their first tokens are embedded, the rest cannot make them found; lower "
+        "corpus.chunking.max_words"
+    )
 
 
 def _settings() -> Any:
@@ -300,7 +327,7 @@ def ingest(
     exp: Experiment, *, rebuild: bool = False, strict: bool = False, embedder: Any = None
 ) -> IngestReport:
     """Bring the collection in line with the corpus; see the module docstring."""
-    from runner.retrieval.embedders.base import build_embedder
+    from runner.retrieval.embedders.base import CachedEmbedder, build_embedder
 
     spec = exp.spec
     corpus = read_corpus(spec.corpus.path, spec.corpus.include)
@@ -314,8 +341,11 @@ def ingest(
     ch = spec.corpus.chunking
     chunks: dict[str, Chunk] = {}
     no_chunks = []
+    dropped: list[Dropped] = []
     for f in corpus.files:
-        got = chunk_file(f, ch.max_words, ch.overlap_words, ch.drop_boilerplate)
+        lost: list[tuple[str, str]] = []
+        got = chunk_file(f, ch.max_words, ch.overlap_words, ch.drop_boilerplate, lost)
+        dropped += [Dropped(f.rel, reason, text) for reason, text in lost]
         no_chunks += [] if got else [f.rel]
         chunks.update((c.id, c) for c in got)
     if not chunks:
@@ -323,7 +353,9 @@ def ingest(
     fingerprint = fingerprint_of(corpus.digests(), chunking_key(exp))  # the files were just read
 
     store = Store(exp)
-    report = IngestReport(spec.corpus.collection, store.location, skipped=corpus.skipped, no_chunks=no_chunks)
+    report = IngestReport(
+        spec.corpus.collection, store.location, skipped=corpus.skipped, no_chunks=no_chunks, dropped=dropped
+    )
     with store.answering():
         col = store.collection()
         meta = dict(col.metadata or {}) if col is not None else {}
@@ -348,6 +380,11 @@ def ingest(
         "unchanged": len(kept) - len(changed),
     }
     report.files = _file_counts(chunks, stored)
+    if isinstance(emb, CachedEmbedder):  # counted once per text, then read from the embedding cache
+        counted = emb.token_counts([c.text for c in chunks.values()])
+        if counted is not None:
+            report.window = counted[1]
+            report.truncated = sum(n > counted[1] for n in counted[0])
     report.embedding = emb.stats()
 
     final_meta = {
