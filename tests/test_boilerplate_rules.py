@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.retrieval.chunking import SHORT_CHUNK, boilerplate_reason, chunk_file, chunk_text
+from runner.retrieval.boilerplate import boilerplate_reason
+from runner.retrieval.chunking import SHORT_CHUNK, chunk_file, chunk_text
 from runner.spec import SourceFile
 
 FLAGGED = {
