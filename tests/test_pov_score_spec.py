@@ -115,3 +115,30 @@ def test_contrast_reference_may_name_a_neutral_set_outside_the_matrix(spec: Path
         ],
     )
     assert {(c.pov_set, c.pov_score) for c in expand(exp)} == {("alpha", "stance")}
+
+
+def test_a_rerank_model_is_in_every_cell_id(spec: Path) -> None:
+    plain = [c.id for c in expand(load_spec(spec))]
+    cohere = [
+        c.id for c in expand(load_spec(spec, ["query_reranker={provider: cohere, model: rerank-v3.5}"]))
+    ]
+    newer = [c.id for c in expand(load_spec(spec, ["query_reranker={provider: cohere, model: rerank-v4.0}"]))]
+    batched = expand(
+        load_spec(spec, ["query_reranker={provider: cohere, model: rerank-v3.5, batch_size: 5}"])
+    )
+    assert len({*plain, *cohere, *newer}) == 3 * len(plain)  # scores of another model are another experiment
+    assert [c.id for c in batched] == cohere  # how it is called is not
+
+
+def test_the_stored_spec_loads_back_with_its_methods(spec: Path, tmp_path: Path) -> None:
+    """What an execution stores for `pov rerun` writes every field out, parameters of other methods included."""
+    from runner.spec import snapshot_files
+
+    exp = load_spec(spec, METHODS)
+    stored = tmp_path / "stored"
+    for rel, text in snapshot_files(exp).items():
+        (stored / rel).parent.mkdir(parents=True, exist_ok=True)
+        (stored / rel).write_text(text)
+    again = load_spec(stored / "spec.yaml")
+    assert again.spec.pov_scores == exp.spec.pov_scores
+    assert [c.id for c in expand(again)] == [c.id for c in expand(exp)]

@@ -13,7 +13,7 @@ import pytest
 from runner.cli import main as cli
 from runner.run import CellResult
 from runner.spec import Cell, load_spec
-from runner.tracking import Metrics, MlflowTracker, Status, make_client
+from runner.tracking import Metrics, MlflowTracker, Params, Status, make_client
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = {"git": {}, "gpu": {"name": "none"}, "versions": {}, "corpus": {"fingerprint": "none"}}
@@ -99,3 +99,17 @@ def test_rows_average_each_retrieval_once(report: dict[str, Any]) -> None:
 def test_the_page_shows_the_table(report: dict[str, Any]) -> None:
     page = report["html"]
     assert "<h2>Retrieval</h2>" in page and "contrast · sec" in page and "stance specificity" in page
+
+
+def test_the_rerank_model_is_a_param_of_the_execution(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = make_client(uri)
+    client.create_experiment("rerank-param", (tmp_path / "mlruns").as_uri())
+    got = {}
+    for extra in ([], ["query_reranker={provider: cohere, model: rerank-v3.5}"]):
+        exp = load_spec(REPO / "experiments" / "quickstart.yaml", ["name=rerank-param", *extra])
+        tracker = MlflowTracker(uri, "rerank-param")
+        tracker.start(exp, [], MANIFEST, fresh=True)
+        got[bool(extra)] = client.get_run(str(tracker.run_id)).data.params[Params.QUERY_RERANKER]
+        tracker.finish({})
+    assert got == {False: "none", True: "cohere:rerank-v3.5"}

@@ -170,8 +170,11 @@ class PovScore(Strict):
 
     @model_validator(mode="after")
     def _own_parameters(self) -> PovScore:
+        # A parameter of another method is refused unless it holds the default (a resolved spec, such as the
+        # one an execution stores for `pov rerun`, writes every field out).
         for name, method in (("weight", "blend"), ("reference", "contrast")):
-            if name in self.model_fields_set and self.method != method:
+            default = type(self).model_fields[name].default
+            if self.method != method and getattr(self, name) != default:
                 raise ValueError(f"{name} belongs to {method}, not to {self.method}: remove it")
         return self
 
