@@ -27,6 +27,12 @@ BLAS's default threading); with CUDA also `cuda`, `cuda-unit` and `bare-cuda` (t
 outside the timing; each call synchronised); with --baseline REF, `numpy@REF` and `numpy-unit@REF` (that
 commit's runner/retrieval/scoring.py, loaded beside this one). The `interleaved` tests and the command line
 run every entry once per round, round after round, and print each entry's ratio to its reference per round.
+
+The other stage-3 methods, beside the notebook's `l2` (pov_scores): `blend-<entry>` (blend_scores: stage 2's
+scores and the POV score, z-scored per question and mixed) and `contrast-<entry>` (contrast_scores against two
+reference sets of P statements each, as `reference: others` does with a spec of three POV sets), for
+<entry> in numpy, numpy-unit, torch, torch-unit (and cuda, cuda-unit). Target: within 1.5x of the `l2` entry
+of the same kind at the large shape; the interleaved tables print each one's ratio to that entry.
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from test_scoring import reference_pov
 
-from runner.retrieval.scoring import pov_scores
+from runner.retrieval.scoring import blend_scores, contrast_scores, pov_scores
 
 D, P = 1024, 16
 NOTEBOOK = (100, 10)
@@ -105,6 +111,8 @@ CUDA = torch.cuda.is_available()
 ENTRIES = ["loop", "numpy", "numpy-unit", "torch", "torch-unit", "bare-numpy", "bare-torch"]
 if CUDA:
     ENTRIES += ["cuda", "cuda-unit", "bare-cuda"]
+L2_KINDS = [e for e in ENTRIES if e != "loop" and not e.startswith("bare")]
+ENTRIES += [f"{method}-{kind}" for method in ("blend", "contrast") for kind in L2_KINDS]
 _on_gpu: dict[int, tuple[Any, Any]] = {}
 
 
@@ -117,7 +125,40 @@ def _synced(fn: Any) -> Any:
     return run
 
 
+def _extras(docs: np.ndarray, povs: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Stage 2's scores of every candidate (blend) and two reference sets of P statements (contrast)."""
+    relevance = np.random.default_rng(4).standard_normal(docs.shape[:-1], dtype=np.float32)
+    return relevance, [_unit_batch((1, len(povs)), seed)[0] for seed in (5, 6)]
+
+
+def _method_fn(entry: str, docs: np.ndarray, povs: np.ndarray) -> Any:
+    """`blend-<kind>` and `contrast-<kind>`: the call of that method as `<kind>` calls pov_scores."""
+    method, kind = entry.split("-", 1)
+    relevance, refs = _extras(docs, povs)
+    unit = kind.endswith("-unit")
+    on = kind.removesuffix("-unit")
+    if on == "numpy":
+        d, p, rel, rs = docs, povs, relevance, refs
+    else:
+        to = "cuda" if on == "cuda" else "cpu"
+        if on == "cuda":
+            if id(docs) not in _on_gpu:
+                _on_gpu.clear()
+                _on_gpu[id(docs)] = (torch.from_numpy(docs).cuda(), torch.from_numpy(povs).cuda())
+            d, p = _on_gpu[id(docs)]
+        else:
+            d, p = torch.from_numpy(docs), torch.from_numpy(povs)
+        rel, rs = torch.from_numpy(relevance).to(to), [torch.from_numpy(r).to(to) for r in refs]
+    if method == "blend":
+        fn = lambda: blend_scores(d, p, rel, weight=0.5, assume_normalized=unit)  # noqa: E731
+    else:
+        fn = lambda: contrast_scores(d, p, rs, assume_normalized=unit)  # noqa: E731
+    return _synced(fn) if on == "cuda" else fn
+
+
 def _fn(entry: str, docs: np.ndarray, povs: np.ndarray) -> Any:
+    if entry.startswith(("blend-", "contrast-")):
+        return _method_fn(entry, docs, povs)
     docs_t, povs_t = torch.from_numpy(docs), torch.from_numpy(povs)
     flat, flat_t = docs.reshape(-1, D), docs_t.reshape(-1, D)
     if entry.endswith("cuda") or entry.startswith("cuda"):
@@ -193,6 +234,11 @@ def pairs_for(names: list[str]) -> list[tuple[str, str]]:
     pairs = [("loop", e) for e in names if e != "loop" and not e.startswith("bare") and "loop" in names]
     pairs += [(e, BARE[e]) for e in names if e in BARE and BARE[e] in names]
     pairs += [(e, "bare-numpy") for e in names if "@" in e and "bare-numpy" in names]
+    pairs += [
+        (e, e.split("-", 1)[1])
+        for e in names
+        if e.startswith(("blend-", "contrast-")) and e.split("-", 1)[1] in names
+    ]
     return pairs
 
 

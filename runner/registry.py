@@ -1,4 +1,4 @@
-"""Plug-ins by name: generation backends, embedding providers and executors.
+"""Plug-ins by name: generation backends, embedding providers, query rerankers and executors.
 
 Each entry says where its implementation lives (`module:attr`) and which extra of pov-runner installs what
 it imports. Nothing is imported until a plug-in is picked, so `pov --help` and spec validation stay light,
@@ -81,6 +81,13 @@ EMBEDDERS = Registry(
             "runner.retrieval.embedders.sentence_transformers:SentenceTransformerEmbedder"
         ),
         "cohere": Plugin("runner.retrieval.embedders.cohere:CohereEmbedder", extra="cohere"),
+    },
+)
+RERANKERS = Registry(
+    "query reranker",
+    {
+        "cross-encoder": Plugin("runner.retrieval.rerankers.cross_encoder:CrossEncoderReranker"),
+        "cohere": Plugin("runner.retrieval.rerankers.cohere:CohereReranker", extra="cohere"),
     },
 )
 EXECUTORS = Registry(

@@ -74,13 +74,15 @@ class StubRetriever:
                     paragraphs.append((f"{f.stem}#{i}", text))
         self.paragraphs = paragraphs
         self.override = override or {}
-        self.calls: list[list[tuple[str, str, tuple[int, int, int]]]] = []
+        self.calls: list[list[tuple[Any, ...]]] = []
 
-    def retrieve(self, keys: Iterable[tuple[str, str, tuple[int, int, int]]]) -> dict[Any, RetrievalResult]:
+    def retrieve(self, keys: Iterable[tuple[Any, ...]]) -> dict[Any, RetrievalResult]:
+        """Keyed as given: (question, POV set, k) or with the POV score name fourth."""
         keys = list(keys)
         self.calls.append(keys)
         out = {}
-        for q, pov, k in keys:
+        for key in keys:
+            q, pov, k = key[:3]
             start = int(hashlib.sha256(f"{q}|{pov}".encode()).hexdigest()[:8], 16)
             stages = []
             for name, n in zip(("vector", "query", "pov"), k, strict=True):
@@ -96,7 +98,7 @@ class StubRetriever:
                     )
                 )
             k3 = (int(k[0]), int(k[1]), int(k[2]))
-            out[(q, pov, k3)] = RetrievalResult(q, pov, k3, stages)
+            out[key] = RetrievalResult(q, pov, k3, stages, *key[3:])
         return out
 
     def check_embedder(self) -> None:
@@ -315,3 +317,40 @@ def smollm2() -> Path:
     from runner.generation import ensure_fetched
 
     return ensure_fetched("smollm2-135m-instruct", REPO / ".pov")
+
+
+# ---- retrieval: a tiny random cross-encoder --------------------------------------------------------------------
+
+
+def build_tiny_cross_encoder(folder: Path, seed: int = 0) -> Path:
+    """A BertForSequenceClassification with one label (what sentence-transformers' CrossEncoder loads) and
+    random weights, with a word-level vocabulary of the sample corpus, saved to `folder`. Its scores mean
+    nothing, but it loads and runs through the same code as a real cross-encoder, offline."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    words = sorted(
+        {w for f in (REPO / "data" / "brics").glob("*") for w in re.findall(r"[a-z]+", f.read_text().lower())}
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=1,
+        initializer_range=1.0,  # spread scores: the order they give must be no float-rounding accident
+    )
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_cross_encoder(tmp_path_factory.mktemp("cross-encoder") / "model")

@@ -219,6 +219,11 @@ _HOSTILE_TEXTS = {
     "hyphenated surname": "A" + "-Bc" * (_MB // 3),
     "separators": "x | " * (_MB // 4),
     "spaces after a newline": "x\n" + " \t" * (_MB // 2),
+    "list markers": "1. (2024). " * (_MB // 11),
+    "bracketed markers, one line each": "[1] doi 2024/1\n" * (_MB // 15),
+    "a name that never ends": "Ab " * (_MB // 3) + "is a fellow",
+    "notice cues": "cookie consent sign up " * (_MB // 23),
+    "handles": "@a" * (_MB // 2),
 }
 _HOSTILE_SCRIPT = """
 import sys

@@ -78,7 +78,8 @@ def test_plan_json_lines_carry_every_axis_value() -> None:
     proc = pov("plan", "experiments/seed_replica.yaml", "--json")
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert all(set(row) == {"id", *AXES} for row in rows)
+    # The spec declares no scoring method: every cell scores stage 3 with the default, the notebook's `l2`.
+    assert all(set(row) == {"id", *AXES, "pov_score"} and row["pov_score"] == "l2" for row in rows)
     got = [tuple(tuple(r[a]) if a == "k" else r[a] for a in AXES) for r in rows]
     expected = expected_seed_replica_cells()
     assert len(got) == len(set(got)) == len(expected)

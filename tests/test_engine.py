@@ -120,7 +120,7 @@ def test_prompts_context_metrics_and_skips(tmp_path: Path, tiny_model_dir: Path)
     assert summary.cells_total == 3 and summary.cells_skipped == 1 and summary.finished == 2
     results = tracker.results
     assert skipped not in results
-    assert retriever.calls == [sorted({(c.question, c.pov_set, c.k) for c in cells[1:]})]
+    assert retriever.calls == [sorted({(c.question, c.pov_set, c.k, c.pov_score) for c in cells[1:]})]
     expected_chunks = retriever.retrieve([(c.question, c.pov_set, c.k) for c in cells[1:]])
     for cell in cells[1:]:
         r = results[cell.id]

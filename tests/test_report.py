@@ -434,6 +434,11 @@ def test_real_run_with_faults(
     # The finished cells carry the output checks, and the report went back to the parent run.
     assert {"sections", "words", "idk", "degenerate"} <= {r["check"] for r in data["checks"]}
     assert "report/report.html" in {f.path for f in client.list_artifacts(run_id, "report")}
+    # Every cell's retrieval metrics reached MLflow and the retrieval table: 10 retrievals (one per question),
+    # each counted once however many templates share it; one POV set, so no stance specificity.
+    assert all(Metrics.RELEVANCE_KEPT in r.data.metrics for r in counted(runs))
+    assert [(r["value"], r["n"]) for r in data["retrieval"]] == [("l2 · all", 10), ("l2 · global_south", 10)]
+    assert math.isnan(data["retrieval"][0][Metrics.STANCE_SPECIFICITY] or math.nan)
 
 
 # ---- what a latency measures ------------------------------------------------------------------------------

@@ -136,7 +136,9 @@ def test_separate_reranker_embeds_each_text_once_and_agrees(brics_project: Path,
     other = r2.retrieve(keys)
     assert not r2.reuse_stored
     stage1_docs = {i for r in other.values() for i in r.stages[0].ids}
-    statements = set(exp.pov_sets["security"]) | set(exp.pov_sets["markets"])
+    # The sets asked for, and those of the matrix (global_south, security), whose final chunks the stance
+    # metric compares with.
+    statements = {s for p in ("security", "markets", "global_south") for s in exp.pov_sets[p]}
     rerank = r2.cache_stats()["by_role"]["reranker"]
     assert rerank["misses"] == len(questions) + len(stage1_docs) + len(statements) and rerank["hits"] == 0
     # The store's embedder found the questions in the disk cache, where the first retriever put them.

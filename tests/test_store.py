@@ -130,7 +130,7 @@ def test_a_reingest_cuts_and_reads_back_only_the_files_whose_bytes_changed(
 
     spec = brics_project / "experiments" / "quickstart.yaml"
     corpus = brics_project / "data" / "brics"
-    ingest(load_spec(spec))
+    first = ingest(load_spec(spec))
     cut: list[str] = []
     fetched: list[list[str] | None] = []
 
@@ -151,7 +151,7 @@ def test_a_reingest_cuts_and_reads_back_only_the_files_whose_bytes_changed(
     for c in stored(spec).values():
         chunks_per_file[c["source"]] += 1
     manifest = json.loads(Store(load_spec(spec)).metadata()["pov.files"])
-    assert manifest == {
+    assert {name: entry[:2] for name, entry in manifest.items()} == {
         name: [hashlib.sha256((corpus / name).read_bytes()).hexdigest(), chunks_per_file[name]]
         for name in files
     }
@@ -162,6 +162,10 @@ def test_a_reingest_cuts_and_reads_back_only_the_files_whose_bytes_changed(
     assert report.files["unchanged"] == len([f for f, n in chunks_per_file.items() if n])
     assert sorted(report.no_chunks) == sorted(f for f, n in chunks_per_file.items() if n == 0)
     assert stored(spec) == expected(spec)
+    # What cutting reported is kept per file, so the ingest that cut nothing reports the whole corpus.
+    assert first.dropped and sum(first.dropped.values()) == len(first.dropped_items)
+    assert (report.dropped, report.truncated, report.window) == (first.dropped, first.truncated, first.window)
+    assert report.dropped_items == []
 
     fetched.clear()
     path = corpus / "04_japan_alliances_trade.md"

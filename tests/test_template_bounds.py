@@ -46,12 +46,13 @@ def _pov_command() -> list[str]:
 def _stub(exp: Experiment, texts: dict[str, list[str]]) -> dict[Any, RetrievalResult]:
     """Retrieval results whose final chunks are `texts[question]`, for every key the cells need."""
     out = {}
-    for q, pov, k in retrieval_keys(expand(exp)):
+    for key in retrieval_keys(expand(exp)):
+        q, pov, k = key[:3]
         chunk_texts = texts[q]
         ids = [f"{q}-{j}" for j in range(len(chunk_texts))]
         scores = [1.0 - j / 100 for j in range(len(chunk_texts))]
         stages = [Stage(name, ids, list(chunk_texts), scores) for name in ("vector", "query", "pov")]
-        out[(q, pov, k)] = RetrievalResult(q, pov, k, stages)
+        out[key] = RetrievalResult(q, pov, k, stages)
     return out
 
 
@@ -153,9 +154,10 @@ def test_a_cell_whose_chunks_make_the_template_slow_is_crashed_not_the_run(tmp_p
         cells = expand(exp)
         texts = {{"q1": ["Short."], "q2": [{_words(300)!r}]}}
         retrieved = {{}}
-        for q, pov, k in retrieval_keys(cells):
+        for key in retrieval_keys(cells):
+            q, pov, k = key[:3]
             stages = [Stage(n, ["c"], texts[q], [1.0]) for n in ("vector", "query", "pov")]
-            retrieved[(q, pov, k)] = RetrievalResult(q, pov, k, stages)
+            retrieved[key] = RetrievalResult(q, pov, k, stages)
         prepared = prepare(exp, cells, retrieved)
         print(json.dumps({{p.cell.question + "/" + p.cell.id: p.error for p in prepared.values()}}))
         """

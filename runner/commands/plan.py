@@ -49,14 +49,18 @@ def main(args: argparse.Namespace) -> int:
     table = Table(title=f"{exp.spec.name}: {len(cells)} cells", show_lines=False)
     # Ids must stay whole to be copied into other commands; on a narrow terminal the names give way.
     table.add_column("id", no_wrap=True, min_width=12)
-    for col in ("model", "template", "persona", "pov_set", "k", "question"):
+    # The scoring method gets a column only when the spec chose one (else every cell is the notebook's l2).
+    cols = ["model", "template", "persona", "pov_set", "k", "question"]
+    if any(c.pov_score != "l2" for c in cells) or len(exp.spec.pov_scores) > 1:
+        cols.insert(4, "pov_score")
+    for col in cols:
         table.add_column(col)
     repeats = exp.spec.matrix.repeat > 1
     if repeats:
         table.add_column("repeat", justify="right")
     for c in cells[: args.limit]:
-        row = [c.id, c.model, c.template, c.persona, c.pov_set, c.k_label, c.question]
-        table.add_row(*row, *([str(c.repeat)] if repeats else []))
+        values = {**c.axes(), "k": c.k_label}
+        table.add_row(c.id, *(str(values[col]) for col in cols), *([str(c.repeat)] if repeats else []))
     console.print(table)
     if len(cells) > args.limit:
         console.print(f"... {len(cells) - args.limit} more (--limit N, or --json for all)")

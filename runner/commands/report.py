@@ -161,6 +161,7 @@ def print_tables(console: Any, data: dict[str, Any]) -> None:
             "passed",
         )
     print_frontier(console, execs)
+    print_retrieval(console, execs)
 
 
 def print_frontier(console: Any, execs: list[dict[str, Any]]) -> None:
@@ -180,3 +181,25 @@ def print_frontier(console: Any, execs: list[dict[str, Any]]) -> None:
     for ex, e in edges:
         table.add_row(ex["run_id"][:8], e["model"], e["cap"], point(e["fitted"]), point(e["failed"]))
     console.print(table)
+
+
+def print_retrieval(console: Any, execs: list[dict[str, Any]]) -> None:
+    """The retrieval table by scoring method and POV set (runner.report.retrieval), per execution."""
+    from rich.table import Table
+
+    from runner.report import RETRIEVAL_COLUMNS, fmt
+
+    for ex in execs:
+        if not ex.get("retrieval"):
+            continue
+        table = Table(
+            title="retrieval by scoring method and POV set"
+            + (f" · {ex['run_id'][:8]}" if len(execs) > 1 else "")
+        )
+        table.add_column("method · POV set")
+        table.add_column("n", justify="right")
+        for _, title, _ in RETRIEVAL_COLUMNS:
+            table.add_column(title, justify="right")
+        for r in ex["retrieval"]:
+            table.add_row(r["value"], str(r["n"]), *(fmt(r[key], kind) for key, _, kind in RETRIEVAL_COLUMNS))
+        console.print(table)

@@ -7,11 +7,14 @@ as report.html with PNG charts and report.json.
     write_report(data, Path("report"), "title")
 
 Modules: load (MLflow -> CellRow/Execution), tables (aggregation, and which axes are shown in which order),
+retrieval (retrieval metrics by scoring method and POV set),
 stats (Wilson intervals, percentiles, bins), charts (matplotlib PNGs), html (the page and write_report).
 """
 
 from runner.report.html import fmt, write_report
 from runner.report.load import CellRow, Execution, count_cells, latest_execution, load_execution
+from runner.report.retrieval import COLUMNS as RETRIEVAL_COLUMNS
+from runner.report.retrieval import retrieval_rows
 from runner.report.tables import (
     CHART_AXES,
     DISPLAY_AXES,
@@ -27,6 +30,7 @@ __all__ = [
     "CHART_AXES",
     "DISPLAY_AXES",
     "PERFORMANCE_AXES",
+    "RETRIEVAL_COLUMNS",
     "TITLES",
     "TOKENS",
     "CellRow",
@@ -36,6 +40,7 @@ __all__ = [
     "fmt",
     "latest_execution",
     "load_execution",
+    "retrieval_rows",
     "table_rows",
     "values_in",
     "write_report",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.report.charts import CHARTS, render_charts
+from runner.report.retrieval import COLUMNS as RETRIEVAL_COLUMNS
 from runner.report.tables import (
     CHART_AXES,
     DISPLAY_AXES,
@@ -234,6 +235,7 @@ def render_html(data: dict[str, Any], charts: dict[str, str | None], title: str)
     )
     parts.append("</div></div>")
     parts += extra_sections(execs, charts)
+    parts.append(retrieval_section(execs))
     parts.append("</body></html>\n")
     return "\n".join(parts)
 
@@ -338,6 +340,31 @@ def extra_sections(execs: list[dict[str, Any]], charts: dict[str, str | None]) -
             if rows:
                 parts.append(_table(["cell", "template", "question", "batch size", "batch"], rows))
     return parts
+
+
+def retrieval_section(execs: list[dict[str, Any]]) -> str:
+    """What retrieval did, by scoring method and POV set (runner.report.retrieval), one table per execution."""
+    parts = ["<h2>Retrieval</h2>"]
+    if not any(ex.get("retrieval") for ex in execs):
+        parts.append(
+            '<p class="note">No retrieval metrics: these cells were recorded before they existed.</p>'
+        )
+        return "\n".join(parts)
+    parts.append(
+        '<p class="note">Each retrieval (question, POV set, method, k schedule) counts once. Relevance kept: '
+        "the share of the final chunks among the question's own top k3 (stage 2). Stance specificity: 1 minus "
+        "the mean overlap (Jaccard) of a POV set's final chunks with the other sets'. Truncated: chunks longer "
+        "than the embedder's window.</p>"
+    )
+    for ex in execs:
+        if len(execs) > 1:
+            parts.append(f"<h3>{html.escape(ex['label'])}</h3>")
+        rows = [
+            [html.escape(r["value"]), str(r["n"]), *(fmt(r[key], kind) for key, _, kind in RETRIEVAL_COLUMNS)]
+            for r in ex.get("retrieval", [])
+        ]
+        parts.append(_table(["method · POV set", "retrievals", *(t for _, t, _ in RETRIEVAL_COLUMNS)], rows))
+    return "\n".join(parts)
 
 
 def _finite(obj: Any) -> Any:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from runner.errors import UserError
-from runner.spec import AXES
+from runner.spec import AXES, DEFAULT_POV_SCORE
 from runner.tracking import (
     LIST_HINT,  # runner.tracking exports it once its __init__ does
     TRUE,
@@ -151,7 +151,8 @@ def count_cells(children: Iterable[Run]) -> tuple[list[CellRow], dict[str, int]]
         row = CellRow(
             run.info.run_id,
             cell_id,
-            {a: params.get(a, "?") for a in AXES},
+            # Cells recorded before the scoring method was an axis scored stage 3 with the notebook's l2.
+            {a: params.get(a, DEFAULT_POV_SCORE if a == "pov_score" else "?") for a in AXES},
             status,
             tags.get(Tags.CAUSE) if status == Status.CRASHED else None,
             dict(run.data.metrics),

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from runner.report.load import CellRow, Execution
+from runner.report.retrieval import retrieval_rows
 from runner.report.stats import bin_edges, bin_index, bin_labels, percentile, wilson
 from runner.spec import AXES
 from runner.tracking import CHECK_PASS, Metrics, Params, Tags
@@ -22,7 +23,7 @@ DISPLAY_AXES = (LEAD, *(a for a in AXES if a != LEAD))
 """The order the report shows the axes in: the template first, because the report is about how the prompt
 drives crashes (crash causes, checks and latency are also broken down by template), then the others in cell
 order (runner.spec.AXES), as `pov plan` lists them. The data (report.json, CellRow.axes) is in cell order."""
-TABLE_ONLY = ("pov_set", "question")
+TABLE_ONLY = ("pov_set", "pov_score", "question")
 """Axes the page shows as tables only, together in its last crash-rate card (a chart of one bar per question
 would not be readable)."""
 CHART_AXES = (*(a for a in DISPLAY_AXES if a not in TABLE_ONLY), TOKENS)
@@ -33,6 +34,7 @@ TITLES = {
     **{axis: axis for axis in AXES},
     "k": "k schedule (k1-k2-k3)",
     "pov_set": "POV set",
+    "pov_score": "POV scoring method",
     TOKENS: "prompt tokens (bins)",
 }
 PER_CELL = "per cell"
@@ -192,6 +194,7 @@ def summarize(ex: Execution, bins: Bins) -> dict[str, Any]:
         "checks_by_template": check_rates(cells, "template"),
         "checks_by_persona": check_rates(cells, "persona"),
         "points": points(cells),
+        "retrieval": retrieval_rows(cells),
         **extras(cells),
     }
 

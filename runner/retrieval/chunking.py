@@ -5,27 +5,12 @@ Every chunk gets an id that hashes its file's relative path and its text, so ing
 yields the same ids (nothing to add), an edited file yields new ids only for the chunks whose text changed,
 and a crash halfway through writing is repaired by the next ingest (the ids say what is already stored).
 
-Boilerplate. Web pages saved as text carry page furniture: link lists, menus, share bars, copyright
-footers, reference lists. Such paragraphs are dense in topic words, so an embedding model finds them
-"relevant" to everything, and the POV score (which rewards broad similarity) then promotes them: with
-MiniLM on the BRICS sample, the notebook's algorithm puts a reference list into the final five for 3 of 30
-question x POV-set pairs. With `drop_boilerplate` (default on) each paragraph is tested before packing, in
-the spirit of jusText (Pomikálek 2011), by signals that prose does not produce:
-- links: URLs and e-mail addresses make up >= 20% of its characters;
-- menu: >= 3 ` | `-style separators, at least one per 10 words;
-- footer: a short paragraph with `©` or "all rights reserved";
-- reference entry: starts like a citation, `Surname, I. ... (2021)`;
-- word list: in an English file, fewer than 15% stopwords over >= 5 words (prose runs at 30-55%;
-  menus and keyword lists below 10%). The English test stops this rule from emptying other languages.
-Chunks left with fewer than 8 words are dropped too: such a chunk is a lone heading or label, carries
-nothing worth retrieving, and (being short) sits close to the short POV statements in embedding space.
+Boilerplate (page furniture: link lists, menus, reference lists, notices) is left out paragraph by paragraph
+before packing when `drop_boilerplate` is on, by the rules of runner.retrieval.boilerplate; chunks left
+with fewer than 8 words are dropped too. `dropped`, where given, receives what was left out and why.
 
 Reading the files is not done here: runner.spec.corpus is the one reader (ingest, the manifest and the
 tiny-model builder share its skip rules and limits).
-
-Every text rule here runs in linear time: no pattern can backtrack over the same characters twice, and the
-one anchored pattern with nested repetition (the citation) is bounded in length, so a megabyte token costs
-what a megabyte of prose does.
 """
 
 from __future__ import annotations
@@ -36,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.retrieval.boilerplate import boilerplate_reason, stop_counts, stopword_density
 from runner.spec import SourceFile, corpus_digests
 
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n+")
@@ -68,49 +54,16 @@ def split_paragraphs(text: str) -> list[str]:
 
 # The e-mail branch starts only where a run of local-part characters starts: without the lookbehind it
 # was tried again at every character of a long run, each try scanning to the run's end (quadratic).
-_URL = re.compile(r"(?:https?://|www\.)\S+|(?<![\w.+-])[\w.+-]+@[\w-]+\.[\w.]+")
-_SEPARATOR = re.compile(r"(?:^|\s)[|•·»](?=\s|$)")
-# Bounded repeats: a surname, a few initials, then the year within 200 characters. Unbounded, a paragraph of
-# initials made the lazy `.{0,200}?` rescan 200 characters for every initial.
-_CITATION = re.compile(
-    r"^[A-Z][\w'\-]{1,60}(?:-[A-Z][\w']{1,40})?,\s{1,5}"  # Surname, (or Double-Barrelled,)
-    r"(?:[A-Z]\.\s{0,3}){1,8}"  # initials
-    r".{0,200}?\((?:1[89]|20)\d\d[a-z]?\)"  # and the year in parentheses soon after
-)
-_WORD = re.compile(r"[A-Za-z']+")
-_STOPWORD_TEXT = """a about above after again against all am an and any are as at be because been before being below
-    between both but by can could did do does doing down during each few for from further had has have having
-    he her here hers herself him himself his how i if in into is it its itself just me more most my myself no
-    nor not now of off on once only or other our ours ourselves out over own same she should so some such than
-    that the their theirs them themselves then there these they this those through to too under until up very
-    was we were what when where which while who whom why will with would you your yours yourself yourselves
-    also may might must shall upon whose yet"""
-STOPWORDS = frozenset(_STOPWORD_TEXT.split())
-
-
-def stopword_density(text: str) -> float:
-    tokens = text.split()
-    return sum(w in STOPWORDS for w in _WORD.findall(text.lower())) / len(tokens) if tokens else 0.0
-
-
-def boilerplate_reason(paragraph: str, english: bool = True) -> str | None:
-    """Why a paragraph is page furniture rather than prose, or None (see the module docstring)."""
-    tokens = paragraph.split()
-    if not tokens:
-        return None
-    if sum(len(m) for m in _URL.findall(paragraph)) >= 0.2 * len(paragraph):
-        return "links"
-    seps = len(_SEPARATOR.findall(paragraph))
-    if seps >= 3 and seps * 10 >= len(tokens):
-        return "menu"
-    low = paragraph.lower()
-    if len(tokens) < 60 and ("©" in paragraph or "all rights reserved" in low):
-        return "footer"
-    if _CITATION.match(paragraph):
-        return "reference entry"
-    if english and len(tokens) >= 5 and stopword_density(paragraph) < 0.15:
-        return "word list"
-    return None
+def is_boilerplate_chunk(text: str) -> bool:
+    """Whether at least half of a chunk's words are in paragraphs `boilerplate_reason` flags: how retrieval
+    counts the boilerplate each stage let through (the rules judge paragraphs; a chunk packs several)."""
+    paragraphs = split_paragraphs(text)
+    words = sum(len(p.split()) for p in paragraphs)
+    if not words:
+        return False
+    english = stopword_density(text) >= 0.2
+    flagged = sum(len(p.split()) for p in paragraphs if boilerplate_reason(p, english) is not None)
+    return 2 * flagged >= words
 
 
 def _windows(words: list[str], max_words: int, overlap_words: int) -> list[list[str]]:
@@ -124,15 +77,37 @@ def _windows(words: list[str], max_words: int, overlap_words: int) -> list[list[
         start += step
 
 
-def chunk_text(text: str, max_words: int, overlap_words: int, drop_boilerplate: bool = False) -> list[str]:
+SHORT_CHUNK = f"chunk under {MIN_CHUNK_WORDS} words"
+"""The reason recorded for a chunk dropped for its size."""
+
+
+def chunk_text(
+    text: str,
+    max_words: int,
+    overlap_words: int,
+    drop_boilerplate: bool = False,
+    dropped: list[tuple[str, str]] | None = None,
+) -> list[str]:
     """Pack whole paragraphs into chunks of at most `max_words` words; a paragraph longer than that is cut
-    into windows that repeat `overlap_words` words, and its last window is packed with what follows."""
+    into windows that repeat `overlap_words` words, and its last window is packed with what follows.
+    With `drop_boilerplate`, `dropped` (when given) receives (reason, text) of every paragraph and short
+    chunk left out."""
     if overlap_words >= max_words:
         raise ValueError("overlap_words must be smaller than max_words")
     paragraphs = split_paragraphs(text)
     if drop_boilerplate:
-        english = stopword_density(" ".join(paragraphs)) >= 0.2
-        paragraphs = [p for p in paragraphs if boilerplate_reason(p, english) is None]
+        # The file's stopword density is the paragraphs' counts summed: each paragraph is counted once.
+        counts = [stop_counts(p) for p in paragraphs]
+        total = sum(t for _, t in counts)
+        english = total > 0 and sum(s for s, _ in counts) / total >= 0.2
+        kept = []
+        for p, (stops, n) in zip(paragraphs, counts, strict=True):
+            reason = boilerplate_reason(p, english, stops / n if n else 0.0)
+            if reason is None:
+                kept.append(p)
+            elif dropped is not None:
+                dropped.append((reason, p))
+        paragraphs = kept
     chunks: list[str] = []
     buf: list[str] = []
     buf_words = 0
@@ -167,6 +142,8 @@ def chunk_text(text: str, max_words: int, overlap_words: int, drop_boilerplate: 
     if buf:
         chunks.append("\n\n".join(buf))
     if drop_boilerplate:
+        if dropped is not None:
+            dropped += [(SHORT_CHUNK, c) for c in chunks if len(c.split()) < MIN_CHUNK_WORDS]
         chunks = [c for c in chunks if len(c.split()) >= MIN_CHUNK_WORDS]
     return chunks
 
@@ -180,11 +157,15 @@ def chunk_id(source: str, text: str, occurrence: int = 0) -> str:
 
 
 def chunk_file(
-    f: SourceFile, max_words: int, overlap_words: int, drop_boilerplate: bool = False
+    f: SourceFile,
+    max_words: int,
+    overlap_words: int,
+    drop_boilerplate: bool = False,
+    dropped: list[tuple[str, str]] | None = None,
 ) -> list[Chunk]:
     seen: dict[str, int] = {}
     out = []
-    for i, text in enumerate(chunk_text(f.text, max_words, overlap_words, drop_boilerplate)):
+    for i, text in enumerate(chunk_text(f.text, max_words, overlap_words, drop_boilerplate, dropped)):
         n = seen.get(text, 0)
         seen[text] = n + 1
         out.append(Chunk(chunk_id(f.rel, text, n), text, f.rel, i))

@@ -8,9 +8,11 @@ What did not change is neither cut nor read back. The collection's metadata keep
 its chunks were cut from (`pov.files`: path -> [sha256 of the file's bytes, number of chunks]); a file
 whose bytes hash as the manifest says keeps its stored chunks untouched, and only the chunks of new,
 edited or removed files are fetched (by `source`) and compared with what cutting gives now. The manifest
+also keeps what cutting a file reported (chunks longer than the embedder's window, paragraphs dropped as
+boilerplate, by rule), so a report on an unchanged corpus is complete without cutting it. The manifest
 is trusted only when the last ingest completed (a crash mid-write may have left part of a file's chunks)
 with the same chunking parameters and the same chunker (`pov.chunker`, a hash of chunking.py, so a changed
-rule reaches files that did not change); otherwise every file is cut and every stored chunk compared, as
+rule reaches files that did not change; the boilerplate rules count as the chunker's code); otherwise every file is cut and every stored chunk compared, as
 the first ingest does.
 
 Crash safety: every chunk and embedding is computed before the first write; the fingerprint, the manifest
@@ -23,18 +25,53 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runner.errors import UserError
-from runner.retrieval import chunking
+from runner.retrieval import boilerplate, chunking
 from runner.retrieval.chunking import Chunk, chunk_file, fingerprint_of
 from runner.retrieval.store import SCHEMA_VERSION, Store, chunking_key, maker
 from runner.spec import Experiment, Skipped, read_corpus
 
 MANIFEST_KEY = "pov.files"
 CHUNKER_KEY = "pov.chunker"
+WINDOW_KEY = "pov.window"
+"""The embedder's window in tokens, as the last ingest counted it (absent: it cannot count locally)."""
+
+
+@dataclass(frozen=True)
+class Dropped:
+    source: str
+    """The file, relative to the corpus folder."""
+    reason: str
+    """The rule that dropped it (runner.retrieval.boilerplate)."""
+    text: str
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One file of the manifest: what its bytes hashed to and what cutting them gave."""
+
+    sha256: str
+    chunks: int
+    truncated: int = 0
+    """Its chunks longer than the embedder's window."""
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Paragraphs and chunks the boilerplate filter left out, by rule."""
+
+    def as_json(self) -> list[Any]:
+        return [self.sha256, self.chunks, self.truncated, dict(sorted(self.dropped.items()))]
+
+    @classmethod
+    def from_json(cls, raw: Any) -> FileEntry:
+        """Manifests written before the counts (`[sha256, chunks]`) read with zero counts."""
+        sha, n, *rest = raw
+        truncated = int(rest[0]) if rest else 0
+        dropped = {str(k): int(v) for k, v in rest[1].items()} if len(rest) > 1 else {}
+        return cls(str(sha), int(n), truncated, dropped)
 
 
 @dataclass
@@ -49,13 +86,35 @@ class IngestReport:
     no_chunks: list[str] = field(default_factory=list)
     """Files read fine but left with no chunk (all boilerplate)."""
     embedding: dict[str, int] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Paragraphs and chunks under 8 words left out by the boilerplate filter (`drop_boilerplate`), by rule,
+    over the whole corpus."""
+    dropped_items: list[Dropped] = field(default_factory=list)
+    """Each of them, in file order: every file's with `show_dropped`, else only those of the files cut now."""
+    truncated: int = 0
+    """Chunks longer than the embedder's window: only their start is embedded."""
+    window: int | None = None
+    """The embedder's window in tokens, where it can count them locally (None: unknown)."""
+
+    @property
+    def total_chunks(self) -> int:
+        return sum(self.chunks.get(k, 0) for k in ("added", "updated", "unchanged"))
+
+
+def truncation_warning(report: IngestReport, model: str) -> str:
+    """What `pov ingest` and `pov run` say when chunks are longer than the embedder reads."""
+    return (
+        f"{report.truncated} of {report.total_chunks} chunks are longer than {model}'s window of "
+        f"{report.window} tokens: only their first tokens are embedded, the rest cannot make them found; "
+        "lower corpus.chunking.max_words"
+    )
 
 
 @functools.lru_cache(maxsize=1)
 def chunker_id() -> str:
     """Hash of the chunker's code: chunks cut by other code are never kept without cutting again."""
     try:
-        code = Path(chunking.__file__).read_bytes()
+        code = b"".join(Path(m.__file__).read_bytes() for m in (chunking, boilerplate) if m.__file__)
     except (OSError, TypeError):  # no source to read (a frozen build): the package version stands in
         from importlib.metadata import PackageNotFoundError, version
 
@@ -66,7 +125,7 @@ def chunker_id() -> str:
     return hashlib.sha256(code).hexdigest()[:16]
 
 
-def trusted_manifest(meta: dict[str, Any], chunking_now: str) -> dict[str, tuple[str, int]] | None:
+def trusted_manifest(meta: dict[str, Any], chunking_now: str) -> dict[str, FileEntry] | None:
     """The collection's file manifest (path -> sha256, chunks) if it can be trusted (see the module
     docstring), else None."""
     if (
@@ -77,14 +136,14 @@ def trusted_manifest(meta: dict[str, Any], chunking_now: str) -> dict[str, tuple
         return None
     try:
         raw = json.loads(meta[MANIFEST_KEY])
-        return {str(rel): (str(sha), int(n)) for rel, (sha, n) in raw.items()}
-    except (KeyError, TypeError, ValueError, AttributeError):
+        return {str(rel): FileEntry.from_json(entry) for rel, entry in raw.items()}
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError):
         return None  # a collection from before manifests, or one edited by hand
 
 
-def _manifest_text(manifest: dict[str, tuple[str, int]]) -> str:
+def _manifest_text(manifest: dict[str, FileEntry]) -> str:
     """Deterministic, so that an unchanged corpus compares equal and nothing is written."""
-    return json.dumps({rel: list(v) for rel, v in sorted(manifest.items())}, separators=(",", ":"))
+    return json.dumps({rel: v.as_json() for rel, v in sorted(manifest.items())}, separators=(",", ":"))
 
 
 def _batches(seq: list[Any], size: int) -> list[list[Any]]:
@@ -124,10 +183,16 @@ def _file_counts(
 
 
 def ingest(
-    exp: Experiment, *, rebuild: bool = False, strict: bool = False, embedder: Any = None
+    exp: Experiment,
+    *,
+    rebuild: bool = False,
+    strict: bool = False,
+    embedder: Any = None,
+    show_dropped: bool = False,
 ) -> IngestReport:
-    """Bring the collection in line with the corpus; see the module docstring."""
-    from runner.retrieval.embedders.base import build_embedder
+    """Bring the collection in line with the corpus; see the module docstring. `show_dropped` cuts the
+    unchanged files too (writing nothing for them), so that `dropped_items` lists every file's."""
+    from runner.retrieval.embedders.base import CachedEmbedder, build_embedder
 
     spec = exp.spec
     corpus = read_corpus(spec.corpus.path, spec.corpus.include)
@@ -149,7 +214,7 @@ def ingest(
             store.check_maker(meta)
         known = trusted_manifest(meta, chunking_key(exp)) if col is not None else None
         # Unchanged files: as the manifest says, so neither cut nor fetched.
-        kept = {f.rel for f in corpus.files if known and known.get(f.rel, ("", 0))[0] == f.sha256}
+        kept = {f.rel for f in corpus.files if known and f.rel in known and known[f.rel].sha256 == f.sha256}
         if col is None:
             stored: dict[str, dict[str, Any]] = {}
         elif known is None:
@@ -159,17 +224,24 @@ def ingest(
 
     ch = spec.corpus.chunking
     chunks: dict[str, Chunk] = {}
-    manifest: dict[str, tuple[str, int]] = {}
+    manifest: dict[str, FileEntry] = {}
+    cut_by_file: dict[str, list[Chunk]] = {}
     for f in corpus.files:
-        if f.rel in kept and known is not None:
+        if f.rel in kept and known is not None and not show_dropped:
             manifest[f.rel] = known[f.rel]
         else:
-            got = chunk_file(f, ch.max_words, ch.overlap_words, ch.drop_boilerplate)
-            chunks.update((c.id, c) for c in got)
-            manifest[f.rel] = (f.sha256, len(got))
-        if manifest[f.rel][1] == 0:
+            lost: list[tuple[str, str]] = []
+            got = chunk_file(f, ch.max_words, ch.overlap_words, ch.drop_boilerplate, lost)
+            report.dropped_items += [Dropped(f.rel, reason, text) for reason, text in lost]
+            if f.rel in kept and known is not None:  # cut only to list what it dropped
+                manifest[f.rel] = known[f.rel]
+            else:
+                chunks.update((c.id, c) for c in got)
+                cut_by_file[f.rel] = got
+                manifest[f.rel] = FileEntry(f.sha256, len(got), 0, dict(Counter(r for r, _ in lost)))
+        if manifest[f.rel].chunks == 0:
             report.no_chunks.append(f.rel)
-    kept_chunks = sum(manifest[rel][1] for rel in kept)
+    kept_chunks = sum(manifest[rel].chunks for rel in kept)
     if not chunks and not kept_chunks:
         raise UserError(f"no chunks in {spec.corpus.path}: every paragraph was empty or boilerplate")
     fingerprint = fingerprint_of(corpus.digests(), chunking_key(exp))  # the files were just read
@@ -189,7 +261,20 @@ def ingest(
         "deleted": len(gone_ids),
         "unchanged": len(compared) - len(changed) + kept_chunks,
     }
-    report.files = _file_counts(chunks, stored, {rel for rel in kept if manifest[rel][1]})
+    report.files = _file_counts(chunks, stored, {rel for rel in kept if manifest[rel].chunks})
+    window = meta.get(WINDOW_KEY) if known is not None else None
+    if isinstance(emb, CachedEmbedder) and cut_by_file:  # counted once per text, then read from the cache
+        counted = emb.token_counts([c.text for c in chunks.values()])
+        if counted is not None:
+            lengths, window = dict(zip(chunks, counted[0], strict=True)), counted[1]
+            for rel, got in cut_by_file.items():
+                over = sum(lengths[c.id] > window for c in got)
+                manifest[rel] = FileEntry(manifest[rel].sha256, len(got), over, manifest[rel].dropped)
+    report.window = int(window) if window is not None else None
+    report.truncated = sum(e.truncated for e in manifest.values())
+    for e in manifest.values():
+        for reason, n in e.dropped.items():
+            report.dropped[reason] = report.dropped.get(reason, 0) + n
     report.embedding = emb.stats()
 
     final_meta = {
@@ -198,6 +283,7 @@ def ingest(
         "pov.dim": dim,
         "pov.schema": SCHEMA_VERSION,
         CHUNKER_KEY: chunker_id(),
+        **({WINDOW_KEY: report.window} if report.window is not None else {}),
         **maker(exp),
     }
     done = {**final_meta, "pov.fingerprint": fingerprint, MANIFEST_KEY: _manifest_text(manifest)}

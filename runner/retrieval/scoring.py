@@ -138,6 +138,139 @@ def _cosine_torch(query_emb: Any, doc_emb: Any, assume_normalized: bool) -> Any:
     return out
 
 
+# ---- stage-3 methods beside the notebook's `l2` (pov_scores above) ------------------------------------------
+#
+# `pov_scores` rewards a chunk for being close to the whole subject of the statements, so opposed POV sets
+# rank chunks almost alike, and it ignores the question. `blend_scores` mixes it with the question's relevance;
+# `contrast_scores` measures stance: closeness to this set's statements relative to reference sets. Both are
+# vectorised over a batch of questions as pov_scores is, and make one pass over `doc_emb` as it does.
+
+POV_METHODS = ("l2", "blend", "contrast")
+"""The stage-3 scoring methods: `l2` is pov_scores (the notebook's), `blend` blend_scores, `contrast`
+contrast_scores."""
+
+
+def standardize(x: ArrayT) -> ArrayT:
+    """z-scores along the last axis (each question's candidates): (x - mean) / std; 0 where all are equal.
+    numpy or torch, as given."""
+    if _is_torch(x):
+        import torch
+
+        t: Any = x
+        acc = torch.promote_types(t.dtype, torch.float32)
+        v = t.to(acc)
+        centred = v - v.mean(dim=-1, keepdim=True)
+        std = centred.pow(2).mean(dim=-1, keepdim=True).sqrt()
+        z: Any = torch.where(std > 0, centred / std.clamp_min(torch.finfo(acc).tiny), 0.0)
+        return z  # type: ignore[no-any-return]
+    arr = np.asarray(x)
+    arr = arr.astype(np.result_type(arr.dtype, np.float32), copy=False)
+    centred = arr - arr.mean(axis=-1, keepdims=True)
+    std = np.sqrt(np.mean(centred * centred, axis=-1, keepdims=True))
+    out: Any = np.divide(centred, std, out=np.zeros_like(centred), where=std > 0)
+    return out  # type: ignore[no-any-return]
+
+
+def blend(relevance: ArrayT, pov: Any, weight: float) -> ArrayT:
+    """`(1 - weight) * z(relevance) + weight * z(pov)`, z-scored along the last axis (see blend_scores)."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"blend weight must be in [0, 1], got {weight}")
+    rel: Any = relevance
+    other: Any = pov
+    if tuple(rel.shape if hasattr(rel, "shape") else np.shape(rel)) != tuple(
+        other.shape if hasattr(other, "shape") else np.shape(other)
+    ):
+        raise ValueError(f"relevance has shape {tuple(np.shape(rel))}, POV scores {tuple(np.shape(other))}")
+    if _is_torch(rel) or _is_torch(other):
+        import torch
+
+        rel = rel if _is_torch(rel) else torch.as_tensor(np.asarray(rel))
+        other = (other if _is_torch(other) else torch.as_tensor(np.asarray(other))).to(device=rel.device)
+    else:
+        rel, other = np.asarray(rel), np.asarray(other)
+    out: Any = standardize(rel) * (1.0 - weight) + standardize(other) * weight
+    return out  # type: ignore[no-any-return]
+
+
+def blend_scores(
+    doc_emb: ArrayT, pov_emb: Any, relevance: Any, *, weight: float = 0.5, assume_normalized: bool = False
+) -> ArrayT:
+    """Query relevance and POV score in one: `doc_emb` (..., n, d), `pov_emb` (p, d), `relevance` (..., n)
+    (stage 2's scores of the same candidates) -> (..., n).
+
+        blend(d) = (1 - weight) * z(relevance(d)) + weight * z(pov_score(d)),
+
+    each z-scored over a question's n candidates (the last axis), so that a cosine, a cross-encoder logit and
+    a POV score weigh alike whatever their scales. `weight` 0 keeps stage 2's order, 1 is `l2`'s order.
+    """
+    out: Any = blend(relevance, pov_scores(doc_emb, pov_emb, assume_normalized=assume_normalized), weight)
+    return out  # type: ignore[no-any-return]
+
+
+def contrast_scores(
+    doc_emb: ArrayT, pov_emb: Any, reference_embs: Any, *, assume_normalized: bool = False
+) -> ArrayT:
+    """Stance: how much closer each document is to this POV set than to the reference sets.
+    `doc_emb` (..., n, d), `pov_emb` (p, d), `reference_embs` a sequence of (r_i, d) -> (..., n):
+
+        contrast(d) = mean_j cos(d, p_j) - mean_i mean_j cos(d, r_ij)
+                    = cos-weighted d . (mean_j unit(p_j) - mean_i mean_j unit(r_ij)) / |d|.
+
+    What every set shares (the subject) cancels out: a chunk close to the whole topic scores near 0, one that
+    leans to this set's statements scores above 0, one that leans to the references' below. Linear in `d`,
+    so the statements fold into one direction first and the batch costs one matrix-vector product: one pass
+    over `doc_emb`, whatever the number of statements or reference sets."""
+    refs = list(reference_embs)
+    if not refs:
+        raise ValueError("contrast needs at least one reference set of statements")
+    if _is_torch(doc_emb):
+        return _contrast_torch(doc_emb, pov_emb, refs, assume_normalized)  # type: ignore[no-any-return]
+    docs = np.asarray(doc_emb)
+    sets = [np.asarray(pov_emb), *(np.asarray(r) for r in refs)]
+    for i, st in enumerate(sets):
+        what = "pov_emb" if i == 0 else "a reference set"
+        if st.ndim != 2 or not len(st):
+            raise ValueError(f"{what} must have shape (p, d), got {st.shape}")
+        _check_shapes(docs.shape, st.shape, what)
+    dtype = np.result_type(docs.dtype, *(st.dtype for st in sets), np.float32)
+    centroids = [
+        (st / np.linalg.norm(st, axis=1, keepdims=True)).mean(axis=0, dtype=np.float64) for st in sets
+    ]
+    direction = centroids[0] - np.mean(centroids[1:], axis=0)
+    lead, d = docs.shape[:-1], docs.shape[-1]
+    flat = docs.reshape(-1, d)
+    out = flat @ direction.astype(flat.dtype if flat.dtype in (np.float32, np.float64) else dtype)
+    if not assume_normalized:
+        norms = np.sqrt(np.einsum("ij,ij->i", flat, flat))
+        out = np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)
+    return out.astype(dtype, copy=False).reshape(lead)  # type: ignore[no-any-return]
+
+
+def _contrast_torch(doc_emb: Any, pov_emb: Any, refs: list[Any], assume_normalized: bool) -> Any:
+    import torch
+
+    docs = doc_emb if doc_emb.is_floating_point() else doc_emb.float()
+    acc = torch.promote_types(docs.dtype, torch.float32)
+    sets = [st if _is_torch(st) else torch.as_tensor(np.asarray(st)) for st in [pov_emb, *refs]]
+    for i, st in enumerate(sets):
+        what = "pov_emb" if i == 0 else "a reference set"
+        if st.ndim != 2 or not len(st):
+            raise ValueError(f"{what} must have shape (p, d), got {tuple(st.shape)}")
+        _check_shapes(tuple(docs.shape), tuple(st.shape), what)
+    centroids = [
+        (v / torch.linalg.vector_norm(v, dim=1, keepdim=True)).mean(dim=0)
+        for v in (st.to(device=docs.device, dtype=torch.float64) for st in sets)
+    ]
+    direction = (centroids[0] - torch.stack(centroids[1:]).mean(dim=0)).to(docs.dtype)
+    lead, d = docs.shape[:-1], docs.shape[-1]
+    flat = docs.reshape(-1, d)
+    out = (flat @ direction).to(acc)
+    if not assume_normalized:
+        norms = torch.linalg.vector_norm(flat, dim=1, dtype=acc)
+        out = torch.where(norms > 0, out / norms.clamp_min(torch.finfo(acc).tiny), 0.0)
+    return out.to(docs.dtype).reshape(lead)
+
+
 def rank_desc(scores: Any) -> list[int]:
     """Indices from the highest score down; equal scores keep their input order (a stable sort), so a
     ranking is deterministic and ties go to the candidate the previous stage ranked higher."""

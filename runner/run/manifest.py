@@ -25,7 +25,7 @@ from runner.run.environment import git_info, gpu_info, package_versions
 from runner.spec import corpus_digests
 
 if TYPE_CHECKING:
-    from runner.spec import Embedder, Experiment, Model
+    from runner.spec import Embedder, Experiment, Model, QueryReranker
 
 MANIFEST_VERSION = 1
 
@@ -55,6 +55,11 @@ def build_manifest(exp: Experiment) -> dict[str, Any]:
         "embedders": {
             "embedder": embedder_info(spec.embedder, cache),
             "reranker": embedder_info(spec.effective_reranker, cache),
+            **(
+                {"query_reranker": query_reranker_info(spec.query_reranker, cache)}
+                if spec.query_reranker
+                else {}
+            ),
         },
     }
     cache.save()
@@ -109,6 +114,15 @@ def model_info(model: Model, exp: Experiment, cache: HashCache) -> dict[str, Any
             info["resolved_revision"] = folder.name
     if folder is not None and folder.is_dir():
         info["files_hash"] = folder_hash(folder, cache)
+    return info
+
+
+def query_reranker_info(qr: QueryReranker, cache: HashCache) -> dict[str, Any]:
+    """The stage-2 rerank model: provider and model id (an API's rerank scores change with its model
+    generation), and for a local cross-encoder a hash of its folder."""
+    info: dict[str, Any] = {"provider": qr.provider, "model": qr.model, "files_hash": None}
+    if qr.provider == "cross-encoder" and Path(qr.model).is_dir():
+        info["files_hash"] = folder_hash(Path(qr.model), cache)
     return info
 
 

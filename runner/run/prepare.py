@@ -45,14 +45,7 @@ def fault_for(faults: list[Fault], cell: Cell) -> str | None:
 
 def picked_fault(faults: list[Fault], cell: Cell) -> Fault | None:
     """The fault `fault_for` names the cause of."""
-    combo = {
-        "model": cell.model,
-        "template": cell.template,
-        "persona": cell.persona,
-        "pov_set": cell.pov_set,
-        "k": tuple(cell.k),
-        "question": cell.question,
-    }
+    combo = {**cell.axes(), "k": tuple(cell.k)}
     for i, fault in enumerate(faults):
         if not matches(fault.match, combo):
             continue
@@ -63,11 +56,17 @@ def picked_fault(faults: list[Fault], cell: Cell) -> Fault | None:
 
 
 def stage_metrics(context: Mapping[str, Any]) -> dict[str, float]:
-    """The top score of each stage and the mean of the last, from a RetrievalResult.to_dict().
+    """The top score of each stage and the mean of the last, from a RetrievalResult.to_dict(), and the
+    retrieval's own metrics (runner.retrieval.metrics: relevance kept, stance specificity, boilerplate and
+    truncated chunks per stage) where the context holds them.
 
     The top is the highest score, not the first: a stage lists its chunks best first today, but the
     metric must not depend on that (the tracker once took the first and the report the highest)."""
-    out: dict[str, float] = {}
+    out: dict[str, float] = {
+        str(k): float(v)
+        for k, v in (context.get("metrics") or {}).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     stages = context.get("stages", [])
     for i, stage in enumerate(stages[:3], 1):
         scores = [float(s) for s in (stage.get("scores") or []) if isinstance(s, (int, float))]
@@ -78,9 +77,14 @@ def stage_metrics(context: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def retrieval_key(cell: Cell) -> Key:
+    """What a cell retrieves with: (question, POV set, k schedule, POV score)."""
+    return (cell.question, cell.pov_set, (cell.k[0], cell.k[1], cell.k[2]), cell.pov_score)
+
+
 def retrieval_keys(cells: Iterable[Cell]) -> list[Key]:
-    """Each (question, POV set, k schedule) once: what one batched `Retriever.retrieve` call needs."""
-    return sorted({(c.question, c.pov_set, (c.k[0], c.k[1], c.k[2])) for c in cells})
+    """Each retrieval key once: what one batched `Retriever.retrieve` call needs."""
+    return sorted({retrieval_key(c) for c in cells})
 
 
 def prepare(
@@ -94,7 +98,7 @@ def prepare(
     }
     out: dict[str, Prepared] = {}
     for cell in cells:
-        result = retrieved[(cell.question, cell.pov_set, cell.k)]
+        result = retrieved[retrieval_key(cell)]
         chunks = list(result.final_chunks())
         variables = {
             "persona": exp.spec.personas[cell.persona],

@@ -21,9 +21,11 @@ from runner.spec.corpus import (
 )
 from runner.spec.experiment import Experiment, display_path, portable, project_root
 from runner.spec.loader import load_spec
-from runner.spec.matrix import Cell, counts, expand, matches, repeat_seed
+from runner.spec.matrix import Cell, counts, expand, matches, matrix_pov_sets, repeat_seed
 from runner.spec.schema import (
     AXES,
+    DEFAULT_POV_SCORE,
+    POV_METHODS,
     Checks,
     Chunking,
     Corpus,
@@ -34,6 +36,8 @@ from runner.spec.schema import (
     Limits,
     Matrix,
     Model,
+    PovScore,
+    QueryReranker,
     Question,
     Spec,
     Tracking,
@@ -43,8 +47,10 @@ from runner.spec.templates import HEADER_RE, Section, TemplateInfo, compile_temp
 
 __all__ = [
     "AXES",
+    "DEFAULT_POV_SCORE",
     "HEADER_RE",
     "MAX_FILE_BYTES",
+    "POV_METHODS",
     "Cell",
     "Checks",
     "Chunking",
@@ -58,6 +64,8 @@ __all__ = [
     "Limits",
     "Matrix",
     "Model",
+    "PovScore",
+    "QueryReranker",
     "Question",
     "Section",
     "Skipped",
@@ -76,6 +84,7 @@ __all__ = [
     "iter_corpus",
     "load_spec",
     "matches",
+    "matrix_pov_sets",
     "portable",
     "project_root",
     "read_corpus",

@@ -13,7 +13,10 @@ from typing import Any
 
 from runner.spec.experiment import Experiment, portable, without_new_defaults
 from runner.spec.paired import paired_combos
-from runner.spec.schema import AXES
+from runner.spec.schema import AXES, DEFAULT_POV_SCORE
+
+OPTIONAL_IN_INCLUDE = ("question", "pov_score")
+"""Axes a `matrix.include` rule may leave out: it then takes every value (`all`)."""
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,8 @@ class Cell:
     pov_set: str
     k: tuple[int, int, int]
     question: str
+    pov_score: str = DEFAULT_POV_SCORE
+    """Name of the stage-3 scoring method (a key of the spec's `pov_scores`)."""
     repeat: int = 0
     """Which run of the cell this is (`matrix.repeat`); 0 is the cell as it is without repeats."""
     base_id: str = ""
@@ -43,6 +48,7 @@ class Cell:
             "template": self.template,
             "persona": self.persona,
             "pov_set": self.pov_set,
+            "pov_score": self.pov_score,
             "k": list(self.k),
             "question": self.question,
         }
@@ -93,7 +99,7 @@ def matches(rule: dict[str, Any], combo: dict[str, Any]) -> bool:
 def _include_combos(exp: Experiment, rule: dict[str, Any]) -> Iterator[dict[str, Any]]:
     options: list[list[Any]] = []
     for axis in AXES:
-        want: Any = rule.get(axis, "all" if axis == "question" else None)
+        want: Any = rule.get(axis, "all" if axis in OPTIONAL_IN_INCLUDE else None)
         vals: list[Any]
         if axis == "k":
             vals = [tuple(w) for w in want] if want and isinstance(want[0], list) else [tuple(want)]
@@ -112,16 +118,19 @@ class CellHasher:
 
     def __init__(self, exp: Experiment) -> None:
         spec = exp.spec
-        self._shared = _digest(
-            {
-                # Fields added later count only when set: ids from before them must not change.
-                "generation": without_new_defaults("generation", spec.generation.model_dump(mode="json")),
-                "embedder": spec.embedder.model_dump(mode="json", exclude={"batch_size", "device"}),
-                "reranker": spec.effective_reranker.model_dump(mode="json", exclude={"batch_size", "device"}),
-                "collection": spec.corpus.collection,
-                "chunking": spec.corpus.chunking.model_dump(mode="json"),
-            }
-        )
+        shared = {
+            # Fields added later count only when set: ids from before them must not change.
+            "generation": without_new_defaults("generation", spec.generation.model_dump(mode="json")),
+            "embedder": spec.embedder.model_dump(mode="json", exclude={"batch_size", "device"}),
+            "reranker": spec.effective_reranker.model_dump(mode="json", exclude={"batch_size", "device"}),
+            "collection": spec.corpus.collection,
+            "chunking": spec.corpus.chunking.model_dump(mode="json"),
+        }
+        if spec.query_reranker is not None:  # only when set: the ids of cells without one stay as they were
+            shared["query_reranker"] = portable(
+                spec.query_reranker.model_dump(mode="json", exclude={"batch_size", "device"}), exp.root
+            )
+        self._shared = _digest(shared)
         self._parts = {
             "model": {
                 k: _digest(portable(m.model_dump(mode="json"), exp.root)) for k, m in spec.models.items()
@@ -131,11 +140,30 @@ class CellHasher:
             "pov_set": {k: _digest(v) for k, v in exp.pov_sets.items()},
             "question": {k: _digest(q.text) for k, q in exp.questions.items()},
         }
+        # The notebook's `l2` adds nothing to an id, so that the ids of every cell made before the choice
+        # existed stay as they were. Other methods hash their parameters, and contrast its references'
+        # statements (editing another POV set changes what it scores).
+        self._pov_score = {
+            name: None
+            if score.method == DEFAULT_POV_SCORE
+            else _digest(
+                {
+                    **score.model_dump(mode="json", exclude_unset=False),
+                    "statements": exp.pov_sets if score.method == "contrast" else None,
+                    "matrix_pov_sets": matrix_pov_sets(exp) if score.reference == "others" else None,
+                }
+            )
+            for name, score in spec.pov_scores.items()
+        }
 
     def cell(self, combo: dict[str, Any]) -> Cell:
         content = [self._shared]
         for axis in AXES:
             value = combo[axis]
+            if axis == "pov_score":
+                if self._pov_score[value] is not None:
+                    content += [f"{axis}={value}", str(self._pov_score[value])]
+                continue
             content.append(f"{axis}={value if axis != 'k' else list(value)}")
             if axis != "k":
                 content.append(self._parts[axis][value])
@@ -148,6 +176,7 @@ class CellHasher:
             combo["pov_set"],
             tuple(combo["k"]),
             combo["question"],
+            combo["pov_score"],
         )
 
 
@@ -180,6 +209,22 @@ def _combos(exp: Experiment) -> Iterator[dict[str, Any]]:
             yield combo
     for rule in m.include:
         yield from _include_combos(exp, rule)
+
+
+def matrix_pov_sets(exp: Experiment) -> list[str]:
+    """The POV sets the matrix uses (matrix.pov_set and the includes'), in declaration order: what a
+    contrast's `reference: others` and the stance metrics compare a set with."""
+    m = exp.spec.matrix
+    named = set(exp.pov_sets if m.pov_set == "all" else m.pov_set)
+    for rule in m.include:
+        want = rule.get("pov_set")
+        if want == "all":
+            named |= set(exp.pov_sets)
+        elif isinstance(want, list):
+            named |= {str(v) for v in want}
+        elif want is not None:
+            named.add(str(want))
+    return [p for p in exp.pov_sets if p in named]
 
 
 def is_empty(exp: Experiment) -> bool:

@@ -8,9 +8,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from runner.errors import Problem, SpecError, did_you_mean
-from runner.registry import BACKENDS, EMBEDDERS
+from runner.registry import BACKENDS, EMBEDDERS, RERANKERS
 from runner.spec.experiment import Experiment, display_path
-from runner.spec.matrix import is_empty
+from runner.spec.matrix import OPTIONAL_IN_INCLUDE, is_empty, matrix_pov_sets
 from runner.spec.paired import zip_problems
 from runner.spec.safe_yaml import Mark, PathKey, load_yaml, read_text
 from runner.spec.schema import AXES, Question, Spec, check_k
@@ -137,6 +137,7 @@ def axis_choices(spec: Spec, questions: dict[str, Question]) -> dict[str, list[s
         "template": list(spec.templates),
         "persona": list(spec.personas),
         "pov_set": list(spec.pov_sets),
+        "pov_score": list(spec.pov_scores),
         "question": list(questions),
     }
 
@@ -205,7 +206,7 @@ def _check_rule(
             if v not in choices[axis] and (axis != "question" or questions):
                 c.at((*path, axis), f"unknown {axis} {v!r}{did_you_mean(v, choices[axis])}")
     if full:
-        missing = [a for a in AXES if a not in rule and a != "question"]
+        missing = [a for a in AXES if a not in rule and a not in OPTIONAL_IN_INCLUDE]
         if missing:
             c.at(path, f"an include names every axis but question; missing: {', '.join(missing)}")
 
@@ -241,6 +242,12 @@ def resolve(
                 (key, "provider"),
                 f"unknown provider {emb.provider!r}{did_you_mean(emb.provider, EMBEDDERS.names())}",
             )
+    qr = spec.query_reranker
+    if qr is not None and qr.provider not in RERANKERS:
+        c.at(
+            ("query_reranker", "provider"),
+            f"unknown query reranker {qr.provider!r}{did_you_mean(qr.provider, RERANKERS.names())}",
+        )
     if c.problems:
         raise SpecError(c.problems)
     sources = [*files, *(Path(t.path) for t in templates.values())]
@@ -248,6 +255,9 @@ def resolve(
         sources.append(Path(spec.questions))
     sources += [Path(v) for v in spec.pov_sets.values() if not isinstance(v, list)]
     exp = Experiment(spec, path, root, questions, pov_sets, templates, data, sources)
+    _check_pov_scores(exp, c)
+    if c.problems:
+        raise SpecError(c.problems)
     if is_empty(exp):
         c.at(("matrix",), "the matrix has no cells: matrix.exclude removes every combination")
         raise SpecError(c.problems)
@@ -282,6 +292,38 @@ def _check_compile(spec: Spec, c: ProblemList) -> None:
                 ("generation", "compile"),
                 f"model {name!r} loads in 4-bit (bitsandbytes), which transformers does not compile: set "
                 "generation.compile: false, or load_in_4bit: false",
+            )
+
+
+def _check_pov_scores(exp: Experiment, c: ProblemList) -> None:
+    """A contrast needs a reference other than the set it scores: named POV sets that exist, and with
+    `others`, a second POV set in the matrix."""
+    in_matrix = matrix_pov_sets(exp)
+    for name, score in exp.spec.pov_scores.items():
+        if score.method != "contrast":
+            continue
+        if score.reference == "others":
+            if len(in_matrix) < 2:
+                only = ", ".join(repr(p) for p in in_matrix) or "none"
+                c.at(
+                    ("pov_scores", name),
+                    f"contrast compares a POV set with the others the matrix uses, and it uses one ({only}): "
+                    "add another POV set to the matrix, or give `reference:` a neutral POV set declared in "
+                    "pov_sets",
+                )
+            continue
+        for i, ref in enumerate(score.reference):
+            if ref not in exp.pov_sets:
+                c.at(
+                    ("pov_scores", name, "reference", i),
+                    f"unknown POV set {ref!r}{did_you_mean(ref, list(exp.pov_sets))}",
+                )
+        alone = [p for p in in_matrix if set(score.reference) == {p}]
+        if alone:
+            c.at(
+                ("pov_scores", name, "reference"),
+                f"the reference is POV set {alone[0]!r} alone, which the matrix also scores: it would be "
+                "compared with itself; add another reference set",
             )
 
 

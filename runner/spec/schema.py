@@ -13,10 +13,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from runner.errors import did_you_mean
 from runner.spec.corpus import include_problem
 
-AXES = ("model", "template", "persona", "pov_set", "k", "question")
+AXES = ("model", "template", "persona", "pov_set", "pov_score", "k", "question")
 """Matrix axes, in the order cells are listed."""
+POV_METHODS = ("l2", "blend", "contrast")
+"""Stage-3 scoring methods (runner.retrieval.scoring): `l2` the notebook's POV score, `blend` it mixed with the
+question's relevance, `contrast` stance relative to reference POV sets."""
+DEFAULT_POV_SCORE = "l2"
+"""The scoring method of a spec that declares none, and of cells recorded before there was a choice."""
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -115,6 +121,64 @@ class Embedder(Strict):
     """Name of the model's prompt used for queries (BGE-style instructions); default uses `query` if defined."""
 
 
+class QueryReranker(Strict):
+    provider: str
+    """`cross-encoder` (sentence-transformers CrossEncoder, a local model folder) or `cohere` (Cohere's
+    rerank API)."""
+    model: Setting
+    """A local folder (or hub name, offline only if cached) for cross-encoder; the API model id for cohere
+    (e.g. `rerank-v3.5`). Rerank scores are not comparable across model generations."""
+    batch_size: int = Field(32, ge=1, le=1000)
+    """(question, chunk) pairs per call (cohere: documents per request, capped at 1000)."""
+    device: Setting | None = None
+    """Torch device for cross-encoder (`cpu`, `cuda`, ...); default picks one."""
+
+
+class PovScore(Strict):
+    """A stage-3 scoring method and its parameters (runner.retrieval.scoring)."""
+
+    method: str = DEFAULT_POV_SCORE
+    """`l2`: the notebook's POV score, the L2 norm of a chunk's cosine similarities to the statements;
+    `blend`: `(1 - weight) * z(stage-2 relevance) + weight * z(l2)`, z-scored over each question's candidates;
+    `contrast`: mean similarity to this set's statements minus the mean over the reference sets' (stance)."""
+    weight: float = Field(0.5, ge=0.0, le=1.0)
+    """`blend` only: the POV score's share, 0 (stage 2's order) to 1 (`l2`'s order)."""
+    reference: Literal["others"] | list[Annotated[str, AfterValidator(_filled)]] = "others"
+    """`contrast` only: `others` (the other POV sets the matrix uses), or a list of POV set names (a neutral
+    set, say, declared in pov_sets and left out of matrix.pov_set)."""
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        if v not in POV_METHODS:
+            raise ValueError(
+                f"unknown scoring method {v!r}{did_you_mean(v, list(POV_METHODS))}; one of {', '.join(POV_METHODS)}"
+            )
+        return v
+
+    @field_validator("reference")
+    @classmethod
+    def _some_reference(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and not v:
+            raise ValueError("name at least one POV set, or write `others`")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"method": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _own_parameters(self) -> PovScore:
+        # A parameter of another method is refused unless it holds the default (a resolved spec, such as the
+        # one an execution stores for `pov rerun`, writes every field out).
+        for name, method in (("weight", "blend"), ("reference", "contrast")):
+            default = type(self).model_fields[name].default
+            if self.method != method and getattr(self, name) != default:
+                raise ValueError(f"{name} belongs to {method}, not to {self.method}: remove it")
+        return self
+
+
 class Question(Strict):
     id: str = Field(pattern=NAME_RE.pattern)
     """Short stable id used in the matrix and in reports."""
@@ -187,6 +251,8 @@ class Matrix(Strict):
     """Persona names, or `all`."""
     pov_set: AxisValues = "all"
     """POV set names, or `all`."""
+    pov_score: AxisValues = "all"
+    """Stage-3 scoring methods (names in `pov_scores`), or `all`."""
     k: list[KSchedule] = [[15, 10, 5]]
     """Stage sizes `[k1, k2, k3]`: vector search, query rerank, POV rerank; k1 >= k2 >= k3 >= 1."""
     question: AxisValues = "all"
@@ -194,7 +260,8 @@ class Matrix(Strict):
     exclude: list[dict[str, Any]] = []
     """Partial cells to drop: every axis given must match (e.g. `{template: a, persona: b}`)."""
     include: list[dict[str, Any]] = []
-    """Extra cells to add; each names every axis but `question` (default all); a list value expands."""
+    """Extra cells to add; each names every axis but `question` and `pov_score` (default all); a list value
+    expands."""
     zip: list[list[str]] = []
     """Groups of axes that advance together instead of as a product: `[[question, pov_set]]` runs the first
     question with the first POV set, the second with the second, and so on. The axes of a group list the same
@@ -212,7 +279,7 @@ class Matrix(Strict):
             raise ValueError(f"repeat is how many times each cell runs: 1 or more, got {v}")
         return v
 
-    @field_validator("model", "template", "persona", "pov_set", "question", mode="before")
+    @field_validator("model", "template", "persona", "pov_set", "pov_score", "question", mode="before")
     @classmethod
     def _axis_form(cls, v: Any) -> Any:
         # Without this a lone name reads "Input should be 'all'", which hides the fix.
@@ -325,10 +392,16 @@ class Spec(Strict):
     """Embeds stored chunks and stage-1 queries."""
     reranker: Embedder | None = None
     """Embeds for stages 2 and 3; default the embedder (its stored vectors are reused)."""
+    query_reranker: QueryReranker | None = None
+    """Scores stage 2 with a rerank model (a cross-encoder or Cohere rerank) reading each (question, chunk)
+    pair, instead of the reranker's cosine; stage 3 still uses the reranker's embeddings."""
     questions: Path | list[Question]
     """A YAML file with `questions: [{id, text}]`, or the list inline."""
     pov_sets: dict[str, Path | list[str]]
     """Named sets of short POV statements: a YAML file with `statements: [...]`, or a list inline."""
+    pov_scores: dict[str, PovScore] = {DEFAULT_POV_SCORE: PovScore()}
+    """Named stage-3 scoring methods, the values of matrix.pov_score: a method name (`l2`, `blend`,
+    `contrast`) or `{method, weight, reference}`; default one, `l2` (the notebook's)."""
     personas: dict[str, Annotated[str, AfterValidator(_persona)]]
     """Named persona texts, put first in the prompt."""
     templates: dict[str, Path]
@@ -350,7 +423,7 @@ class Spec(Strict):
     faults: list[Fault] = []
     """Injected faults (testing only)."""
 
-    @field_validator("personas", "templates", "models", "pov_sets")
+    @field_validator("personas", "templates", "models", "pov_sets", "pov_scores")
     @classmethod
     def _names(cls, v: dict[str, Any]) -> dict[str, Any]:
         if not v:

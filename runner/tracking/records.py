@@ -112,7 +112,12 @@ def parent_tags(
 
 
 def parent_params(exp: Experiment, cells: list[Cell], secrets: dict[str, str]) -> dict[str, str]:
-    params = {Params.SPEC_NAME: exp.spec.name, Params.SPEC_HASH: exp.spec_hash}
+    qr = exp.spec.query_reranker
+    params = {
+        Params.SPEC_NAME: exp.spec.name,
+        Params.SPEC_HASH: exp.spec_hash,
+        Params.QUERY_RERANKER: f"{qr.provider}:{qr.model}" if qr else NONE,
+    }
     for axis in AXES:
         values = dict.fromkeys(axis_value(c, axis) for c in cells)
         params[Params.axis(axis)] = ",".join(values)

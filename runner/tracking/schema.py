@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from runner import run
+from runner import retrieval, run
 from runner.spec import AXES
 
 SCHEMA_VERSION = 1
@@ -128,6 +128,7 @@ class Params:
     MODEL_REVISION = "model_revision"
     REPEAT = "repeat"
     BASE_CELL_ID = "base_cell_id"
+    QUERY_RERANKER = "query_reranker"
 
     @staticmethod
     def axis(name: str) -> str:
@@ -147,6 +148,11 @@ class Metrics:
     SESSION_PREFIX = "session."
     STAGE_TOP_SCORE = "stage{n}_top_score"
     STAGE3_MEAN_SCORE = "stage3_mean_score"
+    RELEVANCE_KEPT = retrieval.RELEVANCE_KEPT
+    BEST_MATCH_RANK = retrieval.BEST_MATCH_RANK
+    STANCE_SPECIFICITY = retrieval.STANCE_SPECIFICITY
+    STAGE_BOILERPLATE_SHARE = retrieval.STAGE_BOILERPLATE_SHARE
+    STAGE_TRUNCATED = retrieval.STAGE_TRUNCATED
     LATENCY_S = "latency_s"
     LATENCY_PER_CELL = "latency_per_cell"
     BATCH_LATENCY_S = "batch_latency_s"
@@ -256,6 +262,11 @@ _PARAM_DOCS: dict[str, tuple[str, str]] = {
     Params.MODEL_REVISION: (_CELL, f"its revision or files hash (`{NONE}` if unknown)"),
     Params.REPEAT: (_CELL, "which run of the cell this is (`matrix.repeat`; 0 without repeats)"),
     Params.BASE_CELL_ID: (_CELL, "the id of repeat 0 of the cell (its own id on repeat 0)"),
+    Params.QUERY_RERANKER: (
+        _EXEC,
+        f"stage 2's rerank model, `provider:model` (`{NONE}`: the reranker's cosine); its scores are not "
+        "comparable across rerank model generations",
+    ),
 }
 _METRIC_DOCS: dict[str, tuple[str, str]] = {
     Metrics.CELLS_TOTAL: (_EXEC, "cells in the execution"),
@@ -266,6 +277,20 @@ _METRIC_DOCS: dict[str, tuple[str, str]] = {
     Metrics.SESSION_PREFIX: (_EXEC, "the last session's other summary numbers (runner.run.RunSummary)"),
     Metrics.STAGE_TOP_SCORE: (_CELL, "highest score of retrieval stage n (1: vector, 2: query, 3: POV)"),
     Metrics.STAGE3_MEAN_SCORE: (_CELL, "mean score of the POV stage's chunks"),
+    Metrics.RELEVANCE_KEPT: (_CELL, "share of the POV stage's chunks among the query stage's first k3"),
+    Metrics.BEST_MATCH_RANK: (
+        _CELL,
+        "rank the query stage's best chunk ended at in the POV stage's order (1-based)",
+    ),
+    Metrics.STANCE_SPECIFICITY: (
+        _CELL,
+        "1 - mean Jaccard overlap of the POV stage's chunks with the other POV sets' (same question, k, method)",
+    ),
+    Metrics.STAGE_BOILERPLATE_SHARE: (_CELL, "share of stage n's chunks that are mostly boilerplate"),
+    Metrics.STAGE_TRUNCATED: (
+        _CELL,
+        "stage n's chunks longer than the embedder's window (cut when embedded)",
+    ),
     Metrics.LATENCY_S: (
         _CELL,
         "seconds from the start of the cell's batch to the end of its answer (latency_per_cell 1), "

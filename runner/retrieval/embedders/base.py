@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import ClassVar, Literal, Protocol
 
 import numpy as np
 
@@ -37,6 +37,14 @@ class Embedder(Protocol):
 class Provider(Embedder, Protocol):
     calls: int
     """Requests made to the model or API (batches, retries included)."""
+    counts_tokens: ClassVar[bool]
+    """Whether `token_counts` can count tokens locally (the class says so before any instance exists, so
+    that asking never needs a model or an API key)."""
+
+    def token_counts(self, texts: Sequence[str]) -> tuple[list[int], int]:
+        """Each document's length in tokens as the model reads it, and the model's window (longer documents
+        are cut to it before they are embedded). Called only when `counts_tokens`."""
+        ...
 
 
 def check_kind(kind: str) -> None:
@@ -74,9 +82,13 @@ class CachedEmbedder:
         namespace: str,
         factory: Callable[[], Provider],
         cache: EmbeddingCache | None,
+        *,
+        counts_tokens: bool = False,
     ) -> None:
         self.provider, self.model, self.namespace = provider, model, namespace
         self._factory = factory
+        self.counts_tokens = counts_tokens
+        self._tokens: dict[str, tuple[int, int]] = {}
         self._inner: Provider | None = None
         self.cache = cache
         self._memory: dict[tuple[str, str], np.ndarray] = {}
@@ -131,6 +143,28 @@ class CachedEmbedder:
         self.dim = out.shape[1]
         return out
 
+    def token_counts(self, texts: Sequence[str]) -> tuple[list[int], int] | None:
+        """Each text's length in tokens and the model's window, from the cache where counted before (the
+        model is loaded only for texts never counted); None when the provider cannot count locally."""
+        if not self.counts_tokens:
+            return None
+        texts = list(texts)
+        shas = [text_sha(t) for t in texts]
+        unique = dict(zip(shas, texts, strict=True))
+        wanted = [s for s in unique if s not in self._tokens]
+        if wanted and self.cache is not None:
+            self._tokens.update(self.cache.get_tokens(self.provider, self.model, wanted))
+        missing = [s for s in unique if s not in self._tokens]
+        if missing:
+            counts, window = self._provider().token_counts([unique[s] for s in missing])
+            new = {s: (n, window) for s, n in zip(missing, counts, strict=True)}
+            if self.cache is not None:
+                self.cache.put_tokens(self.provider, self.model, new.items())
+            self._tokens.update(new)
+        if not texts:
+            return [], 0
+        return [self._tokens[s][0] for s in shas], self._tokens[shas[0]][1]
+
 
 def cache_path(state_dir: Path) -> Path:
     return Path(state_dir) / "cache" / "embeddings.sqlite"
@@ -142,4 +176,11 @@ def build_embedder(spec: EmbedderSpec, state_dir: Path | None) -> CachedEmbedder
 
     cls = EMBEDDERS.load(spec.provider)
     cache = EmbeddingCache(cache_path(state_dir)) if state_dir is not None else None
-    return CachedEmbedder(spec.provider, spec.model, cache_namespace(spec), lambda: cls(spec), cache)
+    return CachedEmbedder(
+        spec.provider,
+        spec.model,
+        cache_namespace(spec),
+        lambda: cls(spec),
+        cache,
+        counts_tokens=cls.counts_tokens,
+    )

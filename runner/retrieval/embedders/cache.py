@@ -26,6 +26,18 @@ CREATE TABLE IF NOT EXISTS embeddings (
     PRIMARY KEY (provider, model, kind, sha)
 ) WITHOUT ROWID
 """
+_TOKENS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    sha TEXT NOT NULL,
+    tokens INTEGER NOT NULL,
+    window INTEGER NOT NULL,
+    PRIMARY KEY (provider, model, sha)
+) WITHOUT ROWID
+"""
+"""How many tokens a document is to a model, and the model's window: so that knowing which chunks the
+embedder cut short never needs the model again."""
 _LOOKUP_CHUNK = 500
 """Keys per SELECT: well under SQLite's limit on bound parameters in every version."""
 
@@ -49,6 +61,7 @@ class EmbeddingCache:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute(_SCHEMA)
+            conn.execute(_TOKENS_SCHEMA)
             self._conn, self._pid = conn, os.getpid()
         return self._conn
 
@@ -79,6 +92,32 @@ class EmbeddingCache:
         db.execute("BEGIN IMMEDIATE")
         try:
             db.executemany("INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?, ?)", rows)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def get_tokens(self, provider: str, model: str, shas: Sequence[str]) -> dict[str, tuple[int, int]]:
+        """sha -> (tokens, window) of the texts counted before."""
+        out: dict[str, tuple[int, int]] = {}
+        db = self._db()
+        for i in range(0, len(shas), _LOOKUP_CHUNK):
+            part = list(shas[i : i + _LOOKUP_CHUNK])
+            rows = db.execute(
+                f"SELECT sha, tokens, window FROM tokens WHERE provider=? AND model=? AND sha IN ({','.join('?' * len(part))})",
+                (provider, model, *part),
+            )
+            out.update((sha, (int(n), int(w))) for sha, n, w in rows)
+        return out
+
+    def put_tokens(self, provider: str, model: str, items: Iterable[tuple[str, tuple[int, int]]]) -> None:
+        rows = [(provider, model, sha, int(n), int(w)) for sha, (n, w) in items]
+        if not rows:
+            return
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT OR REPLACE INTO tokens VALUES (?, ?, ?, ?, ?)", rows)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

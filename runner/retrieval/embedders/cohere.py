@@ -1,4 +1,5 @@
-"""`cohere` provider: the Cohere embed API through the official SDK (`ClientV2.embed`).
+"""`cohere` provider: the Cohere embed API through the official SDK (`ClientV2.embed`); `CohereAPI`, the
+client and retry loop it shares with the Cohere rerank provider.
 
 Documents are sent with `input_type="search_document"`, queries and POV statements with
 `"search_query"`, always `embedding_types=["float"]`, at most 96 texts per request (the API's limit).
@@ -19,7 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -41,13 +42,22 @@ class CohereError(RuntimeError):
     """The API kept failing, or answered something unusable."""
 
 
-class CohereEmbedder:
-    provider = "cohere"
+T = TypeVar("T")
+
+
+class CohereAPI:
+    """One model of the Cohere API through the official SDK: the key, the base URL, a connect timeout, and
+    the retry loop every request goes through (`request`). CohereEmbedder and the Cohere rerank provider
+    (runner.retrieval.rerankers.cohere) are built on it."""
+
+    what = "request"
+    """What a request does, as messages name it (`embed`, `rerank`)."""
 
     def __init__(
         self,
-        spec: EmbedderSpec,
+        model: str,
         *,
+        role: str,
         max_retries: int = 6,
         backoff_s: float = 1.0,
         max_backoff_s: float = 60.0,
@@ -58,17 +68,16 @@ class CohereEmbedder:
         key = os.environ.get("CO_API_KEY", "").strip()
         if not key:
             raise UserError(
-                f"CO_API_KEY is not set: the cohere embedder (model {spec.model!r}) needs an API key "
+                f"CO_API_KEY is not set: the cohere {role} (model {model!r}) needs an API key "
                 "in the environment (export CO_API_KEY=...); it is never stored or printed"
             )
         import cohere
         import httpx
 
-        self.model = spec.model
+        self.model = model
         self.connect_retries = connect_retries
         # base_url must be read now: the SDK's default argument read CO_API_URL once, at import time.
         self.base_url = os.environ.get("CO_API_URL", "").strip() or DEFAULT_URL
-        self.batch_size = min(spec.batch_size, MAX_BATCH)
         self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
         self._sleep = sleep
         self._key = key
@@ -80,33 +89,18 @@ class CohereEmbedder:
         self._client = cohere.ClientV2(api_key=key, base_url=self.base_url, httpx_client=http, max_retries=0)
 
     def __repr__(self) -> str:
-        return f"CohereEmbedder(model={self.model!r})"
+        return f"{type(self).__name__}(model={self.model!r})"
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
 
-    def embed(self, texts: Sequence[str], kind: Kind) -> np.ndarray:
-        check_kind(kind)
-        texts = list(texts)
-        parts = [
-            self._embed_batch(texts[i : i + self.batch_size], INPUT_TYPES[kind])
-            for i in range(0, len(texts), self.batch_size)
-        ]
-        if not parts:
-            return np.zeros((0, 0), dtype=np.float32)
-        return normalize_rows(np.concatenate(parts))
-
-    def _embed_batch(self, texts: list[str], input_type: str) -> np.ndarray:
+    def request(self, send: Callable[[], T]) -> T:
+        """`send()` (one SDK call), retried on 429, 5xx and dropped connections; see the module docstring."""
         attempt = 0
         while True:
             self.calls += 1
             try:
-                resp = self._client.embed(
-                    model=self.model,
-                    texts=texts,
-                    input_type=input_type,
-                    embedding_types=["float"],
-                )
+                return send()
             except Exception as e:  # the SDK raises ApiError subclasses and httpx transport errors
                 wait = self._retry_wait(e, attempt)
                 if wait is None:
@@ -114,21 +108,14 @@ class CohereEmbedder:
                 attempt += 1
                 self.retries += 1
                 log.warning(
-                    "cohere embed: %s; retry %d/%d in %.1fs",
+                    "cohere %s: %s; retry %d/%d in %.1fs",
+                    self.what,
                     self._describe(e),
                     attempt,
                     self.max_retries,
                     wait,
                 )
                 self._sleep(wait)
-                continue
-            vecs = getattr(resp.embeddings, "float_", None)
-            if vecs is None or len(vecs) != len(texts):
-                raise CohereError(
-                    f"cohere embed answered {0 if vecs is None else len(vecs)} float embeddings "
-                    f"for {len(texts)} texts"
-                )
-            return np.asarray(vecs, dtype=np.float32)
 
     @staticmethod
     def _status(e: Exception) -> int | None:
@@ -180,6 +167,67 @@ class CohereEmbedder:
             return UserError(f"Cohere refused the API key in CO_API_KEY ({self._describe(e)})")
         if status is not None and 400 <= status < 500 and status != 429:
             return UserError(
-                f"Cohere rejected the embed request for model {self.model!r} ({self._describe(e)})"
+                f"Cohere rejected the {self.what} request for model {self.model!r} ({self._describe(e)})"
             )
-        return CohereError(f"cohere embed failed after {attempts} retries: {self._describe(e)}")
+        return CohereError(f"cohere {self.what} failed after {attempts} retries: {self._describe(e)}")
+
+
+class CohereEmbedder(CohereAPI):
+    provider = "cohere"
+    what = "embed"
+    counts_tokens = False
+    """Cohere's tokenizers are not available offline: which chunks the API cuts is not known here."""
+
+    def __init__(
+        self,
+        spec: EmbedderSpec,
+        *,
+        max_retries: int = 6,
+        backoff_s: float = 1.0,
+        max_backoff_s: float = 60.0,
+        timeout_s: float = 120.0,
+        connect_retries: int = CONNECT_RETRIES,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(
+            spec.model,
+            role="embedder",
+            max_retries=max_retries,
+            backoff_s=backoff_s,
+            max_backoff_s=max_backoff_s,
+            timeout_s=timeout_s,
+            connect_retries=connect_retries,
+            sleep=sleep,
+        )
+        self.batch_size = min(spec.batch_size, MAX_BATCH)
+
+    def embed(self, texts: Sequence[str], kind: Kind) -> np.ndarray:
+        check_kind(kind)
+        texts = list(texts)
+        parts = [
+            self._embed_batch(texts[i : i + self.batch_size], INPUT_TYPES[kind])
+            for i in range(0, len(texts), self.batch_size)
+        ]
+        if not parts:
+            return np.zeros((0, 0), dtype=np.float32)
+        return normalize_rows(np.concatenate(parts))
+
+    def _embed_batch(self, texts: list[str], input_type: str) -> np.ndarray:
+        resp = self.request(
+            lambda: self._client.embed(
+                model=self.model,
+                texts=texts,
+                input_type=input_type,
+                embedding_types=["float"],
+            )
+        )
+        vecs = getattr(resp.embeddings, "float_", None)
+        if vecs is None or len(vecs) != len(texts):
+            raise CohereError(
+                f"cohere embed answered {0 if vecs is None else len(vecs)} float embeddings "
+                f"for {len(texts)} texts"
+            )
+        return np.asarray(vecs, dtype=np.float32)
+
+    def token_counts(self, texts: Sequence[str]) -> tuple[list[int], int]:
+        raise NotImplementedError("cohere embeddings: tokens are not counted locally")

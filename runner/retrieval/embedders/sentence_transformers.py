@@ -69,6 +69,7 @@ def load_model(path: str, device: str) -> Any:
 
 class SentenceTransformerEmbedder:
     provider = "sentence-transformers"
+    counts_tokens = True
 
     def __init__(self, spec: EmbedderSpec) -> None:
         self.model = spec.model
@@ -109,3 +110,20 @@ class SentenceTransformerEmbedder:
         )
         self.calls += math.ceil(len(texts) / self.batch_size)
         return normalize_rows(out)
+
+    def token_counts(self, texts: Sequence[str]) -> tuple[list[int], int]:
+        """Tokens of each document as `embed` hands it to the model (with the document prompt, if any, and
+        the special tokens), and the model's `max_seq_length`: encode cuts anything longer."""
+        model = self.st_model
+        prompt = (getattr(model, "prompts", None) or {}).get("document", "")
+        from transformers.utils import logging as hf_logging
+
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # "sequence length is longer than the maximum": that is the question
+        try:
+            ids = model.tokenizer([prompt + t for t in texts], add_special_tokens=True, truncation=False)[
+                "input_ids"
+            ]
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        return [len(x) for x in ids], int(model.max_seq_length)
