@@ -15,8 +15,7 @@ import pytest
 from cohere_standin import StandIn, fake_relevance, serve
 from conftest import copy_brics_project
 
-from runner.retrieval import ChromaRetriever, RetrievalResult
-from runner.retrieval import ingest
+from runner.retrieval import ChromaRetriever, RetrievalResult, ingest
 from runner.spec import load_spec
 
 K = (15, 10, 5)
