@@ -28,7 +28,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from runner.generation.jobs import LoadFailed, classify_exit
 from runner.generation.worker import die_with_parent, file_size, read_tail, redirect_output
@@ -72,97 +72,25 @@ def default_threads() -> int:
     return max(1, (os.cpu_count() or 1) - 1)
 
 
-class ManagedServer:
-    """The parent's handle on one server process: start it, know whether it lives, measure it, stop it."""
+@dataclass
+class Incarnation:
+    """One server process, from its start to its death: what a request sent to it reports if it dies."""
 
-    def __init__(self, settings: Settings, log_path: Path, startup_timeout_s: float) -> None:
-        self.settings, self.log_path, self.startup_timeout_s = settings, log_path, startup_timeout_s
-        self.api_key = secrets.token_urlsafe(32)
-        self.proc: Any = None
-        self.conn: Any = None
-        self.url: str | None = None
-        self.version: str | None = None
-        self._offset = 0
-        self._begun = 0.0
+    proc: Any
+    log_path: Path
+    offset: int
+    """Where its lines begin in the log."""
 
-    # -- lifecycle ---------------------------------------------------------------------------------------
-    def begin(self) -> None:
-        """Spawn the server process; it loads the model while the caller does other work."""
-        if self.proc is not None and self.proc.is_alive():
-            return
-        if not installed():
-            raise LoadFailed(
-                "exception", f"a managed llama.cpp server needs {INSTALL_HINT}", "", worker_alive=False
-            )
-        import multiprocessing as mp
-
-        from runner.generation.executors.process import start_from_lasting_thread
-
-        self.close()
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._offset = file_size(self.log_path)
-        ctx = mp.get_context("spawn")
-        parent_conn, child_conn = ctx.Pipe(duplex=True)
-        # The key travels through the spawn pipe with the other arguments, never on a command line.
-        self.proc = ctx.Process(
-            target=serve_main,
-            name=f"pov-llamacpp-{self.log_path.stem}",
-            daemon=True,
-            args=(child_conn, asdict(self.settings), self.api_key, str(self.log_path), os.getpid()),
-        )
-        start_from_lasting_thread(self.proc.start)
-        child_conn.close()  # so that the child's death reads as end-of-file here
-        self.conn, self.url, self._begun = parent_conn, None, time.monotonic()
-
-    def start(self) -> float:
-        """Wait until the server answers; returns the seconds since `begin`. Raises LoadFailed (with the
-        server's log tail) when it dies, reports a failure, or stays silent past `startup_timeout_s`."""
-        if self.url is not None and self.alive:
-            return 0.0
-        if self.proc is None or not self.proc.is_alive():
-            self.begin()
-        deadline = self._begun + self.startup_timeout_s
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self.kill()
-                self._fail(
-                    "timeout", f"the llama.cpp server did not answer within {self.startup_timeout_s:g} s"
-                )
-            try:
-                ready = self.conn.poll(min(remaining, 0.25))
-                msg = self.conn.recv() if ready else None
-            except (EOFError, OSError):
-                msg = None
-                self.proc.join(5)
-            if msg is not None and msg[0] == "ready":
-                self.url, self.version = str(msg[1]), str(msg[2])
-                return time.monotonic() - self._begun
-            if msg is not None:  # ("failed", "Type: message")
-                self.kill()
-                self._fail("exception", f"the llama.cpp server did not start: {msg[1]}")
-            if not self.proc.is_alive():
-                self.proc.join(5)
-                cause, _ = classify_exit(self.proc.exitcode)
-                self._fail(
-                    cause, f"the llama.cpp server died while loading {self.settings.gguf} ({self.death()})"
-                )
-
-    def _fail(self, cause: str, error: str) -> None:
-        raise LoadFailed(cause, error, self.log_tail(), worker_alive=False)
+    @property
+    def pid(self) -> int:
+        return int(self.proc.pid)
 
     @property
     def alive(self) -> bool:
-        return self.proc is not None and self.proc.is_alive()
-
-    @property
-    def pid(self) -> int | None:
-        return None if self.proc is None else int(self.proc.pid)
+        return bool(self.proc.is_alive())
 
     def death(self) -> str:
-        """How the process ended, in words ("SIGKILL", "exit status 1"); waits briefly for it to end."""
-        if self.proc is None:
-            return "never started"
+        """How it ended, in words ("SIGKILL", "exit status 1"); waits briefly for it to end."""
         self.proc.join(2)
         code = self.proc.exitcode
         if code is None:
@@ -176,24 +104,120 @@ class ManagedServer:
 
     def cause(self) -> str:
         """The crash cause of its death (runner.generation.jobs.classify_exit): killed, segfault, abort..."""
-        self.death()
-        return classify_exit(self.proc.exitcode if self.proc is not None else None)[0]
+        self.proc.join(2)
+        return classify_exit(self.proc.exitcode)[0]
 
     def log_tail(self) -> str:
-        return read_tail(self.log_path, self._offset)
+        return read_tail(self.log_path, self.offset)
+
+
+class ManagedServer:
+    """The parent's handle on the server: start it (again, after a death), know whether it lives, measure it,
+    stop it. `current` is the process now serving; a request remembers the one it was sent to."""
+
+    def __init__(self, settings: Settings, log_path: Path, startup_timeout_s: float) -> None:
+        self.settings, self.log_path, self.startup_timeout_s = settings, log_path, startup_timeout_s
+        self.api_key = secrets.token_urlsafe(32)
+        self.current: Incarnation | None = None
+        self.conn: Any = None
+        self.url: str | None = None
+        self.version: str | None = None
+        self._begun = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def begin(self) -> None:
+        """Spawn the server process; it loads the model while the caller does other work."""
+        if self.alive:
+            return
+        if not installed():
+            raise LoadFailed(
+                "exception", f"a managed llama.cpp server needs {INSTALL_HINT}", "", worker_alive=False
+            )
+        import multiprocessing as mp
+
+        from runner.generation.executors.process import start_from_lasting_thread
+
+        self.close()
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        offset = file_size(self.log_path)
+        ctx = mp.get_context("spawn")
+        parent_conn, child_conn = ctx.Pipe(duplex=True)
+        # The key travels through the spawn pipe with the other arguments, never on a command line.
+        proc = ctx.Process(
+            target=serve_main,
+            name=f"pov-llamacpp-{self.log_path.stem}",
+            daemon=True,
+            args=(child_conn, asdict(self.settings), self.api_key, str(self.log_path), os.getpid()),
+        )
+        start_from_lasting_thread(proc.start)
+        child_conn.close()  # so that the child's death reads as end-of-file here
+        self.conn, self.url, self._begun = parent_conn, None, time.monotonic()
+        self.current = Incarnation(proc, self.log_path, offset)
+
+    def start(self) -> float:
+        """Wait until the server answers; returns the seconds since `begin`. Raises LoadFailed (with the
+        server's log tail) when it dies, reports a failure, or stays silent past `startup_timeout_s`."""
+        if self.url is not None and self.alive:
+            return 0.0
+        if not self.alive:
+            self.begin()
+        now = self.current
+        assert now is not None
+        deadline = self._begun + self.startup_timeout_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.kill()
+                self._fail(
+                    now, "timeout", f"the llama.cpp server did not answer within {self.startup_timeout_s:g} s"
+                )
+            try:
+                msg = self.conn.recv() if self.conn.poll(min(remaining, 0.25)) else None
+            except (EOFError, OSError):
+                msg = None
+                now.proc.join(5)
+            if msg is not None and msg[0] == "ready":
+                self.url, self.version = str(msg[1]), str(msg[2])
+                return time.monotonic() - self._begun
+            if msg is not None:  # ("failed", "Type: message")
+                self.kill()
+                self._fail(now, "exception", f"the llama.cpp server did not start: {msg[1]}")
+            if not now.alive:
+                error = f"the llama.cpp server died while loading {self.settings.gguf} ({now.death()})"
+                self._fail(now, now.cause(), error)
+
+    def _fail(self, incarnation: Incarnation, cause: str, error: str) -> NoReturn:
+        raise LoadFailed(cause, error, incarnation.log_tail(), worker_alive=False)
+
+    @property
+    def alive(self) -> bool:
+        return self.current is not None and self.current.alive
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.current is None else self.current.pid
+
+    def death(self) -> str:
+        return "never started" if self.current is None else self.current.death()
+
+    def cause(self) -> str:
+        return "exception" if self.current is None else self.current.cause()
+
+    def log_tail(self) -> str:
+        return "" if self.current is None else self.current.log_tail()
 
     def stop(self) -> None:
         """Ask the server to exit, killing it if it does not within a few seconds."""
-        if self.alive:
+        if self.alive and self.current is not None:
             with contextlib.suppress(OSError, ValueError):
                 self.conn.send(("stop",))
-            self.proc.join(10)
+            self.current.proc.join(10)
         self.kill()
 
     def kill(self) -> None:
-        if self.alive:
-            self.proc.kill()
-            self.proc.join(10)
+        if self.alive and self.current is not None:
+            self.current.proc.kill()
+            self.current.proc.join(10)
         self.close()
 
     def close(self) -> None:

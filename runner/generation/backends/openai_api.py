@@ -43,7 +43,7 @@ from runner.generation.backends.openai_http import (
     retry_after_s,
 )
 from runner.generation.jobs import Job, JobResult, LoadFailed, Stopped
-from runner.generation.llamacpp_server import ManagedServer, Settings, default_threads
+from runner.generation.llamacpp_server import Incarnation, ManagedServer, Settings, default_threads
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -66,6 +66,8 @@ class Ticket:
     sent_mono: float | None = None
     deadline: float | None = None
     call: Call | None = None
+    incarnation: Incarnation | None = None
+    """The managed server process the request went to (it may die and be replaced meanwhile)."""
     retries: list[str] = field(default_factory=list)
     result: JobResult | None = None
 
@@ -110,6 +112,7 @@ class OpenAIWorker:
         self._begin_error: LoadFailed | None = None
         self._started = False
         self._log_lock = threading.Lock()
+        self._restart_lock = threading.Lock()
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     @property
@@ -275,8 +278,13 @@ class OpenAIWorker:
                 return LoadFailed(SERVER_DIED, f"not sent: {self._down}", "", worker_alive=False)
             self._note(f"the server at {self.url} answers again")
             return None
-        if self.server.alive and self._ready.is_set():
-            return None
+        with self._restart_lock:
+            if self.server.alive and self._ready.is_set():
+                return None
+            return self._restart()
+
+    def _restart(self) -> LoadFailed | None:
+        assert self.server is not None
         if self.restarts >= self.limits.max_worker_restarts:
             return LoadFailed(
                 self.server.cause(),
@@ -381,6 +389,7 @@ class OpenAIWorker:
                     t, self._crashed(t.job, "timeout", self._timeout_message(), retries=t.retries)
                 )
             t.call = Call(self.url, self.key)
+            t.incarnation = self.server.current if self.server is not None else None
             try:
                 status, headers, data = t.call.send("POST", path, body, remaining)
             except Failure as f:
@@ -439,15 +448,10 @@ class OpenAIWorker:
         if f.kind == "timeout":
             self._finish(t, self._crashed(t.job, "timeout", self._timeout_message(), retries=t.retries))
             return True
-        if self.server is not None and f.kind in ("refused", "reset") and self._server_gone():
-            assert self.server is not None
-            error = (
-                f"the llama.cpp server (pid {self.server.pid}) died of {self.server.death()} while answering; "
-                "it is restarted for the cells after it"
-            )
-            self._finish(
-                t, self._crashed(t.job, self.server.cause(), error, self.server.log_tail(), t.retries)
-            )
+        dead = self._dead(t) if f.kind in ("refused", "reset") else None
+        if dead is not None:
+            error = f"the llama.cpp server (pid {dead.pid}) died of {dead.death()} while answering; it is restarted"
+            self._finish(t, self._crashed(t.job, dead.cause(), error, dead.log_tail(), t.retries))
             return True
         if self.server is None and f.kind == "refused":
             self._down = (
@@ -464,17 +468,21 @@ class OpenAIWorker:
         )
         return True
 
-    def _server_gone(self) -> bool:
-        """True when the managed server's process has died (its requests then break); stops new requests until
-        the waiting thread has restarted it."""
-        assert self.server is not None
+    def _dead(self, t: Ticket) -> Incarnation | None:
+        """The managed server process `t` went to, when it has died (its requests then break); if it is the
+        current one, new requests wait until the waiting thread has restarted it."""
+        dead = t.incarnation
+        if dead is None:
+            return None
         deadline = time.monotonic() + 2.0
-        while self.server.alive and time.monotonic() < deadline:
+        while dead.alive and time.monotonic() < deadline:
             time.sleep(0.05)  # a dying process closes its sockets before the kernel reaps it
-        if self.server.alive:
-            return False
-        self._ready.clear()
-        return True
+        if dead.alive:
+            return None
+        with self._restart_lock:  # never clears the gate a restart has just opened
+            if self.server is not None and self.server.current is dead:
+                self._ready.clear()
+        return dead
 
     def _retry(self, t: Ticket, why: str, after: float | None) -> bool:
         """Wait before retrying `t` (backoff, or the server's Retry-After); False when it has had its retries
