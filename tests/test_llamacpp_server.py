@@ -119,7 +119,9 @@ def test_a_server_killed_mid_run_is_restarted_and_resume_loses_nothing(tmp_path:
     killed: list[int] = []
     killer = threading.Thread(target=_kill_server_once_it_generates, args=(tmp_path, killed), daemon=True)
     killer.start()
-    first = run_experiment(exp, cells, MlflowTracker(uri, "llama-server"), retriever=StubRetriever(), quiet=True)
+    first = run_experiment(
+        exp, cells, MlflowTracker(uri, "llama-server"), retriever=StubRetriever(), quiet=True
+    )
     killer.join(5)
     assert killed, server_logs(tmp_path)[-3000:]
     results = read_results(first.results_path)
@@ -130,16 +132,25 @@ def test_a_server_killed_mid_run_is_restarted_and_resume_loses_nothing(tmp_path:
     pids = [int(p) for p, _ in LISTENING.findall(server_logs(tmp_path))]
     assert len(pids) == 2 and pids[0] == killed[0] and pids[1] != pids[0]  # restarted for the other cells
 
-    again = run_experiment(exp, cells, MlflowTracker(uri, "llama-server"), retriever=StubRetriever(), quiet=True)
+    again = run_experiment(
+        exp, cells, MlflowTracker(uri, "llama-server"), retriever=StubRetriever(), quiet=True
+    )
     assert (again.cells_skipped, again.finished, again.crashed) == (8, 0, 0)  # resume: nothing to redo
     retry = run_experiment(
-        exp, cells, MlflowTracker(uri, "llama-server"), retriever=StubRetriever(), quiet=True, retry_crashed=True
+        exp,
+        cells,
+        MlflowTracker(uri, "llama-server"),
+        retriever=StubRetriever(),
+        quiet=True,
+        retry_crashed=True,
     )
     assert (retry.finished, retry.crashed) == (len(crashed), 0)
 
     client = MlflowClient(uri)
     eid = client.get_experiment_by_name("llama-server").experiment_id
-    kids = [r for r in client.search_runs([eid], "", ViewType.ALL, 1000) if r.data.tags.get("pov.kind") == "cell"]
+    kids = [
+        r for r in client.search_runs([eid], "", ViewType.ALL, 1000) if r.data.tags.get("pov.kind") == "cell"
+    ]
     live = [k for k in kids if k.info.lifecycle_stage == "active"]
     assert sorted(k.data.tags["pov.cell_id"] for k in live) == sorted(c.id for c in cells)  # once each
     assert all(k.data.tags["pov.status"] == "finished" for k in live)
@@ -156,7 +167,11 @@ def test_killing_pov_run_leaves_no_server(tmp_path: Path, gguf: Path) -> None:
     env.update(HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     log = (tmp_path / "run.log").open("wb")
     proc = subprocess.Popen(
-        [POV, "run", str(spec), "--no-track", "--quiet"], cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT
+        [POV, "run", str(spec), "--no-track", "--quiet"],
+        cwd=tmp_path,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         pid = None

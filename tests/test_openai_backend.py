@@ -96,7 +96,12 @@ def test_the_request_maps_the_generation_parameters(stub: Stub, tmp_path: Path) 
     assert req["path"] == "/v1/chat/completions"
     body = req["body"]
     assert body["messages"] == [{"role": "user", "content": "hello there"}]
-    assert (body["model"], body["max_tokens"], body["temperature"], body["seed"]) == ("stub-model", 12, 0.7, 3)
+    assert (body["model"], body["max_tokens"], body["temperature"], body["seed"]) == (
+        "stub-model",
+        12,
+        0.7,
+        3,
+    )
     assert body["top_p"] == 0.9 and body["repetition_penalty"] == body["repeat_penalty"] == 1.1
     assert body["stream"] is False
 
@@ -108,7 +113,10 @@ def test_chat_template_false_sends_a_raw_completion(stub: Stub, tmp_path: Path) 
     finally:
         w.stop()
     assert r.output == "echo: prompt"
-    assert stub.requests[0]["path"] == "/v1/completions" and stub.requests[0]["body"]["prompt"] == "Q: raw prompt"
+    assert (
+        stub.requests[0]["path"] == "/v1/completions"
+        and stub.requests[0]["body"]["prompt"] == "Q: raw prompt"
+    )
     assert "top_p" not in stub.requests[0]["body"]  # greedy: no sampling parameters
 
 
@@ -147,7 +155,9 @@ def test_each_failure_is_its_own_cells_crash(stub: Stub, tmp_path: Path) -> None
     assert results["c1"].metrics["retries"] == 3  # bounded
     assert "HTTP 503" in str(results["c1"].error) and "after 3 retries" in str(results["c1"].error)
     assert "HTTP 500" in str(results["c2"].error) and "the sampler broke" in str(results["c2"].error)
-    assert "malformed response" in str(results["c4"].error) and "<html>gateway</html>" in str(results["c4"].error)
+    assert "malformed response" in str(results["c4"].error) and "<html>gateway</html>" in str(
+        results["c4"].error
+    )
     assert "choices[0].message.content" in str(results["c5"].error)
     assert "within 2 s" in str(results["c6"].error)
     assert wall < 6  # the stalled request was abandoned at its deadline, not waited out
