@@ -29,6 +29,8 @@ from typing import Any
 class Stub:
     def __init__(self, delay_s: float = 0.2, key: str | None = None) -> None:
         self.delay_s, self.key = delay_s, key
+        self.model_id = "stub-model"
+        """What `/v1/models` lists (a test changes it to see the manifest's drift)."""
         self.requests: list[dict[str, Any]] = []
         self.seen: Counter[str] = Counter()
         self.in_flight = 0
@@ -61,7 +63,7 @@ class Stub:
                 if not self._authorized():
                     return
                 if self.path == "/v1/models":
-                    data = {"object": "list", "data": [{"id": "stub-model", "created": time.time()}]}
+                    data = {"object": "list", "data": [{"id": stub.model_id, "created": time.time()}]}
                     self._send(200, json.dumps(data).encode())
                 else:
                     self._send(404, b'{"error": {"message": "no such path"}}')

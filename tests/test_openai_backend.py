@@ -189,3 +189,93 @@ def test_an_external_server_that_is_down_at_the_start_fails_its_load(tmp_path: P
     with pytest.raises(LoadFailed) as failed:
         worker(stub, tmp_path)
     assert failed.value.cause == "server_died" and "does not answer" in failed.value.error
+
+
+def _served_spec(tmp: Path, model_yaml: str) -> Path:
+    from conftest import REPO
+
+    (tmp / "ask.j2").write_text("{{ question }}\n")
+    spec = tmp / "spec.yaml"
+    spec.write_text(f"""\
+name: served
+corpus: {{path: {REPO / "data" / "brics"}, collection: served}}
+questions: [{{id: q1, text: 'What is trade?'}}]
+pov_sets: {{p: ['Trade matters.']}}
+personas: {{a: 'You are brief.'}}
+templates: {{ask: {tmp / "ask.j2"}}}
+models:
+  m: {model_yaml}
+""")
+    return spec
+
+
+def test_the_manifest_records_what_the_server_serves_and_rerun_names_its_drift(
+    stub: Stub, tmp_path: Path
+) -> None:
+    from runner.run import compare
+    from runner.run.manifest import build_manifest
+    from runner.spec import load_spec
+
+    spec = _served_spec(
+        tmp_path, f'{{backend: openai, name: stub-model, base_url: "{stub.url}", api_key_env: STUB_API_KEY}}'
+    )
+    before = build_manifest(load_spec(spec))
+    served = before["models"]["m"]
+    assert served["server"]["models"] == [{"id": "stub-model"}]  # /models, its timestamp left out
+    assert served["resolved_revision"].startswith("server:") and KEY not in str(before)
+    assert compare(before, build_manifest(load_spec(spec))) == []  # the same server: no drift
+    stub.model_id = "another-model"
+    drifts = [d.field for d in compare(before, build_manifest(load_spec(spec)))]
+    assert "models.m.server.models" in drifts and "models.m.resolved_revision" in drifts
+
+
+def test_a_server_that_does_not_answer_stops_the_run_before_anything_is_written(tmp_path: Path) -> None:
+    from runner.errors import UserError
+    from runner.run.manifest import build_manifest
+    from runner.spec import load_spec
+
+    gone = Stub()
+    gone.close()
+    spec = _served_spec(tmp_path, f'{{backend: openai, name: x, base_url: "{gone.url}"}}')
+    with pytest.raises(
+        UserError, match=r"models\.m: the server at .* cannot serve the run \(connection refused"
+    ):
+        build_manifest(load_spec(spec))
+
+
+def test_a_managed_servers_manifest_hashes_its_gguf(tmp_path: Path, smollm2: Path) -> None:
+    import hashlib
+    import shutil
+
+    from runner.generation import FETCHED
+    from runner.run import compare
+    from runner.run.manifest import build_manifest
+    from runner.spec import load_spec
+
+    spec = _served_spec(
+        tmp_path,
+        '{backend: openai, name: smol, server: {gguf: "builtin:smollm2-135m-instruct", parallel: 2}}',
+    )
+    before = build_manifest(load_spec(spec))
+    facts = before["models"]["m"]["server"]
+    assert facts["gguf_sha256"] == FETCHED["smollm2-135m-instruct"].sha256  # the pinned hash, found again
+    assert facts["version"].startswith("xllamacpp ") and facts["settings"]["parallel"] == 2
+    assert facts["chat_template_sha256"] and len(facts["chat_template_sha256"]) == 16
+    # Another GGUF (here the same bytes plus one) is a drift of the model's files.
+    copy = tmp_path / "other.gguf"
+    shutil.copyfile(_builtin_gguf_path(), copy)
+    with copy.open("ab") as fh:
+        fh.write(b"\0")
+    other = build_manifest(load_spec(spec, [f"models.m.server.gguf={copy}"]))
+    assert other["models"]["m"]["server"]["gguf_sha256"] == hashlib.sha256(copy.read_bytes()).hexdigest()
+    assert "models.m.server.gguf_sha256" in [d.field for d in compare(before, other)]
+
+
+def _builtin_gguf_path() -> Path:
+    from conftest import REPO
+
+    from runner.generation import builtin_gguf
+
+    path = builtin_gguf("smollm2-135m-instruct", REPO / ".pov")
+    assert path is not None
+    return path

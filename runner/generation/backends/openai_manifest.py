@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,7 +37,12 @@ def server_manifest(model: Model, key: str, file_hash: Callable[[Path], str]) ->
         if not installed():
             raise UserError(f"models.{key}.server: a llama.cpp server pov-runner starts needs {INSTALL_HINT}")
         gguf = Path(model.server.gguf)
-        settings = {k: v for k, v in asdict(managed_settings(model, threads=1)).items() if k != "threads"}
+        # Not where the file is, nor how many threads this machine gives it: neither changes an answer.
+        settings = {
+            k: v
+            for k, v in asdict(managed_settings(model, threads=1)).items()
+            if k not in ("threads", "gguf")
+        }
         return {
             "kind": "llama.cpp server (managed)",
             "version": f"xllamacpp {version()}",
@@ -71,14 +77,50 @@ def server_revision(facts: dict[str, Any]) -> str:
 
 
 def gguf_chat_template_sha256(path: Path) -> str | None:
-    """The hash of the chat template stored in a GGUF's metadata (the one llama.cpp applies), or None."""
+    """The hash of the chat template in a GGUF's metadata (the one llama.cpp applies), or None."""
     try:
-        from gguf import GGUFReader
-
-        field = GGUFReader(str(path)).fields.get("tokenizer.chat_template")
-        if field is None:
-            return None
-        text = field.contents() if hasattr(field, "contents") else bytes(field.parts[field.data[0]]).decode()
-        return hashlib.sha256(str(text).encode()).hexdigest()[:16]
-    except Exception:
+        text = gguf_metadata_string(path, "tokenizer.chat_template")
+    except (OSError, ValueError, struct.error):
         return None
+    return None if text is None else hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+_SCALARS = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+"""Sizes of GGUF's fixed-size metadata types, by type id (8 is a string, 9 an array)."""
+
+
+def gguf_metadata_string(path: Path, wanted: str) -> str | None:
+    """The string value of metadata key `wanted` in a GGUF file, read from its header alone (the `gguf`
+    package parses every tensor's description first: seconds for a small model)."""
+    with path.open("rb") as fh:
+        magic, version, _tensors, count = struct.unpack("<4sIQQ", fh.read(24))
+        if magic != b"GGUF" or version < 2:
+            raise ValueError(f"{path}: not a GGUF file of version 2 or later")
+
+        def string() -> bytes:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            return fh.read(n)
+
+        def skip(kind: int) -> None:
+            if kind in _SCALARS:
+                fh.seek(_SCALARS[kind], 1)
+            elif kind == 8:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                fh.seek(n, 1)
+            elif kind == 9:
+                inner, n = struct.unpack("<IQ", fh.read(12))
+                if inner in _SCALARS:
+                    fh.seek(_SCALARS[inner] * n, 1)
+                else:
+                    for _ in range(n):
+                        skip(inner)
+            else:
+                raise ValueError(f"{path}: unknown GGUF metadata type {kind}")
+
+        for _ in range(count):
+            key = string().decode("utf-8", errors="replace")
+            (kind,) = struct.unpack("<I", fh.read(4))
+            if key == wanted and kind == 8:
+                return string().decode("utf-8", errors="replace")
+            skip(kind)
+    return None
