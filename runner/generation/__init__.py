@@ -10,8 +10,8 @@ results. torch and transformers are imported only inside workers.
 """
 
 from runner.generation.backends import Backend, GenerationOut, RemoteBackend, backend_class, is_remote
-from runner.generation.backends.openai_api import SERVER_DIED
 from runner.generation.backends.openai_manifest import server_manifest, server_revision
+from runner.generation.backends.openai_requests import SERVER_DIED
 from runner.generation.builtins import (
     BUILTIN_PREFIX,
     BUILTINS,
