@@ -94,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
             load.append(os.getloadavg()[0])
             figures = one_round(exp, retriever)
             rounds[name].append(figures)
-            print(f"round {i + 1} {name}: {json.dumps({k: round(v, 2) for k, v in figures.items()})}", flush=True)
+            print(
+                f"round {i + 1} {name}: {json.dumps({k: round(v, 2) for k, v in figures.items()})}",
+                flush=True,
+            )
     print(f"\nload average (1 min) at the start of each round: {', '.join(f'{x:.1f}' for x in load)}")
     print(f"cores: {os.cpu_count()}\n")
     print("| backend | wall s | generation s | new tokens | tokens/s | tokens per CPU-s |")

@@ -36,7 +36,9 @@ def gguf(smollm2: Path) -> Path:
     return path
 
 
-def write_spec(tmp: Path, *, concurrency: int = 8, batch_size: int = 8, corpus: Path | None = None) -> Path:
+def write_spec(
+    tmp: Path, *, concurrency: int = 8, batch_size: int = 8, corpus: Path | None = None, extra: str = ""
+) -> Path:
     """Eight short cells (4 questions x 2 personas) for the managed server; a prompt of a few dozen tokens."""
     (tmp / "ask.j2").write_text("{{ persona }} Answer in one sentence: {{ question }}\n")
     spec = tmp / "spec.yaml"
@@ -61,7 +63,7 @@ models:
 generation: {{max_new_tokens: 12, temperature: 0.0, seed: 0, batch_size: {batch_size}}}
 limits: {{cell_timeout_s: 240}}
 tracking: {{experiment: llama-server}}
-""")
+{extra}""")
     return spec
 
 
@@ -200,3 +202,19 @@ def _running(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def test_a_fault_kills_the_managed_server_for_real(tmp_path: Path, gguf: Path) -> None:
+    """`faults:` with backend openai signals the server itself while the cell's request runs: the cell is
+    recorded with the cause its death gets (segfault), and the other cells go to a new server."""
+    faults = (
+        "faults:\n  - {cause: segfault, match: {question: q2, persona: kind}}\nmatrix: {question: [q1, q2]}\n"
+    )
+    exp = load_spec(write_spec(tmp_path, concurrency=1, batch_size=1, extra=faults))
+    tracker = RecordingTracker()
+    summary = run_experiment(exp, expand(exp), tracker, retriever=StubRetriever(), quiet=True)
+    crashed = [r for r in tracker.results.values() if r.status == "crashed"]
+    assert (summary.finished, summary.crashed) == (3, 1)
+    assert crashed[0].cell.question == "q2" and crashed[0].cell.persona == "kind"
+    assert crashed[0].cause == "segfault" and "died of SIGSEGV" in str(crashed[0].error)
+    assert len(LISTENING.findall(server_logs(tmp_path))) == 2

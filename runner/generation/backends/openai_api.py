@@ -203,7 +203,16 @@ class OpenAIWorker(RequestSender):
             raise Stopped()
         failed = self._ensure_server()
         if failed is not None:
-            return [self._crashed(job, failed.cause, failed.error, failed.stderr_tail) for job in jobs]
+            results = [self._crashed(job, failed.cause, failed.error, failed.stderr_tail) for job in jobs]
+            with self._cv:
+                for job, result in zip(jobs, results, strict=True):
+                    sent = self._tickets.pop(job.cell_id, None)  # sent ahead, and answered or not since
+                    if sent is not None and sent.result is not None:
+                        result = sent.result
+                    results[jobs.index(job)] = result
+                    if sent is not None and sent.result is None:
+                        sent.result = result  # its request thread, if it ever gets to it, leaves it
+            return results
         started = time.monotonic()
         if self.server is not None:
             self.server.reset_peak_rss()

@@ -107,6 +107,11 @@ class RequestSender:
         if t.job.fault is not None and self._inject(t):
             return
         while True:
+            while not self._ready.wait(0.2):  # a managed server being restarted
+                if self._closing.is_set() or t.result is not None:
+                    return None
+            if t.result is not None:
+                return None  # settled meanwhile (its deadline, or a restart that failed)
             if self.server is None and self._down is not None:
                 return self._finish(
                     t, self._crashed(t.job, SERVER_DIED, f"not sent: {self._down}", retries=t.retries)
@@ -177,6 +182,8 @@ class RequestSender:
             self._finish(t, self._crashed(t.job, "timeout", self._timeout_message(), retries=t.retries))
             return True
         dead = self._dead(t) if f.kind in ("refused", "reset") else None
+        if dead is not None and f.kind == "refused" and t.job.fault is None:
+            return False  # it never reached the dead server: it goes to the restarted one
         if dead is not None:
             error = f"the llama.cpp server (pid {dead.pid}) died of {dead.death()} while answering; it is restarted"
             self._finish(t, self._crashed(t.job, dead.cause(), error, dead.log_tail(), t.retries))
