@@ -254,9 +254,13 @@ def _check_server_fields(name: str, model: Model, c: ProblemList) -> None:
     """A model entry's fields fit its backend: `openai` talks to exactly one server (`base_url`, or the
     `server` pov-runner starts) and loads no weights itself; the others never talk to a server."""
     where = ("models", name)
+
+    def given(field: str) -> bool:  # a value other than the default (a stored spec writes every default)
+        return bool(getattr(model, field) != Model.model_fields[field].default)
+
     if not BACKENDS.is_remote(model.backend):
         for field in _SERVER_FIELDS:
-            if field in model.model_fields_set:
+            if given(field):
                 c.at(
                     (*where, field), f"{field} is for backend openai; this model's backend is {model.backend}"
                 )
@@ -277,7 +281,7 @@ def _check_server_fields(name: str, model: Model, c: ProblemList) -> None:
             "server.gguf",
         )
     for field in _LOCAL_FIELDS:
-        if field in model.model_fields_set:
+        if given(field):
             c.at((*where, field), f"{field} has no effect with backend openai (the server loads the model)")
     gguf = model.server.gguf if model.server is not None else None
     if gguf is not None and not gguf.startswith("builtin:"):
