@@ -142,7 +142,7 @@ def _base_url(v: str) -> str:
 
     try:
         parts = urlsplit(v.strip())
-        port = parts.port
+        _ = parts.port  # a port that is not a number raises here
     except ValueError as e:
         raise ValueError(f"not a URL ({e}): write http://HOST:PORT/v1") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -151,7 +151,6 @@ def _base_url(v: str) -> str:
         raise ValueError("holds a password: put the key in the variable that api_key_env names instead")
     if parts.query or parts.fragment:
         raise ValueError("has a query or fragment: write the API's address only, e.g. http://HOST:PORT/v1")
-    del port  # parsed above only to refuse a port that is not a number
     return v.strip().rstrip("/")
 
 
@@ -163,9 +162,10 @@ def _env_name(v: str) -> str:
             "is the NAME of the environment variable that holds the key (e.g. VLLM_API_KEY), never the key"
         )
     if not is_secret_name(v):
+        # Not quoted: a key pasted here by mistake must not reach the terminal.
         raise ValueError(
-            f"{v!r} does not read like a credential's name: use one ending in _API_KEY, _KEY or _TOKEN, so "
-            "that its value is redacted from every record"
+            "does not read like a credential's name: use one ending in _API_KEY, _KEY or _TOKEN, so that its "
+            "value is redacted from every record"
         )
     return v
 
