@@ -178,6 +178,7 @@ class ManagedServer:
                 now.proc.join(5)
             if msg is not None and msg[0] == "ready":
                 self.url, self.version = str(msg[1]), str(msg[2])
+                self._wait_healthy(now, deadline)
                 return time.monotonic() - self._begun
             if msg is not None:  # ("failed", "Type: message")
                 self.kill()
@@ -185,6 +186,25 @@ class ManagedServer:
             if not now.alive:
                 error = f"the llama.cpp server died while loading {self.settings.gguf} ({now.death()})"
                 self._fail(now, now.cause(), error)
+
+    def _wait_healthy(self, now: Incarnation, deadline: float) -> None:
+        """Until `/health` answers 200 over HTTP (llama.cpp answers 503 while it loads)."""
+        import urllib.error
+        import urllib.request
+
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=5) as resp:
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if not now.alive:
+                self._fail(now, now.cause(), f"the llama.cpp server died as it started ({now.death()})")
+            if time.monotonic() > deadline:
+                self.kill()
+                self._fail(now, "timeout", f"the llama.cpp server's /health did not answer 200 by {self.url}")
+            time.sleep(0.1)
 
     def _fail(self, incarnation: Incarnation, cause: str, error: str) -> NoReturn:
         raise LoadFailed(cause, error, incarnation.log_tail(), worker_alive=False)
