@@ -22,10 +22,16 @@ ADDED_SINCE_V1: dict[str, Any] = {
     "limits.max_memory_retries": 256,
     "checks.loop_window_ratio": 0.75,
     "generation.compile": False,
+    "models.*.base_url": None,
+    "models.*.api_key_env": None,
+    "models.*.max_concurrency": 8,
+    "models.*.request_timeout_s": None,
+    "models.*.server": None,
 }
-"""Spec fields added after the spec hash was first defined, with their defaults. A spec that leaves one at
-its default hashes as before the field existed, so adding a field never orphans existing executions; a spec
-that sets it gets a new hash, as any change of meaning should. Register every new field here."""
+"""Spec fields added after the spec hash was first defined, with their defaults (`*`: every key of a mapping,
+e.g. every model). A spec that leaves one at its default hashes as before the field existed, and so do its
+cells' ids, so adding a field never orphans existing executions; a spec that sets it gets a new hash, as any
+change of meaning should. Register every new field here."""
 
 
 @dataclass
@@ -75,11 +81,23 @@ class Experiment:
 def _omit_new_defaults(spec: dict[str, Any]) -> None:
     for dotted, default in ADDED_SINCE_V1.items():
         *parents, leaf = dotted.split(".")
-        node: Any = spec
+        nodes: list[Any] = [spec]
         for key in parents:
-            node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict) and leaf in node and node[leaf] == default:
-            del node[leaf]
+            if key == "*":
+                nodes = [v for n in nodes if isinstance(n, dict) for v in n.values()]
+            else:
+                nodes = [n.get(key) for n in nodes if isinstance(n, dict)]
+        for node in nodes:
+            if isinstance(node, dict) and leaf in node and node[leaf] == default:
+                del node[leaf]
+
+
+def model_identity(dump: dict[str, Any]) -> dict[str, Any]:
+    """A model entry's dump (`Model.model_dump(mode="json")`) without the fields added since the spec hash
+    was defined that are at their defaults: what a cell id hashes of its model, unchanged by new fields."""
+    wrapped = {"models": {"m": dict(dump)}}
+    _omit_new_defaults(wrapped)
+    return wrapped["models"]["m"]
 
 
 def without_new_defaults(section: str, dump: dict[str, Any]) -> dict[str, Any]:
