@@ -24,6 +24,10 @@ class Plugin:
     """`package.module:attribute`."""
     extra: str | None = None
     """The pov-runner extra that installs what it imports (`pip install 'pov-runner[EXTRA]'`)."""
+    remote: bool = False
+    """A backend whose model runs in an inference server: the run's own process talks to it over HTTP
+    (the implementation is a worker handle, runner.generation.backends.RemoteBackend), and no worker
+    process loads anything."""
 
 
 class Registry:
@@ -41,6 +45,11 @@ class Registry:
 
     def names(self) -> list[str]:
         return list(self._plugins)
+
+    def is_remote(self, name: str) -> bool:
+        """True when `name` is registered as a remote backend (see Plugin.remote)."""
+        plugin = self._plugins.get(name)
+        return plugin is not None and plugin.remote
 
     def load(self, name: str) -> Any:
         """The implementation registered as `name`; a `module:attr` path is loaded as given (plug-ins
@@ -72,6 +81,7 @@ BACKENDS = Registry(
     {
         "transformers": Plugin("runner.generation.backends.transformers:TransformersBackend"),
         "unsloth": Plugin("runner.generation.backends.unsloth:UnslothBackend", extra="gpu"),
+        "openai": Plugin("runner.generation.backends.openai_api:OpenAIWorker", remote=True),
     },
 )
 EMBEDDERS = Registry(

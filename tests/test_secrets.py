@@ -258,3 +258,50 @@ def test_redacting_a_long_token_before_a_url_takes_linear_time() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert done.returncode == 0, done.stderr
+
+
+def test_an_inference_servers_api_key_is_sent_only_as_its_header(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Backend openai: the key named by api_key_env goes to the server as `Authorization: Bearer` and nowhere
+    else: not into a param, tag, artifact (the manifest, a crash's error), the run folder or the terminal,
+    even when the server quotes it back in an error."""
+    from conftest import StubRetriever
+    from openai_stub import Stub
+
+    from runner.run.engine import run_experiment
+    from runner.spec import expand, load_spec
+    from runner.tracking import MlflowTracker
+
+    key = "sk-" + pysecrets.token_hex(20)
+    monkeypatch.setenv("STUB_SERVER_API_KEY", key)
+    monkeypatch.chdir(tmp_path)
+    stub = Stub(delay_s=0.0, key=key)
+    try:
+        (tmp_path / "ask.j2").write_text("{{ question }}\n")
+        spec = tmp_path / "spec.yaml"
+        spec.write_text(f"""\
+name: keytest
+corpus: {{path: {ROOT / "data" / "brics"}, collection: keytest}}
+questions:
+  - {{id: plain, text: 'What is trade?'}}
+  - {{id: echo, text: '[echo-key] Who are you?'}}
+pov_sets: {{p: ['Trade matters.']}}
+personas: {{a: 'You are brief.'}}
+templates: {{ask: {tmp_path / "ask.j2"}}}
+models:
+  remote: {{backend: openai, name: stub-model, base_url: "{stub.url}", api_key_env: STUB_SERVER_API_KEY}}
+generation: {{max_new_tokens: 4, batch_size: 2}}
+""")
+        exp = load_spec(spec)
+        tracker = MlflowTracker(f"sqlite:///{tmp_path}/mlflow.db", "keytest")
+        summary = run_experiment(exp, expand(exp), tracker, retriever=StubRetriever(), quiet=True)
+    finally:
+        stub.close()
+    assert (summary.finished, summary.crashed) == (1, 1)
+    assert {r["auth"] for r in stub.requests} == {f"Bearer {key}"}  # the key was used, as the header
+    assert _leaks(tmp_path, tmp_path / "mlflow.db", [key]) == []
+    out, err = capfd.readouterr()
+    assert key not in out + err
+    stderr = list(tmp_path.glob("mlruns/*/*/artifacts/stderr.txt"))
+    assert len(stderr) == 1 and "rejected Bearer [redacted STUB_SERVER_API_KEY]" in stderr[0].read_text()

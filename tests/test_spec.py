@@ -528,3 +528,54 @@ def test_where_the_chroma_store_lives_is_not_part_of_the_spec_hash(project: Path
     assert {exp.spec_hash for exp in moved} == {plain.spec_hash}
     assert all([c.id for c in expand(exp)] == [c.id for c in expand(plain)] for exp in moved)
     assert load_spec(spec, ["corpus.collection=col-b"]).spec_hash != plain.spec_hash
+
+
+OLD_QUICKSTART_CELLS = [
+    "1b843522e701",
+    "29e43174af02",
+    "34c8ca5a0f86",
+    "3720b3fca966",
+    "387b7211b0d0",
+    "52c9e1a9b78f",
+    "541a5db3dec8",
+    "64191cc94104",
+    "6dc4952864fa",
+    "6ffe163c7bff",
+    "818c2098e23c",
+    "9b9b550b48fe",
+    "b1512fe9a779",
+    "baacbaf7a582",
+    "e6405397b57d",
+    "e6560ed613b1",
+    "f2ca540ac6ae",
+    "fd0503900f4d",
+]
+"""The cell ids of OLD_QUICKSTART, computed by the runner before models had the openai fields (fa6c5ed)."""
+
+
+def test_the_openai_model_fields_change_no_existing_hash_or_cell_id(project: Path, tmp_path: Path) -> None:
+    """base_url, api_key_env, max_concurrency, request_timeout_s and server are new fields of every model:
+    left at their defaults they change neither the spec hash nor a cell id (executions keep resuming); set,
+    they make another model, so another hash and other cells."""
+    old = copy_brics_project(tmp_path / "old") / "experiments" / "old_quickstart.yaml"
+    old.write_text(OLD_QUICKSTART)
+    exp = load_spec(old)
+    assert exp.spec_hash == OLD_QUICKSTART_HASH
+    assert sorted(c.id for c in expand(exp)) == OLD_QUICKSTART_CELLS
+    served = load_spec(
+        old,
+        [
+            "models.tiny.backend=openai",
+            "models.tiny.name=smollm2",
+            "models.tiny.device=auto",
+            "models.tiny.base_url=http://127.0.0.1:8080/v1",
+        ],
+    )
+    assert served.spec_hash != OLD_QUICKSTART_HASH
+    assert not {c.id for c in expand(served)} & set(OLD_QUICKSTART_CELLS)
+    wider = load_spec(
+        old,
+        [f"models.tiny.{k}" for k in ("backend=openai", "name=smollm2")]
+        + ["models.tiny.base_url=http://127.0.0.1:8080/v1", "models.tiny.max_concurrency=16"],
+    )
+    assert wider.spec_hash not in (served.spec_hash, OLD_QUICKSTART_HASH)

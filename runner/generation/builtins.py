@@ -100,7 +100,16 @@ def builtin_gguf(name: str, state_dir: Path) -> Path | None:
 
 
 def resolve_model(exp: Experiment, model: Model) -> Model:
-    """The model with `builtin:*` replaced by the folder it lives in (made once, then reused)."""
+    """The model with `builtin:*` replaced by the folder it lives in (made once, then reused); for a model
+    served by a llama.cpp server pov-runner starts, its `server.gguf` by the verified GGUF file."""
+    from runner.generation.backends import is_remote
+
+    if is_remote(model.backend):
+        server = model.server
+        if server is None or not server.gguf.startswith(BUILTIN_PREFIX):
+            return model
+        path = ensure_gguf(server.gguf[len(BUILTIN_PREFIX) :], exp.state_dir)
+        return model.model_copy(update={"server": server.model_copy(update={"gguf": str(path)})})
     if not model.name.startswith(BUILTIN_PREFIX):
         return model
     kind = model.name[len(BUILTIN_PREFIX) :]
@@ -123,6 +132,23 @@ def resolve_model(exp: Experiment, model: Model) -> Model:
             include=exp.spec.corpus.include,
         )
     return model.model_copy(update={"name": str(dest)})
+
+
+def ensure_gguf(name: str, state_dir: Path, source: Path | None = None, log: bool = True) -> Path:
+    """The verified GGUF file of fetched builtin `name` in the model cache, fetching it first if needed (no
+    conversion: a llama.cpp server reads the GGUF itself)."""
+    fetched = FETCHED.get(name)
+    if fetched is None:
+        raise UserError(
+            f"unknown builtin GGUF {BUILTIN_PREFIX + name!r} (known: {', '.join(BUILTIN_PREFIX + f for f in FETCHED)})"
+        )
+    cached = builtin_gguf(name, state_dir)
+    if cached is not None and source is None:
+        return cached
+    cache = model_cache(state_dir)
+    _writable(cache)
+    _remove_orphans(cache)
+    return _ensure_gguf(fetched, cache, source, log)
 
 
 def ensure_fetched(name: str, state_dir: Path, source: Path | None = None, log: bool = True) -> Path:

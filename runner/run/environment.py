@@ -23,7 +23,16 @@ TAGGED_PACKAGES = (
     "sentence-transformers",
 )
 """Recorded in the manifest and tagged on each execution as `version.<pkg>`."""
-OTHER_PACKAGES = ("pov-runner", "numpy", "tokenizers", "huggingface-hub", "bitsandbytes", "cohere", "ray")
+OTHER_PACKAGES = (
+    "pov-runner",
+    "numpy",
+    "tokenizers",
+    "huggingface-hub",
+    "bitsandbytes",
+    "cohere",
+    "ray",
+    "xllamacpp",
+)
 """Also recorded in manifest.json (and compared), not tagged."""
 
 

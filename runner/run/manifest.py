@@ -19,7 +19,7 @@ import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.generation import BUILTIN_PREFIX, resolve_model
+from runner.generation import BUILTIN_PREFIX, is_remote, resolve_model, server_manifest, server_revision
 from runner.generation.model_files import HashCache, folder_hash, hash_cache_path, hub_snapshot
 from runner.run.environment import git_info, gpu_info, package_versions
 from runner.spec import corpus_digests
@@ -51,7 +51,7 @@ def build_manifest(exp: Experiment) -> dict[str, Any]:
         },
         "gpu": gpu_info(),
         "corpus": corpus_info(exp),
-        "models": {name: model_info(spec.models[name], exp, cache) for name in used},
+        "models": {name: model_info(spec.models[name], exp, cache, name) for name in used},
         "embedders": {
             "embedder": embedder_info(spec.embedder, cache),
             "reranker": embedder_info(spec.effective_reranker, cache),
@@ -89,7 +89,9 @@ def _builtin_folder(model: Model, exp: Experiment) -> Path | None:
     return Path(resolve_model(exp, model).name)
 
 
-def model_info(model: Model, exp: Experiment, cache: HashCache) -> dict[str, Any]:
+def model_info(model: Model, exp: Experiment, cache: HashCache, key: str = "") -> dict[str, Any]:
+    if is_remote(model.backend):
+        return server_model_info(model, exp, cache, key)
     name = model.name
     info: dict[str, Any] = {
         "backend": model.backend,
@@ -124,6 +126,24 @@ def query_reranker_info(qr: QueryReranker, cache: HashCache) -> dict[str, Any]:
     if qr.provider == "cross-encoder" and Path(qr.model).is_dir():
         info["files_hash"] = folder_hash(Path(qr.model), cache)
     return info
+
+
+def server_model_info(model: Model, exp: Experiment, cache: HashCache, key: str) -> dict[str, Any]:
+    """A model behind an inference server: what the server says it serves (runner.generation.server_manifest);
+    its revision is the GGUF's hash for a server pov-runner starts, else a hash of the server's answer."""
+    resolved = resolve_model(exp, model)
+    facts = server_manifest(resolved, key, cache.file_hash)
+    managed = resolved.server is not None
+    revision = f"sha256:{facts['gguf_sha256'][:16]}" if managed else server_revision(facts)
+    return {
+        "backend": model.backend,
+        "name": model.name,
+        "revision": None,
+        "resolved_revision": revision,
+        "files_hash": revision if managed else None,
+        "source": "llama.cpp server (managed)" if managed else "server",
+        "server": facts,
+    }
 
 
 def embedder_info(emb: Embedder, cache: HashCache) -> dict[str, Any]:

@@ -48,7 +48,11 @@ def token_counter(resolved: dict[str, Model]) -> Callable[[str], Callable[[str],
 
 
 def _counter(model: Model) -> Callable[[str], int] | None:
+    from runner.generation import is_remote
+
     path = _tokenizer_file(model)
+    if path is None and is_remote(model.backend):
+        return None  # a server's model name need not be a hub name: no transformers import to find out
     if path is not None:
         try:
             from tokenizers import Tokenizer

@@ -26,11 +26,16 @@ ADDED_SINCE_V1: dict[str, Any] = {
     "pov_scores": {"l2": {"method": "l2", "weight": 0.5, "reference": "others"}},
     "matrix.pov_score": "all",
     "query_reranker": None,
+    "models.*.base_url": None,
+    "models.*.api_key_env": None,
+    "models.*.max_concurrency": 8,
+    "models.*.request_timeout_s": None,
+    "models.*.server": None,
 }
 """Spec fields added after the spec hash was first defined, with their defaults (`*`: every item of a list or
-value of a mapping). A spec that leaves one at its default hashes as before the field existed, so adding a
-field never orphans existing executions; a spec that sets it gets a new hash, as any change of meaning
-should. Register every new field here."""
+value of a mapping: every fault, every model). A spec that leaves one at its default hashes as before the field
+existed, and so do its cells' ids, so adding a field never orphans existing executions; a spec that sets it gets
+a new hash, as any change of meaning should. Register every new field here."""
 
 
 @dataclass
@@ -90,6 +95,14 @@ def _omit_new_defaults(spec: dict[str, Any]) -> None:
         for node in nodes:
             if isinstance(node, dict) and leaf in node and node[leaf] == default:
                 del node[leaf]
+
+
+def model_identity(dump: dict[str, Any]) -> dict[str, Any]:
+    """A model entry's dump (`Model.model_dump(mode="json")`) without the fields added since the spec hash
+    was defined that are at their defaults: what a cell id hashes of its model, unchanged by new fields."""
+    wrapped = {"models": {"m": dict(dump)}}
+    _omit_new_defaults(wrapped)
+    return wrapped["models"]["m"]
 
 
 def without_new_defaults(section: str, dump: dict[str, Any]) -> dict[str, Any]:

@@ -42,6 +42,15 @@ def _resolve_paths(data: dict[str, Any], base: Path) -> None:
         for m in data["models"].values():
             if isinstance(m, dict) and isinstance(m.get("name"), str) and m["name"].startswith(("./", "../")):
                 m["name"] = fix(m["name"])
+            server = m.get("server") if isinstance(m, dict) else None
+            gguf = server.get("gguf") if isinstance(server, dict) else None
+            if (
+                isinstance(server, dict)
+                and isinstance(gguf, str)
+                and gguf.strip()
+                and not gguf.startswith("builtin:")
+            ):
+                server["gguf"] = fix(gguf)  # `builtin:NAME` stays as written
 
 
 def _merge(base: Any, over: Any) -> Any:

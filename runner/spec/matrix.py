@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from runner.spec.experiment import Experiment, portable, without_new_defaults
+from runner.spec.experiment import Experiment, model_identity, portable, without_new_defaults
 from runner.spec.paired import paired_combos
 from runner.spec.schema import AXES, DEFAULT_POV_SCORE
 
@@ -133,7 +133,8 @@ class CellHasher:
         self._shared = _digest(shared)
         self._parts = {
             "model": {
-                k: _digest(portable(m.model_dump(mode="json"), exp.root)) for k, m in spec.models.items()
+                k: _digest(portable(model_identity(m.model_dump(mode="json")), exp.root))
+                for k, m in spec.models.items()
             },
             "template": {k: _digest(t.text) for k, t in exp.templates.items()},
             "persona": {k: _digest(v) for k, v in spec.personas.items()},

@@ -13,7 +13,7 @@ from runner.spec.experiment import Experiment, display_path
 from runner.spec.matrix import OPTIONAL_IN_INCLUDE, is_empty, matrix_pov_sets
 from runner.spec.paired import zip_problems
 from runner.spec.safe_yaml import Mark, PathKey, load_yaml, read_text
-from runner.spec.schema import AXES, Question, Spec, check_k
+from runner.spec.schema import AXES, Model, Question, Spec, check_k
 from runner.spec.templates import TemplateInfo, check_renders, parse_header
 
 
@@ -233,6 +233,8 @@ def resolve(
                 ("models", name, "backend"),
                 f"unknown backend {model.backend!r}{did_you_mean(model.backend, BACKENDS.names())}",
             )
+        else:
+            _check_server_fields(name, model, c)
     if spec.generation.compile:
         _check_compile(spec, c)
     for key in ("embedder", "reranker"):
@@ -325,6 +327,58 @@ def _check_pov_scores(exp: Experiment, c: ProblemList) -> None:
                 f"the reference is POV set {alone[0]!r} alone, which the matrix also scores: it would be "
                 "compared with itself; add another reference set",
             )
+
+
+_SERVER_FIELDS = ("base_url", "api_key_env", "max_concurrency", "request_timeout_s", "server")
+_LOCAL_FIELDS = ("revision", "load_in_4bit", "dtype")
+
+
+def _check_server_fields(name: str, model: Model, c: ProblemList) -> None:
+    """A model entry's fields fit its backend: `openai` talks to exactly one server (`base_url`, or the
+    `server` pov-runner starts) and loads no weights itself; the others never talk to a server."""
+    where = ("models", name)
+
+    def given(field: str) -> bool:  # a value other than the default (a stored spec writes every default)
+        return bool(getattr(model, field) != Model.model_fields[field].default)
+
+    if not BACKENDS.is_remote(model.backend):
+        for field in _SERVER_FIELDS:
+            if given(field):
+                c.at(
+                    (*where, field), f"{field} is for backend openai; this model's backend is {model.backend}"
+                )
+        return
+    if model.base_url is not None and model.server is not None:
+        c.at(where, "backend openai talks to one server: give base_url or server, not both")
+    elif model.base_url is None and model.server is None:
+        c.at(
+            where,
+            "backend openai needs base_url (a running server) or server: {gguf: ...} (one pov-runner starts)",
+        )
+    if model.server is not None and model.api_key_env is not None:
+        c.at((*where, "api_key_env"), "a server pov-runner starts has its own key: leave api_key_env out")
+    if model.name.startswith("builtin:"):
+        c.at(
+            (*where, "name"),
+            "for backend openai the name is the model as the server knows it; a builtin GGUF goes in "
+            "server.gguf",
+        )
+    for field in _LOCAL_FIELDS:
+        if given(field):
+            c.at((*where, field), f"{field} has no effect with backend openai (the server loads the model)")
+    gguf = model.server.gguf if model.server is not None else None
+    if gguf is not None and not gguf.startswith("builtin:"):
+        label = display_path(Path(gguf))
+        if not Path(gguf).is_file():
+            c.at((*where, "server", "gguf"), f"GGUF file not found: {label}")
+        else:
+            try:
+                with Path(gguf).open("rb") as fh:
+                    magic = fh.read(4)
+            except OSError as e:
+                magic, label = b"", f"{label} ({e.strerror})"
+            if magic != b"GGUF":
+                c.at((*where, "server", "gguf"), f"not a GGUF file (it does not start with 'GGUF'): {label}")
 
 
 def load_template(name: str, path: Path, label: str) -> TemplateInfo:

@@ -165,6 +165,12 @@ class Metrics:
     BATCH_TOKENS = "batch_tokens"
     MEMORY_RETRIES = "memory_retries"
     SEED = "seed"
+    HOST_RSS_MB = "host_rss_mb"
+    RETRIES = "retries"
+    SERVER_PROMPT_MS = "server_prompt_ms"
+    SERVER_GENERATE_MS = "server_generate_ms"
+    SERVER_TOKENS_PER_S = "server_tokens_per_s"
+    SERVER_CACHED_TOKENS = "server_cached_tokens"
 
     @staticmethod
     def crashed(cause: str) -> str:
@@ -224,7 +230,10 @@ _TAG_DOCS: dict[str, tuple[str, str]] = {
     Tags.RERUN_OF: (_EXEC, "the execution a `pov rerun` ran again"),
     Tags.CELL_ID: (_CELL, "the cell's id (a hash of what it uses); pairs cells across executions"),
     Tags.STATUS: (_CELL, f"`{Status.FINISHED}` or `{Status.CRASHED}`; absent on a child left half-written"),
-    Tags.CAUSE: (_CELL, f"a crash's cause (runner.generation.CAUSES; `{DEFAULT_CAUSE}` when unknown)"),
+    Tags.CAUSE: (
+        _CELL,
+        f"a crash's cause (runner.generation.CAUSES, `server_died` included; `{DEFAULT_CAUSE}` when unknown)",
+    ),
     Tags.ERROR: (_CELL, "a crash's message, cut to 500 characters"),
     Tags.SUPERSEDED: (_CELL, f"`{TRUE}` on a child that was redone; it is also deleted and KILLED or FAILED"),
     Tags.RANKING_HASH: (_CELL, "hash of the chunk ids of the three retrieval stages, in rank order"),
@@ -305,12 +314,28 @@ _METRIC_DOCS: dict[str, tuple[str, str]] = {
     Metrics.PROMPT_TOKENS: (_CELL, "prompt length in tokens, as generated"),
     Metrics.COMPLEXITY_PROMPT_TOKENS: (_CELL, "prompt length in tokens, measured before generation"),
     Metrics.TOKENS_PER_S: (_CELL, "generated tokens per second"),
-    Metrics.GPU_PEAK_ALLOCATED_MB: (_CELL, "peak GPU memory allocated, MiB"),
     Metrics.BATCH_SIZE: (_CELL, "cells in the batch the answer came from"),
     Metrics.PADDED_PROMPT_TOKENS: (_CELL, "that batch's prompt length in tokens (its rows padded to it)"),
     Metrics.BATCH_TOKENS: (_CELL, "that batch's prompt tokens: batch_size x padded_prompt_tokens"),
     Metrics.MEMORY_RETRIES: (_CELL, "batches the cell was in that ran out of memory (and were split)"),
     Metrics.SEED: (_CELL, "the seed the cell's batch ran with (a repeat's own, else generation.seed)"),
+    Metrics.GPU_PEAK_ALLOCATED_MB: (
+        _CELL,
+        "peak GPU memory allocated, MiB (backend openai with a managed server: the server process's, from NVML)",
+    ),
+    Metrics.HOST_RSS_MB: (
+        _CELL,
+        "peak resident memory of the process that generated, MiB: the worker's, or a managed llama.cpp "
+        "server's during the cell's batch",
+    ),
+    Metrics.RETRIES: (
+        _CELL,
+        "backend openai: requests sent again for the cell (HTTP 429/503, a reset connection)",
+    ),
+    Metrics.SERVER_PROMPT_MS: (_CELL, "backend openai: the server's own time reading the prompt (llama.cpp)"),
+    Metrics.SERVER_GENERATE_MS: (_CELL, "backend openai: the server's own time generating (llama.cpp)"),
+    Metrics.SERVER_TOKENS_PER_S: (_CELL, "backend openai: tokens per second as the server measured them"),
+    Metrics.SERVER_CACHED_TOKENS: (_CELL, "backend openai: prompt tokens the server took from its cache"),
 }
 _ARTIFACT_DOCS: dict[str, tuple[str, str]] = {
     Artifacts.SPEC: (_EXEC, "the resolved spec, standalone (what `pov rerun` loads)"),

@@ -6,8 +6,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
+
+    from runner.generation.jobs import Job, JobResult
     from runner.spec import Generation as GenerationParams
-    from runner.spec import Model
+    from runner.spec import Limits, Model
 
 
 @dataclass
@@ -48,6 +52,46 @@ class Backend(Protocol):
 
     def info(self) -> dict[str, float]:
         """Numbers about the loaded model (e.g. `model_memory_mb`), recorded with each cell."""
+        ...
+
+
+class RemoteBackend(Protocol):
+    """A backend whose model runs in an inference server (registered with `remote=True`), built in the run's
+    own process as `cls(model, limits, log_path, should_stop)`. It is itself the executor's handle on a worker
+    (runner.generation.executors.pool.Worker): `start` makes the server answer (starting one where the backend
+    manages it), `run_batch` sends one request per job and records each job's own outcome, crashes included,
+    so that a failed request never fails the jobs beside it."""
+
+    model: Model
+    limits: Limits
+
+    def __init__(
+        self, model: Model, limits: Limits, log_path: Path, should_stop: Callable[[], bool] | None = None
+    ) -> None: ...
+
+    @property
+    def alive(self) -> bool: ...
+
+    def begin(self) -> None:
+        """Start what takes long (a server's model load) without waiting for it."""
+        ...
+
+    def start(self) -> dict[str, float]:
+        """Wait until the server answers; raise runner.generation.jobs.LoadFailed if it cannot."""
+        ...
+
+    def run_batch(
+        self, jobs: list[Job], params: GenerationParams, timeout_s: float, ahead: list[Job] | None = None
+    ) -> list[JobResult]:
+        """One result per job, in the jobs' order; `ahead` (the next batch) may be sent meanwhile."""
+        ...
+
+    def stop(self) -> None:
+        """Stop what `start` started (a managed server), gracefully."""
+        ...
+
+    def terminate(self) -> None:
+        """Stop now (Ctrl-C): abandon the requests in flight."""
         ...
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runner.generation.backends import RemoteBackend, is_remote, remote_worker
 from runner.generation.executors.pool import PooledExecutor, SlotPool
 from runner.generation.executors.process import ProcessWorker
 from runner.generation.jobs import Groups, JobResult
@@ -98,10 +99,14 @@ class LocalExecutor(PooledExecutor):
             return [("cpu", "" if self.gpus == [] else None)]
         return [("cuda:0", gpu) for gpu in chosen]
 
-    def _make_worker(self, log_dir: Path) -> Callable[[int, str, Model], ProcessWorker]:
+    def _make_worker(self, log_dir: Path) -> Callable[[int, str, Model], ProcessWorker | RemoteBackend]:
         slots = self.slots()
 
-        def make_worker(index: int, key: str, model: Model) -> ProcessWorker:
+        def make_worker(index: int, key: str, model: Model) -> ProcessWorker | RemoteBackend:
+            if is_remote(model.backend):  # the model runs in a server: this process talks to it
+                return remote_worker(
+                    model, self.limits, log_dir / f"server{index}-{key}.log", self._pool.stop.is_set
+                )
             device, cuda_visible = slots[index]
             return ProcessWorker(
                 model,

@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runner.generation.backends import RemoteBackend, is_remote, remote_worker
 from runner.generation.executors.pool import PooledExecutor, SlotPool
 from runner.generation.jobs import Groups, Job, JobResult, LoadFailed, WorkerCrash, classify_exception
 from runner.generation.worker import LOAD_TIMEOUT_S, file_size, measured_of, read_tail
@@ -329,7 +330,11 @@ class RayExecutor(PooledExecutor):
         log_dir = self.log_dir or Path(tempfile.mkdtemp(prefix="pov-ray-"))
         n_slots, per_actor = self.slot_plan(ray, max(1, sum(1 for _, jobs in groups.values() if jobs)))
 
-        def make_worker(index: int, key: str, model: Model) -> RayWorker:
+        def make_worker(index: int, key: str, model: Model) -> RayWorker | RemoteBackend:
+            if is_remote(model.backend):  # the model runs in a server: this process talks to it
+                return remote_worker(
+                    model, self.limits, log_dir / f"server{index}-{key}.log", self._pool.stop.is_set
+                )
             return RayWorker(
                 ray, model, self.limits, self.config, log_dir / f"actor{index}-{key}.log", per_actor
             )
