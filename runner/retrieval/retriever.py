@@ -44,14 +44,23 @@ class Stage:
     ids: list[str]
     texts: list[str]
     scores: list[float]
+    statements: list[str] = field(default_factory=list)
+    """The POV stage only: the POV set's statements, in order."""
+    similarities: list[list[float]] = field(default_factory=list)
+    """The POV stage only: per chunk, its cosine similarity to each statement (the score is their L2 norm),
+    so that a reader sees which statement lifted a chunk."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "name": self.name,
             "ids": list(self.ids),
             "texts": list(self.texts),
             "scores": list(self.scores),
         }
+        if self.statements:
+            d["statements"] = list(self.statements)
+            d["similarities"] = [list(row) for row in self.similarities]
+        return d
 
 
 @dataclass
@@ -84,7 +93,14 @@ class RetrievalResult:
         if len(k) != 3:
             raise ValueError(f"k must have three stages, got {d['k']!r}")
         stages = [
-            Stage(str(s["name"]), list(s["ids"]), list(s["texts"]), [float(x) for x in s["scores"]])
+            Stage(
+                str(s["name"]),
+                list(s["ids"]),
+                list(s["texts"]),
+                [float(x) for x in s["scores"]],
+                [str(x) for x in s.get("statements", [])],
+                [[float(x) for x in row] for row in s.get("similarities", [])],
+            )
             for s in d["stages"]
         ]
         return cls(str(d["question"]), str(d["pov_set"]), k, stages)
@@ -260,6 +276,7 @@ class ChromaRetriever:
             stage12[(q, k1, k2)] = (s1, s2)
 
         pov_by_set: dict[str, dict[str, float]] = {}
+        sims_by_set: dict[str, dict[str, list[float]]] = {}
         for pov in dict.fromkeys(p for _, p, _ in wanted):
             statements = self.exp.pov_sets[pov]
             pov_vecs = self.reranker.embed(statements, "query")
@@ -269,10 +286,14 @@ class ChromaRetriever:
                 )
             )
             if not docs:
-                pov_by_set[pov] = {}
+                pov_by_set[pov], sims_by_set[pov] = {}, {}
                 continue
-            scores = pov_scores(np.stack([doc_vec[i] for i in docs]), pov_vecs, assume_normalized=True)
+            mat = np.stack([doc_vec[i] for i in docs])
+            scores = pov_scores(mat, pov_vecs, assume_normalized=True)
             pov_by_set[pov] = dict(zip(docs, (float(s) for s in scores), strict=True))
+            # The cosines the score is the norm of, kept for the reader (chunks x statements: small).
+            sims = cosine_scores(np.asarray(pov_vecs), mat[None, :, :]).T
+            sims_by_set[pov] = {i: [float(x) for x in row] for i, row in zip(docs, sims, strict=True)}
 
         out: dict[Key, RetrievalResult] = {}
         for key in wanted:
@@ -281,6 +302,8 @@ class ChromaRetriever:
             scores3 = [pov_by_set[pov][i] for i in s2.ids]
             _, s3 = _select(rank_desc(scores3), k3, s2.ids, s2.texts, scores3)
             s3.name = "pov"
+            s3.statements = list(self.exp.pov_sets[pov])
+            s3.similarities = [sims_by_set[pov][i] for i in s3.ids]
             out[key] = RetrievalResult(q, pov, key[2], [s1, s2, s3])
         return out
 

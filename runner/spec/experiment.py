@@ -21,6 +21,7 @@ ADDED_SINCE_V1: dict[str, Any] = {
     "matrix.repeat": 1,
     "limits.max_memory_retries": 256,
     "checks.loop_window_ratio": 0.75,
+    "tracking.traces": True,  # `tracking` is outside the hash anyway (where runs are recorded, not results)
 }
 """Spec fields added after the spec hash was first defined, with their defaults. A spec that leaves one at
 its default hashes as before the field existed, so adding a field never orphans existing executions; a spec

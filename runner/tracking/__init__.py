@@ -27,6 +27,7 @@ from runner.tracking.schema import (
     State,
     Status,
     Tags,
+    Traces,
 )
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ __all__ = [
     "State",
     "Status",
     "Tags",
+    "Traces",
     "Tracker",
     "audit",
     "find_run",
