@@ -7,9 +7,11 @@ as report.html with PNG charts and report.json.
     write_report(data, Path("report"), "title")
 
 Modules: load (MLflow -> CellRow/Execution), tables (aggregation, and which axes are shown in which order),
-stats (Wilson intervals, percentiles, bins), charts (matplotlib PNGs), html (the page and write_report).
+stats (Wilson intervals, percentiles, bins), charts (matplotlib PNGs), html (the page and write_report);
+cells (each cell as `pov view` shows it) and viewer (view.html, its script and styles in static/).
 """
 
+from runner.report.cells import load_views
 from runner.report.html import fmt, write_report
 from runner.report.load import CellRow, Execution, count_cells, latest_execution, load_execution
 from runner.report.tables import (
@@ -22,6 +24,7 @@ from runner.report.tables import (
     table_rows,
     values_in,
 )
+from runner.report.viewer import VIEW_FILE, viewer_link, write_view
 
 __all__ = [
     "CHART_AXES",
@@ -29,6 +32,7 @@ __all__ = [
     "PERFORMANCE_AXES",
     "TITLES",
     "TOKENS",
+    "VIEW_FILE",
     "CellRow",
     "Execution",
     "build",
@@ -36,7 +40,10 @@ __all__ = [
     "fmt",
     "latest_execution",
     "load_execution",
+    "load_views",
     "table_rows",
     "values_in",
+    "viewer_link",
     "write_report",
+    "write_view",
 ]

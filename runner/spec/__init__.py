@@ -39,7 +39,15 @@ from runner.spec.schema import (
     Tracking,
 )
 from runner.spec.snapshot import snapshot_files
-from runner.spec.templates import HEADER_RE, Section, TemplateInfo, compile_template, context_text, render
+from runner.spec.templates import (
+    HEADER_RE,
+    Section,
+    TemplateInfo,
+    compile_template,
+    context_text,
+    parse_header,
+    render,
+)
 
 __all__ = [
     "AXES",
@@ -76,6 +84,7 @@ __all__ = [
     "iter_corpus",
     "load_spec",
     "matches",
+    "parse_header",
     "portable",
     "project_root",
     "read_corpus",
