@@ -40,14 +40,20 @@ def main(args: argparse.Namespace) -> int:
         executions.append(load_execution(client, compare))
     for ex in executions:
         total = ex.metrics.get(Metrics.CELLS_TOTAL)
-        if ex.tags.get(Tags.STATE) == State.RUNNING:
+        running = ex.tags.get(Tags.STATE) == State.RUNNING
+        if not ex.cells:
+            why = " (it is in progress, or was killed before any cell was recorded)" if running else ""
+            console.print(
+                f"[yellow]note:[/] execution {ex.label} has no finished or crashed cells yet{why}",
+                soft_wrap=True,
+            )
+        elif running:
             recorded = f"{len(ex.cells)}" + (f" of {total:.0f}" if total else "")
             console.print(
                 f"[yellow]note:[/] execution {ex.label} is still in progress (or was killed before it finished): "
-                f"the page shows the {recorded} cells recorded so far"
+                f"the page shows the {recorded} cells recorded so far",
+                soft_wrap=True,
             )
-        if not ex.cells:
-            console.print(f"[yellow]note:[/] execution {ex.label} has no finished or crashed cells yet")
     out = args.out or Path("report") / (run_id if not compare else f"{run_id}-vs-{compare}")
     views, chunks = load_views(client, executions)
     page = write_view(views, chunks, out, "pov view: " + " vs ".join(ex.label for ex in executions))

@@ -85,12 +85,8 @@ def _finite(v: float) -> float | None:
 
 
 def _sections(answer: str, sections: tuple[Section, ...]) -> list[dict[str, Any]]:
-    if not sections:
-        return []
-    return [
-        {"title": f.section.title, "text": f.text, "present": f.present}
-        for f in split_sections(answer, sections)
-    ]
+    """The template's sections, each found in the answer or not (the page shows the answer as written)."""
+    return [{"title": f.section.title, "present": f.present} for f in split_sections(answer, sections)]
 
 
 def _stages(context: dict[str, Any], chunks: dict[str, str]) -> list[dict[str, Any]]:

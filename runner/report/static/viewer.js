@@ -175,16 +175,26 @@
     if (t !== null) bits.push(num(t, 0) + " prompt tok");
     return bits.join(" · ");
   }
-  function answerBlock(c, full) {
+  function answerBlock(c, ex, full) {
+    // The answer as the model wrote it; its heading lines (markdown, or a declared section's title) stand
+    // out, and a chip per declared section says whether the checks found it, with its word count.
     const box = el("div", { class: "answer" });
+    const m = c.metrics;
     if (c.sections && c.sections.length) {
-      for (const s of c.sections) {
-        box.append(el("div", { class: "section-title" + (s.present ? "" : " missing") }, s.title + (s.present ? "" : " (missing)")));
-        if (s.present) box.append(el("div", { class: "section-text" }, clip(s.text, full)));
-      }
-    } else {
-      box.append(el("div", { class: "section-text" }, clip(c.answer || "", full)));
+      box.append(el("div", { class: "sections" }, c.sections.map((s) => {
+        const n = m["check_words_" + slug(s.title)];
+        return el("span", { class: "section-chip " + (s.present ? "present" : "missing"), "data-section": s.title },
+          s.title + (s.present ? (n !== undefined && n !== null ? " · " + n.toFixed(0) + " words" : "") : " · missing"));
+      })));
     }
+    const titles = (execs[ex].sections[c.axes.template] || []).map((t) => t.toLowerCase());
+    const text = el("div", { class: "answer-text" });
+    for (const line of clip(c.answer || "", full).split("\n")) {
+      const bare = line.replace(/^[\s#*_>-]+|[\s*_:]+$/g, "").toLowerCase();
+      const heading = /^\s*#{1,6}\s/.test(line) || (bare && titles.includes(bare));
+      text.append(heading ? el("div", { class: "section-title" }, line) : el("div", { class: "line" }, line || "\u00a0"));
+    }
+    box.append(text);
     return box;
   }
   function clip(text, full) {
@@ -203,7 +213,7 @@
       el("div", { class: "meta" }, el("span", { class: "status " + c.status }, c.status), " ", others.join(" · ")),
       c.status === "crashed" ? crashBlock(c, false) : el("div", { class: "badges" }, badges(c, ex)),
       c.status === "crashed" ? null : el("div", { class: "perf" }, perf(c)),
-      c.answer !== undefined ? answerBlock(c, false) : null);
+      c.answer !== undefined ? answerBlock(c, ex, false) : null);
   }
 
   // ---- toolbar -------------------------------------------------------------------------------------
@@ -387,7 +397,7 @@
       el("p", { class: "meta" }, el("span", { class: "status " + c.status }, c.status), " ", perf(c), " · cell ", el("code", {}, c.id)),
       c.status === "crashed" ? crashBlock(c, true) : null,
       el("h3", {}, "Checks"), checksTable(c),
-      c.answer !== undefined ? [el("h3", {}, "Answer"), answerBlock(c, true)] : null,
+      c.answer !== undefined ? [el("h3", {}, "Answer"), answerBlock(c, ex, true)] : null,
       el("h3", {}, "Retrieval"), el("p", { class: "note" }, "Each stage ranks the previous one's chunks; ▲/▼ is the move from the stage before. Highlighted: chunks the answer reused (shared word 8-grams); click a chunk for its text."),
       stagesOf(d),
       el("h3", {}, "Prompt as sent"), el("pre", { class: "prompt" }, d.prompt));
@@ -503,7 +513,7 @@
     const ans = sameAnswer(x, y);
     function side(c, key) {
       return el("div", { class: "side" }, el("h4", {}, execs[key === "a" ? 0 : 1].label),
-        c.status === "crashed" ? crashBlock(c, true) : ops && ans === "changed" ? diffBlock(ops, key) : answerBlock(c, true));
+        c.status === "crashed" ? crashBlock(c, true) : ops && ans === "changed" ? diffBlock(ops, key) : answerBlock(c, key === "a" ? 0 : 1, true));
     }
     return panel("Cell " + short(id) + " in both executions", () => update({ cell: "" }),
       el("p", { class: "axes" }, AXES.map((a) => el("span", { class: "axis" }, AXIS_TITLES[a] + ": ", el("b", {}, x.axes[a])))),
