@@ -69,17 +69,25 @@ def stored(tmp_path_factory: pytest.TempPathFactory, exp: Experiment) -> Stored:
     from mlflow.tracking import MlflowClient
 
     s = Stored(tmp_path_factory.mktemp("viewer"))
+    mp = pytest.MonkeyPatch()
+    mp.chdir(s.root)  # MLflow's default artifact root, ./mlruns, lands here
     cells = four_cells(exp)
     results = [cell_result(c, i) for i, c in enumerate(cells)]
     results[0] = quoting(results[0])
     results[1].output = HOSTILE
-    for name, logged, finish in (
+    # `edited`: the same cells but the last, one answer reworded.
+    edited = [cell_result(c, i) for i, c in enumerate(cells[:3])]
+    edited[0] = quoting(edited[0])
+    edited[2].output = (results[2].output or "").replace("ANSWER", "A REWORDED ANSWER")
+    runs = (
         ("done", results, True),
         ("running", results[:2], False),
         ("empty", [], False),
-    ):
+        ("edited", edited, True),
+    )
+    for name, logged, finish in runs:
         t = MlflowTracker(s.uri, f"view-{name}")
-        t.start(exp, cells, MANIFEST)
+        t.start(exp, cells if name != "edited" else cells[:3], MANIFEST)
         t.log(logged)
         if finish:
             t.finish({})
@@ -88,6 +96,7 @@ def stored(tmp_path_factory: pytest.TempPathFactory, exp: Experiment) -> Stored:
     client = MlflowClient(s.uri)
     eid = client.create_experiment("another-tool")
     s.runs["other"] = client.create_run(eid, tags={"team": "someone else"}).info.run_id
+    mp.undo()
     return s
 
 
@@ -96,18 +105,18 @@ def view(s: Stored, monkeypatch: pytest.MonkeyPatch, *args: str) -> int:
     return cli(["view", *args])
 
 
+def block(path: Path, block_id: str) -> Any:
+    """One JSON block of the page, by its element id."""
+    html = path.read_text(encoding="utf-8")
+    found = re.search(
+        rf'<script type="application/json" id="{re.escape(block_id)}">(.*?)</script>', html, re.S
+    )
+    assert found, f"no block {block_id}"
+    return json.loads(found.group(1))
+
+
 def page_data(path: Path) -> dict[str, Any]:
-    html = path.read_text(encoding="utf-8")
-    found = re.search(r'<script type="application/json" id="pov-data">(.*?)</script>', html, re.S)
-    assert found, "no data block"
-    return json.loads(found.group(1))
-
-
-def page_details(path: Path) -> dict[str, Any]:
-    html = path.read_text(encoding="utf-8")
-    found = re.search(r'<script type="application/json" id="pov-details">(.*?)</script>', html, re.S)
-    assert found, "no details block"
-    return json.loads(found.group(1))
+    return block(path, "pov-data")  # type: ignore[no-any-return]
 
 
 def test_an_unknown_run_id_is_a_clear_error(
@@ -168,21 +177,21 @@ def test_an_opened_cell_holds_its_rank_moves_and_the_chunk_its_answer_copied(
 ) -> None:
     assert view(stored, monkeypatch, "--run", stored.runs["done"], "--out", str(tmp_path)) == 0
     [ex] = page_data(tmp_path / "view.html")["executions"]
-    details = page_details(tmp_path / "view.html")
+    chunks = block(tmp_path / "view.html", "pov-chunks")
     cells = four_cells(exp)
     first = quoting(cell_result(cells[0], 0))
-    d = details["executions"][0][cells[0].id]
+    d = block(tmp_path / "view.html", f"pov-d-0-{cells[0].id}")
     stages = first.context["stages"]
     assert [s["name"] for s in d["stages"]] == ["vector", "query", "pov"]
     for before, after, got in zip(stages, stages[1:], d["stages"][1:], strict=False):
         assert [c["id"] for c in got["chunks"]] == after["ids"]
         assert [c["prev"] for c in got["chunks"]] == [before["ids"].index(i) + 1 for i in after["ids"]]
     assert d["stages"][2]["sims"] == stages[2]["similarities"]
-    assert all(details["chunks"][c["id"]] for s in d["stages"] for c in s["chunks"])
+    assert all(chunks[c["id"]] for s in d["stages"] for c in s["chunks"])
     # The answer quoted the top POV chunk whole: that chunk, and only its text, is marked reused.
     top = stages[2]["ids"][0]
     assert set(d["reused"]) == {top}
-    text = details["chunks"][top]
+    text = chunks[top]
     assert text == QUOTED and [text[a:b] for a, b in d["reused"][top]["spans"]] == [QUOTED.rstrip(".")]
     assert d["reused"][top]["share"] == pytest.approx(copied_share(first.output or "", [QUOTED]))
     card = next(c for c in ex["cells"] if c["id"] == cells[0].id)
@@ -247,3 +256,21 @@ def test_in_progress_empty_and_hostile_pages_in_the_browser(
     assert page.title().startswith("pov view") and page.locator("b", has_text="bold").count() == 0
     empty = browser.open((tmp_path / "empty" / "view.html").as_uri())
     assert "no finished or crashed cells yet" in empty.locator(".warn.empty").inner_text()
+
+
+def test_compare_marks_a_changed_answer_with_a_word_diff(
+    stored: Stored, monkeypatch: pytest.MonkeyPatch, browser: Any, tmp_path: Path, exp: Experiment
+) -> None:
+    done, edited = stored.runs["done"], stored.runs["edited"]
+    assert view(stored, monkeypatch, "--run", done, "--compare", edited, "--out", str(tmp_path)) == 0
+    page = browser.open((tmp_path / "view.html").as_uri())
+    page.click("button[data-mode=compare]")
+    cells = four_cells(exp)
+    pairs = page.locator("tr.pair").evaluate_all("rows => rows.map(r => r.dataset.cell)")
+    verdicts = dict(zip(pairs, page.locator("td[data-answer]").all_inner_texts(), strict=True))
+    # The hostile answer (cell 1) was logged only in `done`; cell 2 was reworded; cell 3 is only in `done`.
+    assert verdicts == {cells[0].id: "identical", cells[1].id: "changed", cells[2].id: "changed"}
+    assert page.locator("ul.only li").count() == 1 and cells[3].id[:8] in page.locator("ul.only").inner_text()
+    page.locator(f"tr.pair[data-cell='{cells[2].id}']").click()
+    assert page.locator(".panel .side del").all_text_contents() == []
+    assert page.locator(".panel .side ins").all_text_contents() == ["A REWORDED "]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import html
 import json
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,13 @@ from runner.report.tables import (
     PERFORMANCE_AXES,
     TABLE_ONLY,
     TITLES,
-    TOKENS,
     RowsOf,
     latency_label,
     table_rows,
     values_in,
 )
-from runner.report.viewer import VIEW_FILE, viewer_link
-from runner.tracking import CHECK_FAIL, TRUE, Tags
+from runner.report.viewer import VIEW_FILE, Link, axis_link, check_link, crashed_link, viewer_link
+from runner.tracking import TRUE, Tags
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2em auto;max-width:1200px;color:#222}
@@ -92,37 +90,13 @@ def _performance_table(ex: dict[str, Any], axis: str) -> str:
     return _table(headers, rows)
 
 
-Link = Callable[[str], "dict[str, str] | None"]
-"""A table row's value -> the viewer filters that show the cells behind it (runner.report.viewer)."""
-
-
 def _linked(value: str, link: Link | None) -> str:
+    """A table row's first cell: its value, linked to its cells in the viewer when `link` names them."""
     filters = link(value) if link else None
     if not filters:
         return html.escape(value)
-    return f'<a class="view" href="{html.escape(viewer_link(filters))}" title="these cells in pov view">{html.escape(value)}</a>'
-
-
-def axis_link(axis: str) -> Link:
-    """Rows of an axis (or of the prompt-token bins, labelled `lo–hi`) -> that value's cells."""
-    if axis == TOKENS:
-        return lambda v: None if v == "unknown" else {"tokens": v.replace("–", "-")}
-    return lambda v: {axis: v}
-
-
-def check_link(axis: str | None = None) -> Link:
-    """Rows of a check (`name`, or `name · value` of `axis`) -> the cells that failed it."""
-
-    def link(v: str) -> dict[str, str]:
-        name, _, value = v.partition(" · ")
-        return {"check": f"{name}:{CHECK_FAIL}", **({axis: value} if axis and value else {})}
-
-    return link
-
-
-def crashed_link(group: str) -> dict[str, str]:
-    """A row of the crash-causes table (`all`, or a template) -> its crashed cells."""
-    return {"status": "crashed", **({} if group == "all" else {"template": group})}
+    href = html.escape(viewer_link(filters))
+    return f'<a class="view" href="{href}" title="these cells in pov view">{html.escape(value)}</a>'
 
 
 def rate_table(

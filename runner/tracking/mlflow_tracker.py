@@ -57,7 +57,7 @@ from runner.tracking.schema import (
     Status,
     Tags,
 )
-from runner.tracking.traces import CellTrace, TraceWriter
+from runner.tracking.traces import TraceWriter
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -128,12 +128,17 @@ class MlflowTracker:
         check_reachable(self.tracking_uri, NO_TRACK)
         self._t0 = time.monotonic()
         self._exp, self._aborted = exp, None
-        self._traces = TraceWriter(self.tracking_uri) if exp.spec.tracking.traces else None
         self._cells = {c.id: c for c in cells}
         self._models = {}
         for key, m in exp.spec.models.items():
             resolved = manifest.get("models", {}).get(key, {}).get("resolved_revision")
             self._models[key] = (m.name, m.revision or resolved or NONE)
+        self._traces = None
+        if exp.spec.tracking.traces:
+            questions = {qid: q.text for qid, q in exp.questions.items()}
+            self._traces = TraceWriter(
+                self.tracking_uri, questions, {k: v[0] for k, v in self._models.items()}
+            )
         try:
             eid = self._experiment(exp)
         except UserError:
@@ -306,7 +311,8 @@ class MlflowTracker:
             # exception in the caller, a test's interrupted run) leaves nothing behind in the temp folder.
             with tempfile.TemporaryDirectory(prefix="pov-cell-") as scratch:
                 opened = [(r, self._open_cell(pid, r, secrets, Path(scratch))) for r in results]
-            self._write_traces(pid, opened, secrets)
+            if self._traces is not None:
+                self._traces.record(self._require_exp(), pid, opened, secrets)
             for r, rid in opened:
                 self._close_cell(r, rid)
             self._log_progress()
@@ -350,34 +356,6 @@ class MlflowTracker:
                 self._traces.supersede(self.client, self._require_exp(), [old])
         cause = (r.cause or DEFAULT_CAUSE) if r.status == Status.CRASHED else None
         self._live[r.cell.id] = LiveCell(rid, r.status, cause)
-
-    def _write_traces(self, pid: str, opened: list[tuple[CellResult, str]], secrets: dict[str, str]) -> None:
-        """The batch's traces. A trace that cannot be written costs a warning, never the run (its child run
-        holds everything); a tracking server that stopped answering aborts it as any write would."""
-        if self._traces is None:
-            return
-        exp = self._exp
-        cells = [
-            CellTrace(
-                r,
-                exp.questions[r.cell.question].text
-                if exp and r.cell.question in exp.questions
-                else r.cell.question,
-                self._models.get(r.cell.model, (r.cell.model, NONE))[0],
-                rid,
-                pid,
-            )
-            for r, rid in opened
-        ]
-        try:
-            self._traces.write(self._require_exp(), cells, secrets)
-        except Exception as e:
-            if is_server(self.tracking_uri) and unreachable(self.tracking_uri) is not None:
-                raise
-            print(
-                f"pov: warning: traces of {len(cells)} cell(s) not recorded: {redact(str(e))[:300]}",
-                file=sys.stderr,
-            )
 
     def _require_exp(self) -> str:
         if self.experiment_id is None:

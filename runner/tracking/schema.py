@@ -196,51 +196,30 @@ class Artifacts:
 
 class Traces:
     """Names in a cell's MLflow trace (spec `tracking.traces`, on by default): one trace per cell, linked to
-    its child run, with a root span and one child span per retrieval stage and for the generation.
-
-    The span types and the shape of the retrieved documents are MLflow's own (`mlflow.entities.SpanType`,
-    `mlflow.entities.Document`), so that MLflow's trace view shows the three rankings and the answer."""
+    its child run, with a root span and one child span per retrieval stage and for the generation; each
+    name's meaning is in DOCS["Traces"]. Span types and the shape of the retrieved documents are MLflow's
+    own (`mlflow.entities.SpanType`, `mlflow.entities.Document`), so that its trace view shows them."""
 
     NAME = "pov.cell"
-    """The trace's name (MLflow's `mlflow.traceName`) and its root span's (type CHAIN)."""
     VECTOR = "vector_search"
-    """RETRIEVER span of stage 1: the k1 chunks nearest the question, scored by cosine."""
     QUERY = "query_rerank"
-    """RETRIEVER span of stage 2: the k2 chunks most similar to the question."""
     POV = "pov_rerank"
-    """RETRIEVER span of stage 3: the k3 chunks of highest POV score."""
     GENERATE = "generate"
-    """LLM span: the prompt as a user message, the answer as the assistant's."""
     STAGE_SPANS: ClassVar[Mapping[str, str]] = {"vector": VECTOR, "query": QUERY, "pov": POV}
     """Span name per retrieval stage name (runner.retrieval.STAGES)."""
-
     EXECUTION = "pov.execution"
-    """Trace tag: the run id of the cell's execution (its parent run)."""
     CELL_RUN = "pov.cell_run"
-    """Trace tag: the run id of the cell's child run (also MLflow's own link, the `mlflow.sourceRun`)."""
-
     STAGE = "pov.stage"
-    """Span attribute of a RETRIEVER span: the stage's name (`vector`, `query`, `pov`)."""
     K = "pov.k"
-    """Span attribute of a RETRIEVER span: how many chunks the stage keeps."""
     STATEMENTS = "pov.statements"
-    """Span attribute of the POV span: the POV set's statements, in order."""
     MODEL = "pov.model"
-    """Span attribute of the LLM span: the model as loaded (name or folder)."""
     ERROR = "pov.error"
-    """Span attribute of the LLM span of a crash: the message and the end of the worker's stderr."""
-
     DOC_URI = "doc_uri"
-    """Document metadata (the key MLflow's retriever view shows): the chunk id."""
     CHUNK_ID = "chunk_id"
     SCORE = "score"
-    """Document metadata: the stage's score of the chunk (cosine, cosine, POV score)."""
     RANK = "rank"
-    """Document metadata: 1-based rank in the stage."""
     PREVIOUS_RANK = "previous_rank"
-    """Document metadata: the chunk's rank in the stage before (absent on stage 1)."""
     SIMILARITIES = "pov_similarities"
-    """Document metadata on the POV span: the chunk's cosine to each statement (the score is their norm)."""
 
 
 def stored_version(tags: Mapping[str, str]) -> int:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from runner.redaction import redact
 from runner.spec import AXES
+from runner.tracking.client import is_server, unreachable
 from runner.tracking.records import MAX_ERROR, axis_value, cut
 from runner.tracking.schema import TRUE, Status, Tags, Traces
 
@@ -126,13 +127,10 @@ def build(
             tracer.start_span(name, context=parent, start_time=start), trace_id, SpanType.RETRIEVER
         )
         span.set_attributes({Traces.STAGE: stage["name"], Traces.K: len(stage["ids"])})
-        if stage.get("statements"):
-            span.set_attribute(Traces.STATEMENTS, [clean(s) for s in stage["statements"]])
-        span.set_inputs(
-            {"query": clean(cell.question)}
-            if name != Traces.POV
-            else {"statements": stage.get("statements", [])}
-        )
+        statements = [clean(s) for s in stage.get("statements", [])]
+        if statements:
+            span.set_attribute(Traces.STATEMENTS, statements)
+        span.set_inputs({"query": clean(cell.question)} if name != Traces.POV else {"statements": statements})
         docs = _documents({**stage, "texts": [clean(t) for t in stage["texts"]]}, before)
         span.set_outputs(docs)
         span.end(end_time_ns=start)
@@ -201,12 +199,46 @@ class TraceWriter:
     """Writes cells' traces to one tracking store (see the module docstring). A store that cannot hold spans
     (a tracking server older than MLflow 3.4) turns traces off for the rest of the run, with one warning."""
 
-    def __init__(self, tracking_uri: str) -> None:
+    def __init__(self, tracking_uri: str, questions: dict[str, str], models: dict[str, str]) -> None:
         self.tracking_uri = tracking_uri
+        self.questions = questions
+        """Question id -> its text."""
+        self.models = models
+        """Model key -> the model as loaded."""
         self.off: str | None = None
         """Why traces stopped being written, once they did."""
         self._client: Any = None
         self._tracer: Any = None
+
+    def record(
+        self,
+        experiment_id: str,
+        execution: str,
+        opened: list[tuple[CellResult, str]],
+        secrets: dict[str, str],
+    ) -> None:
+        """The traces of a batch of cells, each with its child run's id. A trace that cannot be written costs
+        a warning, never the run (its child run holds everything); a tracking server that stopped answering
+        fails it as any write would (the tracker turns that into RunAborted)."""
+        cells = [
+            CellTrace(
+                r,
+                self.questions.get(r.cell.question, r.cell.question),
+                self.models.get(r.cell.model, r.cell.model),
+                run_id,
+                execution,
+            )
+            for r, run_id in opened
+        ]
+        try:
+            self.write(experiment_id, cells, secrets)
+        except Exception as e:
+            if is_server(self.tracking_uri) and unreachable(self.tracking_uri) is not None:
+                raise
+            print(
+                f"pov: warning: traces of {len(cells)} cell(s) not recorded: {redact(str(e))[:300]}",
+                file=sys.stderr,
+            )
 
     def write(self, experiment_id: str, cells: list[CellTrace], secrets: dict[str, str]) -> None:
         """One start_trace per cell, then every span of the batch in one log_spans."""

@@ -2,26 +2,26 @@
 // page embeds (runner/report/viewer.py). No network, no library: the DOM is built with textContent only,
 // so nothing an answer holds can run or load. State lives in the address's #fragment, so that a link (from
 // report.html) opens the page filtered, and the back button undoes a filter.
-(function () {
+// This file: data, state, filters, cards and the grid; cell.js (an opened cell) and compare.js (two
+// executions) add to the shared `POV` object, and the page is drawn once all three have run.
+(function (POV) {
   "use strict";
 
   const AXES = ["model", "template", "persona", "pov_set", "question", "k"];
   const AXIS_TITLES = { model: "model", template: "template", persona: "persona", pov_set: "POV set", question: "question", k: "k", repeat: "repeat" };
-  const STAGE_TITLES = { vector: "Stage 1 · vector search", query: "Stage 2 · query rerank", pov: "Stage 3 · POV rerank" };
-  const SCORE_TITLES = { vector: "cosine", query: "cosine to question", pov: "POV score" };
-  const PAGE_ROWS = 20;
-  const PAGE_PAIRS = 80;
+  const PAGE_ROWS = 6; // grid rows built at a time: about two screenfuls, the next when the last comes near
   const CARD_CHARS = 700;
 
   const data = JSON.parse(document.getElementById("pov-data").textContent);
-  let details = null; // parsed on first use: most visits open few cells
+  let chunks = null; // parsed on first use: most visits open few cells
   function detailsOf(ex, id) {
-    if (details === null) details = JSON.parse(document.getElementById("pov-details").textContent);
-    return details.executions[ex][id] || { prompt: "", stages: [], reused: {} };
+    // Each cell's details are a block of their own, parsed when the cell is opened.
+    const block = document.getElementById("pov-d-" + ex + "-" + id);
+    return block ? JSON.parse(block.textContent) : { prompt: "", stages: [], reused: {} };
   }
   function chunkText(id) {
-    if (details === null) details = JSON.parse(document.getElementById("pov-details").textContent);
-    return details.chunks[id] || "";
+    if (chunks === null) chunks = JSON.parse(document.getElementById("pov-chunks").textContent);
+    return chunks[id] || "";
   }
 
   const execs = data.executions;
@@ -307,18 +307,23 @@
     table.append(body);
     main.append(table);
     const questions = execs[ex].questions || {};
+    lazy(body, rowKeys.length, PAGE_ROWS, cols.length + 1, (i) => {
+      const rk = rowKeys[i];
+      const row = rows.get(rk);
+      const head = el("th", { class: "rowhead" }, rk);
+      if (state.rows === "question" && questions[rk]) head.append(el("div", { class: "qtext" }, questions[rk]));
+      return el("tr", {}, head, cols.map((ck) => el("td", {}, (row.get(ck) || []).map((c) => card(c, ex, shown)))));
+    });
+  }
+
+  function lazy(body, count, page, colspan, row) {
+    // Rows `page` at a time: the next ones when a sentinel after the last comes within 800 px of view.
     let next = 0;
     function more() {
-      const stop = Math.min(rowKeys.length, next + PAGE_ROWS);
-      for (; next < stop; next++) {
-        const rk = rowKeys[next];
-        const row = rows.get(rk);
-        const head = el("th", { class: "rowhead" }, rk);
-        if (state.rows === "question" && questions[rk]) head.append(el("div", { class: "qtext" }, questions[rk]));
-        body.append(el("tr", {}, head, cols.map((ck) => el("td", {}, (row.get(ck) || []).map((c) => card(c, ex, shown))))));
-      }
-      if (next < rowKeys.length) {
-        const sentinel = el("tr", { class: "sentinel" }, el("td", { colspan: cols.length + 1 }, "more…"));
+      const stop = Math.min(count, next + page);
+      for (; next < stop; next++) body.append(row(next));
+      if (next < count) {
+        const sentinel = el("tr", { class: "sentinel" }, el("td", { colspan }, "more…"));
         body.append(sentinel);
         observer = new IntersectionObserver((entries) => {
           if (entries.some((e) => e.isIntersecting)) { observer.disconnect(); sentinel.remove(); more(); }
@@ -327,199 +332,6 @@
       }
     }
     more();
-  }
-
-  // ---- an opened cell ------------------------------------------------------------------------------
-
-  function move(chunk) {
-    if (chunk.prev === null || chunk.prev === undefined) return el("span", { class: "move new", title: "not in the stage before" }, "new");
-    const d = chunk.prev - chunk.rank;
-    if (d > 0) return el("span", { class: "move up", title: "rank " + chunk.prev + " → " + chunk.rank }, "▲" + d);
-    if (d < 0) return el("span", { class: "move down", title: "rank " + chunk.prev + " → " + chunk.rank }, "▼" + -d);
-    return el("span", { class: "move same", title: "same rank" }, "=");
-  }
-  function highlighted(text, spans) {
-    const box = el("div", { class: "chunk-text" });
-    let at = 0;
-    for (const [a, b] of spans || []) {
-      if (a > at) box.append(text.slice(at, a));
-      box.append(el("mark", {}, text.slice(a, b)));
-      at = b;
-    }
-    box.append(text.slice(at));
-    return box;
-  }
-  function stageTable(stage, reused, first) {
-    const sims = stage.sims || [];
-    const statements = stage.statements || [];
-    const head = el("tr", {}, el("th", {}, "#"), first ? null : el("th", {}, "move"), el("th", {}, "chunk"), el("th", {}, SCORE_TITLES[stage.name] || "score"),
-      statements.map((s, j) => el("th", { class: "sim", title: s }, "s" + (j + 1))));
-    const table = el("table", { class: "stage", "data-stage": stage.name }, el("thead", {}, head));
-    const body = el("tbody", {});
-    stage.chunks.forEach((chunk, i) => {
-      const text = chunkText(chunk.id);
-      const r = reused[chunk.id];
-      const tr = el("tr", { class: "chunk" + (r ? " reused" : ""), "data-chunk": chunk.id, title: r ? "the answer reused " + Math.round(100 * r.share) + "% of its 8-grams from this chunk" : "" },
-        el("td", {}, chunk.rank), first ? null : el("td", {}, move(chunk)),
-        el("td", { class: "snippet" }, el("code", {}, short(chunk.id)), " ", text.slice(0, 90) + (text.length > 90 ? "…" : ""), r ? el("span", { class: "reuse" }, " reused " + Math.round(100 * r.share) + "%") : null),
-        el("td", { class: "num" }, num(chunk.score, 3)),
-        (sims[i] || []).map((v) => el("td", { class: "num sim", style: "--w:" + Math.max(0, Math.min(1, v)).toFixed(3) }, num(v, 2))));
-      const open = el("tr", { class: "chunk-open", hidden: true }, el("td", { colspan: 4 + statements.length }, highlighted(text, r && r.spans)));
-      tr.addEventListener("click", () => { open.hidden = !open.hidden; });
-      body.append(tr, open);
-    });
-    table.append(body);
-    const box = el("div", { class: "stage-box" }, el("h4", {}, (STAGE_TITLES[stage.name] || stage.name) + " · k=" + stage.k), table);
-    if (statements.length) box.append(el("ol", { class: "statements" }, statements.map((s, j) => el("li", { value: j + 1 }, "s" + (j + 1) + ": " + s))));
-    return box;
-  }
-  function checksTable(c) {
-    const rows = Object.entries(c.checks).map(([k, v]) => el("tr", { "data-check": k }, el("td", {}, k), el("td", { class: v }, v)));
-    const metrics = Object.entries(c.metrics).filter(([k]) => k.startsWith("check_")).map(([k, v]) => el("tr", {}, el("td", {}, k), el("td", { class: "num" }, num(v, 3))));
-    return el("div", { class: "checks" }, el("table", { class: "checks-table" }, el("tbody", {}, rows)), el("table", { class: "metrics-table" }, el("tbody", {}, metrics)));
-  }
-  function stagesOf(d) {
-    return el("div", { class: "stages" }, d.stages.map((s, i) => stageTable(s, d.reused || {}, i === 0)));
-  }
-  function panel(title, onclose, ...body) {
-    const box = el("aside", { class: "panel", role: "dialog", "aria-label": title },
-      el("div", { class: "panel-head" }, el("h2", {}, title), el("button", { class: "close", "aria-label": "close", onclick: onclose }, "×")), ...body);
-    return el("div", { class: "overlay", onclick: (e) => { if (e.target === e.currentTarget) onclose(); } }, box);
-  }
-  function opened(ex, id) {
-    const c = execs[ex].cells.find((x) => x.id === id);
-    if (!c) return null;
-    const d = detailsOf(ex, id);
-    const q = execs[ex].questions[c.axes.question];
-    return panel("Cell " + short(c.id), () => update({ cell: "" }),
-      el("p", { class: "axes" }, AXES.map((a) => el("span", { class: "axis" }, AXIS_TITLES[a] + ": ", el("b", {}, c.axes[a])))),
-      q ? el("p", { class: "question" }, q) : null,
-      el("p", { class: "meta" }, el("span", { class: "status " + c.status }, c.status), " ", perf(c), " · cell ", el("code", {}, c.id)),
-      c.status === "crashed" ? crashBlock(c, true) : null,
-      el("h3", {}, "Checks"), checksTable(c),
-      c.answer !== undefined ? [el("h3", {}, "Answer"), answerBlock(c, ex, true)] : null,
-      el("h3", {}, "Retrieval"), el("p", { class: "note" }, "Each stage ranks the previous one's chunks; ▲/▼ is the move from the stage before. Highlighted: chunks the answer reused (shared word 8-grams); click a chunk for its text."),
-      stagesOf(d),
-      el("h3", {}, "Prompt as sent"), el("pre", { class: "prompt" }, d.prompt));
-  }
-
-  // ---- compare -------------------------------------------------------------------------------------
-
-  function tokens(text) {
-    return text.match(/\s+|[^\s]+/g) || [];
-  }
-  function wordDiff(a, b) {
-    const x = tokens(a), y = tokens(b);
-    if (x.length * y.length > 4e6) return null;
-    const n = x.length, m = y.length;
-    const dp = Array.from({ length: n + 1 }, () => new Uint32Array(m + 1));
-    for (let i = n - 1; i >= 0; i--) for (let j = m - 1; j >= 0; j--) dp[i][j] = x[i] === y[j] ? dp[i + 1][j + 1] + 1 : Math.max(dp[i + 1][j], dp[i][j + 1]);
-    const out = [];
-    let i = 0, j = 0;
-    while (i < n && j < m) {
-      if (x[i] === y[j]) { out.push(["=", x[i]]); i++; j++; }
-      else if (dp[i + 1][j] >= dp[i][j + 1]) out.push(["-", x[i++]]);
-      else out.push(["+", y[j++]]);
-    }
-    while (i < n) out.push(["-", x[i++]]);
-    while (j < m) out.push(["+", y[j++]]);
-    return out;
-  }
-  function diffBlock(ops, side) {
-    const box = el("div", { class: "diff" });
-    for (const [op, t] of ops) {
-      if (op === "=") box.append(t);
-      else if (op === "-" && side === "a") box.append(el("del", {}, t));
-      else if (op === "+" && side === "b") box.append(el("ins", {}, t));
-    }
-    return box;
-  }
-  function pairs() {
-    const a = new Map(execs[0].cells.map((c) => [c.id, c]));
-    const b = new Map(execs[1].cells.map((c) => [c.id, c]));
-    const both = [...a.keys()].filter((id) => b.has(id)).map((id) => [a.get(id), b.get(id)]);
-    return { both, onlyA: [...a.values()].filter((c) => !b.has(c.id)), onlyB: [...b.values()].filter((c) => !a.has(c.id)) };
-  }
-  function sameAnswer(x, y) {
-    if (x.status !== y.status) return "changed";
-    if (x.status === "crashed") return x.cause === y.cause ? "identical" : "changed";
-    return x.answer === y.answer ? "identical" : "changed";
-  }
-  function sameRanking(x, y) {
-    if (x.ranking && y.ranking) return x.ranking === y.ranking ? "identical" : "changed";
-    return "?";
-  }
-  function compare(main) {
-    const { both, onlyA, onlyB } = pairs();
-    const shown = both.filter(([x, y]) => matches(x, state) || matches(y, state));
-    const ansSame = shown.filter(([x, y]) => sameAnswer(x, y) === "identical").length;
-    const rankSame = shown.filter(([x, y]) => sameRanking(x, y) === "identical").length;
-    main.append(el("p", { class: "count summary", "data-count": shown.length },
-      shown.length + " cells in both executions: answers identical in " + ansSame + ", rankings identical in " + rankSame +
-      "; only in " + execs[0].label + ": " + onlyA.length + "; only in " + execs[1].label + ": " + onlyB.length));
-    const table = el("table", { class: "pairs" }, el("thead", {}, el("tr", {},
-      el("th", {}, "cell"), el("th", {}, execs[0].label), el("th", {}, execs[1].label), el("th", {}, "answer"), el("th", {}, "rankings"))));
-    const body = el("tbody", {});
-    table.append(body);
-    main.append(table);
-    let next = 0;
-    function more() {
-      const stop = Math.min(shown.length, next + PAGE_PAIRS);
-      for (; next < stop; next++) {
-        const [x, y] = shown[next];
-        const ans = sameAnswer(x, y), rank = sameRanking(x, y);
-        body.append(el("tr", { class: "pair", "data-cell": x.id, onclick: () => update({ cell: x.id }) },
-          el("td", {}, el("code", {}, short(x.id)), " ", [x.axes.template, x.axes.persona, x.axes.pov_set, x.axes.question].join(" · ")),
-          el("td", { class: "status " + x.status }, x.status + (x.cause ? " (" + x.cause + ")" : "")),
-          el("td", { class: "status " + y.status }, y.status + (y.cause ? " (" + y.cause + ")" : "")),
-          el("td", { class: "verdict " + ans, "data-answer": ans }, ans),
-          el("td", { class: "verdict " + rank, "data-ranking": rank }, rank)));
-      }
-      if (next < shown.length) {
-        const sentinel = el("tr", { class: "sentinel" }, el("td", { colspan: 5 }, "more…"));
-        body.append(sentinel);
-        observer = new IntersectionObserver((entries) => {
-          if (entries.some((e) => e.isIntersecting)) { observer.disconnect(); sentinel.remove(); more(); }
-        }, { rootMargin: "800px" });
-        observer.observe(sentinel);
-      }
-    }
-    more();
-    for (const [label, list] of [[execs[0].label, onlyA], [execs[1].label, onlyB]]) {
-      if (!list.length) continue;
-      main.append(el("h3", {}, "Only in " + label + " (" + list.length + ")"),
-        el("ul", { class: "only" }, list.map((c) => el("li", {}, el("code", {}, short(c.id)), " " + AXES.map((a) => c.axes[a]).join(" · ") + " · " + c.status))));
-    }
-  }
-  function rankingChanges(da, db) {
-    const box = el("div", { class: "ranking-changes" });
-    da.stages.forEach((sa, i) => {
-      const sb = db.stages[i];
-      if (!sb) return;
-      const ia = sa.chunks.map((c) => c.id), ib = sb.chunks.map((c) => c.id);
-      const same = ia.length === ib.length && ia.every((v, j) => v === ib[j]);
-      const rows = same ? [] : ib.map((id, j) => {
-        const was = ia.indexOf(id);
-        return el("li", {}, el("code", {}, short(id)), " ", was < 0 ? "new at " + (j + 1) : was === j ? "= " + (j + 1) : (was + 1) + " → " + (j + 1));
-      });
-      box.append(el("div", { "data-stage": sa.name }, el("b", {}, STAGE_TITLES[sa.name] || sa.name), ": ", same ? el("span", { class: "verdict identical" }, "identical") : el("ol", {}, rows)));
-    });
-    return box;
-  }
-  function openedPair(id) {
-    const x = execs[0].cells.find((c) => c.id === id), y = execs[1].cells.find((c) => c.id === id);
-    if (!x || !y) return null;
-    const ops = x.answer !== undefined && y.answer !== undefined ? wordDiff(x.answer, y.answer) : null;
-    const ans = sameAnswer(x, y);
-    function side(c, key) {
-      return el("div", { class: "side" }, el("h4", {}, execs[key === "a" ? 0 : 1].label),
-        c.status === "crashed" ? crashBlock(c, true) : ops && ans === "changed" ? diffBlock(ops, key) : answerBlock(c, key === "a" ? 0 : 1, true));
-    }
-    return panel("Cell " + short(id) + " in both executions", () => update({ cell: "" }),
-      el("p", { class: "axes" }, AXES.map((a) => el("span", { class: "axis" }, AXIS_TITLES[a] + ": ", el("b", {}, x.axes[a])))),
-      el("p", {}, "answer: ", el("span", { class: "verdict " + ans, "data-answer": ans }, ans), " · rankings: ", el("span", { class: "verdict " + sameRanking(x, y) }, sameRanking(x, y))),
-      el("div", { class: "sides" }, side(x, "a"), side(y, "b")),
-      el("h3", {}, "Ranking changes"), rankingChanges(detailsOf(0, id), detailsOf(1, id)));
   }
 
   // ---- the page ------------------------------------------------------------------------------------
@@ -531,10 +343,10 @@
     app.append(header(), toolbar());
     const main = el("main", { "data-mode": state.mode });
     app.append(main);
-    if (state.mode === "compare") compare(main);
+    if (state.mode === "compare") POV.compare(main);
     else grid(main);
     if (state.cell) {
-      const p = state.mode === "compare" ? openedPair(state.cell) : opened(state.ex, state.cell);
+      const p = state.mode === "compare" ? POV.openedPair(state.cell) : POV.opened(state.ex, state.cell);
       if (p) app.append(p);
     }
     if (focused === "q") {
@@ -546,6 +358,13 @@
   }
   document.addEventListener("keydown", (e) => { if (e.key === "Escape" && state.cell) update({ cell: "" }); });
 
-  render();
-  performance.mark("pov-first-render");
-})();
+  Object.assign(POV, {
+    AXES, AXIS_TITLES, execs, el, num, short, detailsOf, chunkText, update, matches, perf, crashBlock, answerBlock, lazy,
+    state: () => state,
+  });
+  // Inline scripts all run before DOMContentLoaded: by then cell.js and compare.js have added their parts.
+  document.addEventListener("DOMContentLoaded", () => {
+    render();
+    performance.mark("pov-first-render");
+  });
+})((window.POV = window.POV || {}));
