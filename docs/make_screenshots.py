@@ -20,8 +20,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 POV = str(Path(sys.executable).parent / "pov")
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def pov(project: Path, *args: str) -> str:
@@ -55,8 +61,11 @@ def screenshots(page_path: Path, out: Path) -> None:
         panel = page.locator(".panel")
         panel.wait_for()
         reused = panel.locator("table.stage[data-stage=pov] tr.chunk.reused")
-        (reused.first if reused.count() else panel.locator("table.stage[data-stage=pov] tr.chunk").first).click()
-        page.set_viewport_size({"width": 1440, "height": 1700})
+        (
+            reused.first if reused.count() else panel.locator("table.stage[data-stage=pov] tr.chunk").first
+        ).click()
+        page.set_viewport_size({"width": 1440, "height": 1800})
+        panel.evaluate("p => { p.scrollTop = 0; }")  # opening the chunk scrolled it; show the cell's header
         panel.screenshot(path=str(out / "viewer-cell.png"))
         browser.close()
 
@@ -74,7 +83,9 @@ def main() -> None:
         (project / "pyproject.toml").write_text("# screenshot project root\n")
         if not (args.keep and args.no_run):
             pov(project, "run", "experiments/quickstart.yaml", "--quiet")
-        page = Path(pov(project, "view", "experiments/quickstart.yaml", "--out", str(project / "page")).strip())
+        page = Path(
+            pov(project, "view", "experiments/quickstart.yaml", "--out", str(project / "page")).strip()
+        )
         screenshots(page, ROOT / "docs")
         print(f"wrote {ROOT / 'docs' / 'viewer-grid.png'} and {ROOT / 'docs' / 'viewer-cell.png'}")
     finally:
