@@ -63,7 +63,7 @@
   // ---- state in the #fragment ------------------------------------------------------------------------
 
   function readState() {
-    const s = { mode: "grid", ex: 0, rows: "question", cols: "template·persona", filters: {}, check: "", status: "", q: "", sort: "", tokens: "", cell: "", side: "" };
+    const s = { mode: "grid", ex: 0, rows: "question", cols: "template·persona", filters: {}, check: "", status: "", q: "", sort: "", tokens: "", cell: "" };
     const raw = location.hash.replace(/^#/, "");
     for (const part of raw.split("&")) {
       if (!part) continue;
@@ -82,7 +82,7 @@
     const defaults = { mode: "grid", ex: 0, rows: "question", cols: "template·persona" };
     for (const key of ["mode", "ex", "rows", "cols"]) if (s[key] !== defaults[key]) parts.push(key + "=" + encodeURIComponent(s[key]));
     for (const [k, v] of Object.entries(s.filters)) if (v !== "") parts.push(encodeURIComponent(k) + "=" + encodeURIComponent(v));
-    for (const key of ["check", "status", "tokens", "q", "sort", "cell", "side"]) if (s[key]) parts.push(key + "=" + encodeURIComponent(s[key]));
+    for (const key of ["check", "status", "tokens", "q", "sort", "cell"]) if (s[key]) parts.push(key + "=" + encodeURIComponent(s[key]));
     const hash = parts.length ? "#" + parts.join("&") : "";
     if (hash === location.hash || (!hash && !location.hash)) return;
     if (replace) history.replaceState(null, "", hash || location.pathname);
@@ -90,12 +90,19 @@
   }
   let state = readState();
   function update(change, replace) {
-    state = Object.assign({}, state, change);
+    moveTo(Object.assign({}, state, change));
     writeState(state, replace);
-    render();
   }
-  window.addEventListener("popstate", () => { state = readState(); render(); });
-  window.addEventListener("hashchange", () => { state = readState(); render(); });
+  function moveTo(next) {
+    // Opening or closing a cell leaves the grid as it is: only the panel is drawn again.
+    const same = (a, b) => JSON.stringify(Object.assign({}, a, { cell: "" })) === JSON.stringify(Object.assign({}, b, { cell: "" }));
+    const panelOnly = same(state, next);
+    state = next;
+    if (panelOnly) renderPanel();
+    else render();
+  }
+  window.addEventListener("popstate", () => moveTo(readState()));
+  window.addEventListener("hashchange", () => moveTo(readState()));
 
   // ---- filtering -----------------------------------------------------------------------------------
 
@@ -209,7 +216,7 @@
   function card(c, ex, shown) {
     const others = AXES.filter((a) => !shown.includes(a)).map((a) => AXIS_TITLES[a] + " " + c.axes[a]);
     if (c.repeat && c.repeat !== "0") others.push("repeat " + c.repeat);
-    return el("div", { class: "card " + c.status, "data-cell": c.id, tabindex: "0", onclick: () => update({ cell: c.id, side: "" }) },
+    return el("div", { class: "card " + c.status, "data-cell": c.id, tabindex: "0", onclick: () => update({ cell: c.id }) },
       el("div", { class: "meta" }, el("span", { class: "status " + c.status }, c.status), " ", others.join(" · ")),
       c.status === "crashed" ? crashBlock(c, false) : el("div", { class: "badges" }, badges(c, ex)),
       c.status === "crashed" ? null : el("div", { class: "perf" }, perf(c)),
@@ -345,16 +352,19 @@
     app.append(main);
     if (state.mode === "compare") POV.compare(main);
     else grid(main);
-    if (state.cell) {
-      const p = state.mode === "compare" ? POV.openedPair(state.cell) : POV.opened(state.ex, state.cell);
-      if (p) app.append(p);
-    }
+    renderPanel();
     if (focused === "q") {
       const q = app.querySelector("input[name=q]");
       q.focus();
       q.setSelectionRange(q.value.length, q.value.length);
     }
     document.body.dataset.ready = "1";
+  }
+  function renderPanel() {
+    for (const old of app.querySelectorAll(".overlay")) old.remove();
+    if (!state.cell) return;
+    const p = state.mode === "compare" ? POV.openedPair(state.cell) : POV.opened(state.ex, state.cell);
+    if (p) app.append(p);
   }
   document.addEventListener("keydown", (e) => { if (e.key === "Escape" && state.cell) update({ cell: "" }); });
 
