@@ -11,7 +11,6 @@ runner.tracking. A chunk's text is held once per page however many cells ranked 
 from __future__ import annotations
 
 import json
-import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +26,6 @@ from runner.tracking import Artifacts, Metrics, Params, State, Tags, read_execut
 
 if TYPE_CHECKING:
     from runner.tracking.client import MlflowClient
-
-log = logging.getLogger(__name__)
 
 CELL_FILES = (Artifacts.PROMPT, Artifacts.CONTEXT, Artifacts.OUTPUT, Artifacts.STDERR)
 PERF = (

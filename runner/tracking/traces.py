@@ -16,7 +16,6 @@ to the end of its answer, as `latency_s` does.
 
 from __future__ import annotations
 
-import logging
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -32,8 +31,6 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
     from runner.run import CellResult
-
-log = logging.getLogger(__name__)
 
 MAX_TRACE_TAG = 4096  # mlflow.tracing.constant.MAX_CHARS_IN_TRACE_INFO_TAGS_VALUE
 MAX_PREVIEW = 1000  # TRACE_REQUEST_RESPONSE_PREVIEW_MAX_LENGTH_OSS
