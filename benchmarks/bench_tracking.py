@@ -1,10 +1,14 @@
-"""How long MlflowTracker takes to log 1,000 cells to a fresh sqlite store (goal: under 30 s on 2 CPU cores).
+"""How long MlflowTracker takes to log 1,000 cells to a fresh sqlite store, with each cell's MLflow trace
+(the default) and without (`tracking.traces: false`). Goals on 2 CPU cores: under 30 s without traces,
+under 45 s with them.
 
 Each cell is what a real one carries: 9 params, ~40 metrics, ~10 tags, and artifacts of realistic size
-(a 4 KB prompt, a 15-chunk context.json, a 3 KB answer), logged in batches of 8 as the engine does.
+(a 4 KB prompt, a 15-chunk context.json with the POV stage's similarities to 7 statements, a 3 KB
+answer), logged in batches of 8 as the engine does; its trace holds the same prompt, chunks and answer.
+The two are measured interleaved, round after round in one run, so the machine's load hits both alike.
 
-    pytest benchmarks/bench_tracking.py            # pytest-benchmark, one round
-    python benchmarks/bench_tracking.py [N]        # prints seconds and cells/s
+    pytest benchmarks/bench_tracking.py            # pytest-benchmark: one round, then the interleaved rounds
+    python benchmarks/bench_tracking.py [N] [R]    # N cells (1,000), R interleaved rounds (2): a table
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 CELLS = 1000
+STATEMENTS = [f"Point of view statement number {j}, about alliances and trade." for j in range(7)]
 BATCH = 8
 MANIFEST = {
     "git": {"commit": "0" * 40, "branch": "main", "dirty": False},
@@ -26,14 +32,14 @@ MANIFEST = {
 }
 
 
-def _results(n: int) -> list[Any]:
+def _results(n: int, traces: bool = True) -> list[Any]:
     from dataclasses import replace
 
     from runner.run import CellResult
     from runner.spec import expand, load_spec
     from runner.tracking import CHECK_PASS, Tags
 
-    exp = load_spec(ROOT / "experiments" / "tiny.yaml")
+    exp = load_spec(ROOT / "experiments" / "tiny.yaml", [f"tracking.traces={str(traces).lower()}"])
     base = expand(exp)
     words = ("lorem ipsum dolor sit amet consectetur adipiscing elit " * 60).strip()
     out = []
@@ -48,6 +54,8 @@ def _results(n: int) -> list[Any]:
             }
             for s, k in zip(("vector", "query", "pov"), (15, 10, 5), strict=True)
         ]
+        stages[2]["statements"] = STATEMENTS
+        stages[2]["similarities"] = [[0.3 - j / 100] * len(STATEMENTS) for j in range(5)]
         metrics = {
             "latency_s": 2.0,
             "prompt_tokens": 900.0,
@@ -81,11 +89,11 @@ def _results(n: int) -> list[Any]:
     return out, exp  # type: ignore[return-value]
 
 
-def prepare(n: int, workdir: Path) -> tuple[Any, Any, list[Any]]:
+def prepare(n: int, workdir: Path, traces: bool = True) -> tuple[Any, Any, list[Any]]:
     """A tracker on a fresh store whose schema is already created (MLflow's migrations are not timed)."""
     from runner.tracking import MlflowTracker
 
-    results, exp = _results(n)  # type: ignore[misc]
+    results, exp = _results(n, traces)  # type: ignore[misc]
     tracker = MlflowTracker(f"sqlite:///{workdir}/mlflow.db", "bench")
     tracker.client.create_experiment("bench", artifact_location=f"{workdir}/mlruns")
     return tracker, exp, results
@@ -99,12 +107,18 @@ def log_all(tracker: Any, exp: Any, results: list[Any]) -> None:
     tracker.finish({})
 
 
-def log_cells(n: int = CELLS) -> float:
+def log_cells(n: int = CELLS, traces: bool = True) -> float:
+    """Seconds to log `n` cells to a fresh store (its set-up not counted)."""
     with tempfile.TemporaryDirectory(prefix="pov-bench-") as tmp:
-        args = prepare(n, Path(tmp))
+        args = prepare(n, Path(tmp), traces)
         started = time.perf_counter()
         log_all(*args)
         return time.perf_counter() - started
+
+
+ENTRIES = {"with traces": lambda: log_cells(CELLS, True), "without traces": lambda: log_cells(CELLS, False)}
+PAIRS = [("with traces", "without traces")]
+TITLE = f"logging {CELLS} cells to sqlite, interleaved"
 
 
 def test_log_1000_cells(benchmark: Any, tmp_path: Path) -> None:
@@ -112,15 +126,20 @@ def test_log_1000_cells(benchmark: Any, tmp_path: Path) -> None:
     benchmark.extra_info["cells"] = CELLS
 
 
+def test_traces_cost_interleaved(benchmark: Any) -> None:
+    from interleave import bench
+
+    bench(benchmark, ENTRIES, PAIRS, rounds=2, title=TITLE)
+
+
 if __name__ == "__main__":
     import os
 
+    from interleave import interleave, table
+
     n = int(sys.argv[1]) if len(sys.argv) > 1 else CELLS
-    cpu = time.process_time()
-    s = log_cells(n)
-    cpu = time.process_time() - cpu
-    load = os.getloadavg()[0]
-    print(
-        f"logged {n} cells in {s:.1f} s ({n / s:.0f} cells/s, {1000 * s / n:.1f} ms per cell); "
-        f"process CPU {cpu:.1f} s (set-up included); load average {load:.1f} on {os.cpu_count()} CPUs"
-    )
+    rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+    entries = {"with traces": lambda: log_cells(n, True), "without traces": lambda: log_cells(n, False)}
+    times = interleave(entries, rounds, warmup=0)
+    print(table(times, PAIRS, f"logging {n} cells to sqlite, interleaved", unit=1.0, unit_name=" s"))
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")

@@ -22,6 +22,7 @@ COMMANDS = {
     "rerun": "run a past run again, naming what changed since",
     "audit": "run a sample of cells again alone: did their answers depend on their batch?",
     "report": "crash rate against prompt complexity, latency, checks",
+    "view": "see the answers: every cell in one offline page, two executions side by side",
     "models": "list, fetch or build local models (a real SmolLM2, a tiny random Llama)",
     "serve": "keep generation workers loaded between runs",
 }

@@ -216,3 +216,30 @@ def test_resume_through_the_server(server: str, exp: Experiment) -> None:
     live = c.search_runs([t.experiment_id], f"tags.`mlflow.parentRunId` = '{t.run_id}'", ViewType.ACTIVE_ONLY)
     assert sorted(r.data.tags["pov.cell_id"] for r in live) == sorted(cell.id for cell in cells)
     assert c.get_run(t.run_id).data.tags["pov.state"] == "finished"
+
+
+def test_traces_through_the_server(server: str) -> None:
+    """Each cell's trace goes over REST too (trace info, then the spans through the server's OTLP endpoint),
+    and reads back whole: span types, documents, cell id, the link to the child run."""
+    from mlflow.tracking import MlflowClient
+    from test_traces import cell_result, check_trace
+
+    from runner.tracking import MlflowTracker, Tags
+
+    exp = load_spec(ROOT / "experiments" / "tiny.yaml", ["matrix.k=[[6, 4, 2]]"])
+    cells = expand(exp)[:2]
+    results = [cell_result(c, i, crashed=(i == 1)) for i, c in enumerate(cells)]
+    t = MlflowTracker(server, "server-traces")
+    t.start(exp, cells, MANIFEST)
+    t.log(results)
+    t.finish({})
+    c = MlflowClient(server)
+    assert t.experiment_id is not None and t.run_id is not None
+    kids = {
+        r.data.tags[Tags.CELL_ID]: r.info.run_id
+        for r in c.search_runs([t.experiment_id], f"tags.`mlflow.parentRunId` = '{t.run_id}'")
+    }
+    assert len(c.search_traces(locations=[t.experiment_id])) == 2
+    for r in results:
+        [linked] = c.search_traces(locations=[t.experiment_id], run_id=kids[r.cell.id])
+        check_trace(c.get_trace(linked.info.trace_id), r, exp, kids[r.cell.id], t.run_id)

@@ -117,6 +117,12 @@ def test_stages_follow_the_algorithm(brics_project: Path, minilm: Any) -> None:
         expected = reference_pov(minilm.embed(s2.texts, "document"), pov)
         assert s3.ids == [s2.ids[j] for j in np.argsort(-expected, kind="stable")[:k3]]
         np.testing.assert_allclose(s3.scores, sorted(expected, reverse=True)[:k3], atol=1e-4)
+        # Each kept chunk's cosines to the statements, in the spec's order; the POV score is their norm.
+        assert s3.statements == exp.pov_sets[p] and len(s3.similarities) == k3
+        chunk_vecs = minilm.embed(s3.texts, "document")
+        for vec, sims, score in zip(chunk_vecs, s3.similarities, s3.scores, strict=True):
+            np.testing.assert_allclose(sims, [reference_cosine(v, vec[None])[0] for v in pov], atol=1e-4)
+            assert float(np.linalg.norm(sims)) == pytest.approx(score, abs=1e-4)
         assert r.final_chunks()[0] == {"id": s3.ids[0], "text": s3.texts[0], "score": s3.scores[0], "rank": 1}
 
 
@@ -189,7 +195,7 @@ def test_result_round_trips_through_json() -> None:
         [
             Stage("vector", ["a", "b", "c"], ["A", "B", "C"], [0.9, 0.8, 0.7]),
             Stage("query", ["b", "a"], ["B", "A"], [0.5, 0.4]),
-            Stage("pov", ["a"], ["A"], [1.2]),
+            Stage("pov", ["a"], ["A"], [1.2], ["s1", "s2"], [[0.9, 0.75]]),
         ],
     )
     d = json.loads(json.dumps(r.to_dict()))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
 
 
 def add_spec_arguments(
@@ -35,3 +37,50 @@ def gpu_list(text: str) -> list[int]:
     if any(g < 0 for g in gpus):
         raise argparse.ArgumentTypeError(f"GPU indices are 0 or more, got {text!r}")
     return gpus
+
+
+def add_execution_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """SPEC (its latest execution) or --run RUN_ID, --compare RUN_ID, --out DIR: `pov report` and `pov view`."""
+    add_spec_arguments(parser, optional_help="experiment YAML file (its latest execution)")
+    parser.add_argument(
+        "--run",
+        metavar="RUN_ID",
+        help="MLflow run id of an execution, or a unique prefix of it (6 characters or more), instead of SPEC",
+    )
+    parser.add_argument(
+        "--compare", metavar="RUN_ID", help="a second execution (run id or prefix) to put side by side"
+    )
+    parser.add_argument(
+        "--out", metavar="DIR", type=Path, help=f"output folder (default report/<run id>/) for {what}"
+    )
+
+
+def pick_executions(args: argparse.Namespace, command: str, console: Any) -> tuple[Any, str, str | None]:
+    """(MLflow client, run id, run id to compare or None) for SPEC or --run and --compare; a UserError for
+    anything that names no execution of this store."""
+    from runner.errors import UserError
+    from runner.tracking import make_client, resolve_run_id, resolve_tracking_uri
+
+    if bool(args.spec) == bool(args.run):
+        raise UserError(f"pov {command}: give either SPEC or --run RUN_ID (one of them)")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise UserError(f"pov {command}: --out {args.out} is a file; name a folder")
+    if args.spec:
+        from runner.report import latest_execution
+        from runner.spec import load_spec
+
+        exp = load_spec(args.spec, args.overrides)
+        client = make_client(resolve_tracking_uri(exp.spec.tracking.uri), must_exist=True)
+        run_id, same_hash = latest_execution(client, exp.spec.name, exp.spec_hash)
+        if not same_hash:
+            console.print(
+                f"[yellow]note:[/] no execution of {exp.spec.name} has spec hash {exp.spec_hash}; "
+                f"using the latest execution of that name ({run_id})"
+            )
+    else:
+        client = make_client(resolve_tracking_uri(), must_exist=True)
+        run_id = resolve_run_id(client, args.run)
+    compare = resolve_run_id(client, args.compare) if args.compare else None
+    if compare == run_id:
+        raise UserError(f"pov {command}: --compare names the same run as --run")
+    return client, run_id, compare

@@ -1,8 +1,9 @@
 """Crash rate against prompt complexity, latency, GPU memory and output checks of an execution.
 
 Reads the runs back from MLflow (SPEC: the latest execution of that spec; or --run RUN_ID), writes
-report.html with its PNG charts and report.json into --out (default report/<run id>/), prints the key
-tables, and logs the folder as the `report` artifact of the execution's parent run. --compare RUN_ID puts a
+report.html with its PNG charts, report.json and view.html (`pov view`'s page of the same cells, which each
+table row links to) into --out (default report/<run id>/), prints the key tables, and logs the folder as the
+`report` artifact of the execution's parent run. --compare RUN_ID puts a
 second execution beside the first. A run id may be shortened to a unique prefix (the report shows 8
 characters). Tracking URI: MLFLOW_TRACKING_URI, else the spec's tracking.uri, else
 sqlite:///mlflow.db in the current directory.
@@ -14,61 +15,25 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from runner.commands import add_spec_arguments
+from runner.commands import add_execution_arguments, pick_executions
 from runner.errors import UserError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_spec_arguments(parser, optional_help="experiment YAML file (its latest execution)")
-    parser.add_argument(
-        "--run",
-        metavar="RUN_ID",
-        help="MLflow run id of an execution, or a unique prefix of it (6 characters or more), instead of SPEC",
-    )
-    parser.add_argument(
-        "--compare", metavar="RUN_ID", help="a second execution (run id or prefix) to put side by side"
-    )
-    parser.add_argument("--out", metavar="DIR", type=Path, help="output folder (default report/<run id>/)")
+    add_execution_arguments(parser, "report.html, its charts, report.json and view.html")
     parser.add_argument("--no-log", action="store_true", help="do not log the report to the MLflow run")
 
 
 def main(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from runner.report import build, latest_execution, load_execution, write_report
-    from runner.tracking import (
-        Artifacts,
-        make_client,
-        resolve_run_id,  # runner.tracking exports it once __init__ does
-        resolve_tracking_uri,
-    )
+    from runner.report import build, load_execution, load_views, write_report, write_view
+    from runner.tracking import Artifacts
 
     console = Console()
-    if bool(args.spec) == bool(args.run):
-        raise UserError("pov report: give either SPEC or --run RUN_ID (one of them)")
-    if args.out is not None and args.out.exists() and not args.out.is_dir():
-        raise UserError(f"pov report: --out {args.out} is a file; name a folder")
-    spec_uri = None
-    if args.spec:
-        from runner.spec import load_spec
-
-        exp = load_spec(args.spec, args.overrides)
-        spec_uri = exp.spec.tracking.uri
-        client = make_client(resolve_tracking_uri(spec_uri), must_exist=True)
-        run_id, same_hash = latest_execution(client, exp.spec.name, exp.spec_hash)
-        if not same_hash:
-            console.print(
-                f"[yellow]note:[/] no execution of {exp.spec.name} has spec hash {exp.spec_hash}; "
-                f"reporting the latest execution of that name ({run_id})"
-            )
-    else:
-        client = make_client(resolve_tracking_uri(), must_exist=True)
-        run_id = resolve_run_id(client, args.run)
-    compare = resolve_run_id(client, args.compare) if args.compare else None
+    client, run_id, compare = pick_executions(args, "report", console)
     executions = [load_execution(client, run_id)]
     if compare:
-        if compare == run_id:
-            raise UserError("pov report: --compare names the same run as the report")
         executions.append(load_execution(client, compare))
     for ex in executions:
         if not ex.cells:
@@ -78,6 +43,9 @@ def main(args: argparse.Namespace) -> int:
     data = build(executions)
     title = "pov report: " + " vs ".join(ex.label for ex in executions)
     page = write_report(data, out, title)
+    # The report's rows link to the cells behind them: the viewer of the same executions, beside it.
+    views, chunks = load_views(client, executions)
+    write_view(views, chunks, out, "pov view: " + " vs ".join(ex.label for ex in executions))
     print_tables(console, data)
     console.print(f"report: [bold]{page}[/]", soft_wrap=True)
     if not args.no_log:

@@ -8,9 +8,11 @@ as report.html with PNG charts and report.json.
 
 Modules: load (MLflow -> CellRow/Execution), tables (aggregation, and which axes are shown in which order),
 retrieval (retrieval metrics by scoring method and POV set),
-stats (Wilson intervals, percentiles, bins), charts (matplotlib PNGs), html (the page and write_report).
+stats (Wilson intervals, percentiles, bins), charts (matplotlib PNGs), html (the page and write_report);
+cells (each cell as `pov view` shows it) and viewer (view.html, its script and styles in static/).
 """
 
+from runner.report.cells import load_views
 from runner.report.html import fmt, write_report
 from runner.report.load import CellRow, Execution, count_cells, latest_execution, load_execution
 from runner.report.retrieval import COLUMNS as RETRIEVAL_COLUMNS
@@ -25,6 +27,7 @@ from runner.report.tables import (
     table_rows,
     values_in,
 )
+from runner.report.viewer import VIEW_FILE, viewer_link, write_view
 
 __all__ = [
     "CHART_AXES",
@@ -33,6 +36,7 @@ __all__ = [
     "RETRIEVAL_COLUMNS",
     "TITLES",
     "TOKENS",
+    "VIEW_FILE",
     "CellRow",
     "Execution",
     "build",
@@ -40,8 +44,11 @@ __all__ = [
     "fmt",
     "latest_execution",
     "load_execution",
+    "load_views",
     "retrieval_rows",
     "table_rows",
     "values_in",
+    "viewer_link",
     "write_report",
+    "write_view",
 ]

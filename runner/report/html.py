@@ -30,6 +30,7 @@ from runner.report.tables import (
     table_rows,
     values_in,
 )
+from runner.report.viewer import VIEW_FILE, Link, axis_link, check_link, crashed_link, viewer_link
 from runner.tracking import TRUE, Tags
 
 CSS = """
@@ -78,14 +79,30 @@ def _performance_table(ex: dict[str, Any], axis: str) -> str:
     headers += ["tokens/s p50", "GPU peak p50 (MiB)", "GPU peak max (MiB)"]
     rows = []
     for r in ex["performance"][axis]:
-        row = [html.escape(r["value"]), str(r["n"]), fmt(r["latency_p50"]), fmt(r["latency_p95"])]
+        row = [
+            _linked(r["value"], axis_link(axis)),
+            str(r["n"]),
+            fmt(r["latency_p50"]),
+            fmt(r["latency_p95"]),
+        ]
         row += [html.escape(r["latency_scope"] or "–")] if mixed else []
         row += [fmt(r["tokens_per_s_p50"]), fmt(r["gpu_peak_mb_p50"]), fmt(r["gpu_peak_mb_max"])]
         rows.append(row)
     return _table(headers, rows)
 
 
-def rate_table(execs: list[dict[str, Any]], rows_of: RowsOf, first: str, what: str = "crashed") -> str:
+def _linked(value: str, link: Link | None) -> str:
+    """A table row's first cell: its value, linked to its cells in the viewer when `link` names them."""
+    filters = link(value) if link else None
+    if not filters:
+        return html.escape(value)
+    href = html.escape(viewer_link(filters))
+    return f'<a class="view" href="{href}" title="these cells in pov view">{html.escape(value)}</a>'
+
+
+def rate_table(
+    execs: list[dict[str, Any]], rows_of: RowsOf, first: str, what: str = "crashed", link: Link | None = None
+) -> str:
     values = values_in(execs, rows_of)
     headers = [first]
     for ex in execs:
@@ -93,7 +110,7 @@ def rate_table(execs: list[dict[str, Any]], rows_of: RowsOf, first: str, what: s
         headers += [f"cells{tag}", f"{what}{tag}", f"rate{tag}", f"95% CI{tag}"]
     body = []
     for v in values:
-        row = [html.escape(v)]
+        row = [_linked(v, link)]
         for ex in execs:
             r = next((r for r in rows_of(ex) if r["value"] == v), None)
             row += (
@@ -162,6 +179,10 @@ def render_html(data: dict[str, Any], charts: dict[str, str | None], title: str)
         )
     )
     parts.append(
+        f'<p class="note">Each value in a table\'s first column links to its cells in '
+        f'<a href="{VIEW_FILE}">{VIEW_FILE}</a> (a check: the cells that failed it).</p>'
+    )
+    parts.append(
         f'<p class="note">Each cell counts once: child runs tagged <code>{Tags.SUPERSEDED}={TRUE}</code>, '
         "KILLED child runs and unfinished ones are left out (the last column counts them). Intervals "
         "are Wilson 95% score intervals.</p>"
@@ -171,11 +192,13 @@ def render_html(data: dict[str, Any], charts: dict[str, str | None], title: str)
     for axis in CHART_AXES:
         parts.append(f'<div class="card"><h3>By {html.escape(TITLES[axis])}</h3>')
         parts.append(_img(charts, f"crash_{axis}", f"crash rate by {TITLES[axis]}"))
-        parts.append(rate_table(execs, table_rows("crash_rate", axis), TITLES[axis]) + "</div>")
+        parts.append(
+            rate_table(execs, table_rows("crash_rate", axis), TITLES[axis], link=axis_link(axis)) + "</div>"
+        )
     parts.append('<div class="card">')
     for axis in (a for a in DISPLAY_AXES if a in TABLE_ONLY):
         parts.append(f"<h3>By {html.escape(TITLES[axis])}</h3>")
-        parts.append(rate_table(execs, table_rows("crash_rate", axis), TITLES[axis]))
+        parts.append(rate_table(execs, table_rows("crash_rate", axis), TITLES[axis], link=axis_link(axis)))
     parts.append("</div></div>")
 
     parts.append('<h2>Crash causes</h2><div class="grid"><div class="card">')
@@ -185,7 +208,8 @@ def render_html(data: dict[str, Any], charts: dict[str, str | None], title: str)
         if len(execs) > 1:
             parts.append(f"<h3>{html.escape(ex['label'])}</h3>")
         rows = [
-            [html.escape(g), *[str(per.get(c, 0)) for c in causes]] for g, per in ex["crash_causes"].items()
+            [_linked(g, crashed_link), *[str(per.get(c, 0)) for c in causes]]
+            for g, per in ex["crash_causes"].items()
         ]
         parts.append(_table(["cells", *causes], rows) if causes else '<p class="note">No crashes.</p>')
     parts.append("</div></div>")
@@ -213,7 +237,13 @@ def render_html(data: dict[str, Any], charts: dict[str, str | None], title: str)
     parts.append('<h2>Output checks</h2><div class="grid"><div class="card">')
     parts.append(_img(charts, "checks", "check pass rates"))
     parts.append(
-        rate_table(execs, lambda ex: [{**r, "value": r["check"]} for r in ex["checks"]], "check", "passed")
+        rate_table(
+            execs,
+            lambda ex: [{**r, "value": r["check"]} for r in ex["checks"]],
+            "check",
+            "passed",
+            check_link(),
+        )
     )
     parts.append('</div><div class="card"><h3>By template</h3>')
     parts.append(
@@ -222,6 +252,7 @@ def render_html(data: dict[str, Any], charts: dict[str, str | None], title: str)
             lambda ex: [{**r, "value": f"{r['check']} · {r['value']}"} for r in ex["checks_by_template"]],
             "check · template",
             "passed",
+            check_link("template"),
         )
     )
     parts.append('</div><div class="card"><h3>By persona</h3>')
@@ -231,6 +262,7 @@ def render_html(data: dict[str, Any], charts: dict[str, str | None], title: str)
             lambda ex: [{**r, "value": f"{r['check']} · {r['value']}"} for r in ex["checks_by_persona"]],
             "check · persona",
             "passed",
+            check_link("persona"),
         )
     )
     parts.append("</div></div>")
@@ -264,7 +296,7 @@ def extra_sections(execs: list[dict[str, Any]], charts: dict[str, str | None]) -
                 rows.append(
                     [
                         html.escape(ex["run_id"][:8]),
-                        html.escape(e["model"]),
+                        _linked(e["model"], axis_link("model")),
                         html.escape(e["cap"]),
                         str(e["attempts"]),
                         _point(e["fitted"]),
@@ -307,7 +339,9 @@ def extra_sections(execs: list[dict[str, Any]], charts: dict[str, str | None]) -
             rep = ex.get("repeats")
             if not rep:
                 continue
-            parts.append(rate_table([ex], lambda e: e["repeats"]["per_repeat"], "repeat"))
+            parts.append(
+                rate_table([ex], lambda e: e["repeats"]["per_repeat"], "repeat", link=axis_link("repeat"))
+            )
             parts.append(
                 f'<p class="note">{html.escape(ex["label"])}: crash rate across repeats '
                 f"{fmt(rep['rate_min'], 'pct')} – {fmt(rep['rate_max'], 'pct')}; "
@@ -329,7 +363,7 @@ def extra_sections(execs: list[dict[str, Any]], charts: dict[str, str | None]) -
             )
             rows = [
                 [
-                    f"<code>{html.escape(c['cell_id'])}</code>",
+                    "<code>" + _linked(c["cell_id"], lambda v: {"cell": v}) + "</code>",
                     html.escape(c["template"]),
                     html.escape(c["question"]),
                     fmt(int(c["batch_size"])) if c["batch_size"] is not None else "–",

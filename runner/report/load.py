@@ -47,6 +47,8 @@ class CellRow:
     """The child run's tags as stored (batch, attempts, audit flags among them)."""
     params: dict[str, str] = field(default_factory=dict)
     """The child run's params as stored (repeat and base cell id among them)."""
+    artifact_uri: str = ""
+    """Where the child run's files are (prompt, context, answer, stderr)."""
 
     @property
     def crashed(self) -> bool:
@@ -160,6 +162,7 @@ def count_cells(children: Iterable[Run]) -> tuple[list[CellRow], dict[str, int]]
             run.info.end_time or run.info.start_time or 0,
             dict(tags),
             dict(params),
+            run.info.artifact_uri or "",
         )
         if cell_id in by_cell:
             ignored["duplicate"] += 1

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from runner.errors import UserError
-from runner.retrieval.scoring import blend, contrast_scores, pov_scores
+from runner.retrieval.scoring import blend, contrast_scores, cosine_scores, pov_scores
 from runner.spec import DEFAULT_POV_SCORE, Experiment, PovScore, matrix_pov_sets
 
 Candidates = tuple[list[str], list[float]]
@@ -102,6 +102,14 @@ class PovStage:
             else:
                 out.append(np.array([l2[pov][i] for i in ids], dtype=np.float64))
         return out
+
+    def similarities(self, pov: str, ids: Sequence[str], doc_vec: dict[str, np.ndarray]) -> list[list[float]]:
+        """Each chunk's cosine with each statement of the POV set (chunks x statements, small): what `l2` is
+        the norm of, kept for the reader of a cell whatever its method."""
+        if not ids:
+            return []
+        sims = cosine_scores(self.statements(pov), np.stack([doc_vec[i] for i in ids])[None, :, :]).T
+        return [[float(x) for x in row] for row in sims]
 
     def _l2(self, pov: str, docs: np.ndarray) -> np.ndarray:
         return pov_scores(docs, self.statements(pov), assume_normalized=True)

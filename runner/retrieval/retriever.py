@@ -59,14 +59,23 @@ class Stage:
     ids: list[str]
     texts: list[str]
     scores: list[float]
+    statements: list[str] = field(default_factory=list)
+    """The POV stage only: the POV set's statements, in order."""
+    similarities: list[list[float]] = field(default_factory=list)
+    """The POV stage only: per chunk, its cosine similarity to each statement (the score is their L2 norm),
+    so that a reader sees which statement lifted a chunk."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d: dict[str, Any] = {
             "name": self.name,
             "ids": list(self.ids),
             "texts": list(self.texts),
             "scores": list(self.scores),
         }
+        if self.statements:
+            d["statements"] = list(self.statements)
+            d["similarities"] = [list(row) for row in self.similarities]
+        return d
 
 
 @dataclass
@@ -105,7 +114,14 @@ class RetrievalResult:
         if len(k) != 3:
             raise ValueError(f"k must have three stages, got {d['k']!r}")
         stages = [
-            Stage(str(s["name"]), list(s["ids"]), list(s["texts"]), [float(x) for x in s["scores"]])
+            Stage(
+                str(s["name"]),
+                list(s["ids"]),
+                list(s["texts"]),
+                [float(x) for x in s["scores"]],
+                [str(x) for x in s.get("statements", [])],
+                [[float(x) for x in row] for row in s.get("similarities", [])],
+            )
             for s in d["stages"]
         ]
         metrics = {str(name): float(v) for name, v in (d.get("metrics") or {}).items()}
@@ -332,6 +348,8 @@ class ChromaRetriever:
             orders[key] = [s2.ids[i] for i in order]
             _, s3 = _select(order, k3, s2.ids, s2.texts, scores3)
             s3.name = "pov"
+            s3.statements = list(self.exp.pov_sets[pov])
+            s3.similarities = pov_stage.similarities(pov, s3.ids, doc_vec)
             out[key] = RetrievalResult(q, pov, key[2], [stage12[(q, k1, k2)][0], s2, s3], score_name)
         self._add_metrics(wanted, out, orders, in_matrix)
         return {key: out[full[key]] for key in given}

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from runner.run.answers import answer_excerpt, check_table, finished_rows
-    from runner.run.checks import CHECK_FAIL, CHECK_PASS, CHECK_TAG_PREFIX
+    from runner.run.checks import CHECK_FAIL, CHECK_PASS, CHECK_TAG_PREFIX, reused_spans, split_sections
     from runner.run.drift import Drift, compare
     from runner.run.engine import RunInterrupted, run_experiment
     from runner.run.environment import TAGGED_PACKAGES
@@ -37,6 +37,8 @@ _EXPORTS = {
     "CHECK_FAIL": "runner.run.checks",
     "CHECK_PASS": "runner.run.checks",
     "CHECK_TAG_PREFIX": "runner.run.checks",
+    "reused_spans": "runner.run.checks",
+    "split_sections": "runner.run.checks",
     "Drift": "runner.run.drift",
     "compare": "runner.run.drift",
     "RunInterrupted": "runner.run.engine",
@@ -73,8 +75,10 @@ __all__ = [
     "execution_lock",
     "finished_rows",
     "read_results",
+    "reused_spans",
     "run_dir",
     "run_experiment",
+    "split_sections",
     "stage_metrics",
 ]
 

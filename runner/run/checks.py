@@ -158,6 +158,31 @@ def copied_share(answer: str, context_texts: list[str], n: int = COPY_NGRAM) -> 
     return sum(g in seen for g in grams) / len(grams)
 
 
+def reused_spans(answer: str, text: str, n: int = COPY_NGRAM) -> tuple[float, list[tuple[int, int]]]:
+    """How much of `answer` came from `text`, as `copied_share` counts it for the whole context: the share
+    of the answer's word n-grams found in `text`, and the character spans of `text` those shared n-grams
+    cover (merged, in order), for a reader to highlight. (0.0, []) when the answer has no n-gram."""
+    a = [x.lower() for x in words(answer)]
+    grams = {tuple(a[i : i + n]) for i in range(len(a) - n + 1)}
+    total = len(a) - n + 1
+    if total <= 0:
+        return 0.0, []
+    found = list(WORD_RE.finditer(text))
+    t = [m.group().lower() for m in found]
+    shared = {tuple(t[i : i + n]) for i in range(len(t) - n + 1)} & grams
+    share = sum(tuple(a[i : i + n]) in shared for i in range(total)) / total
+    spans: list[tuple[int, int]] = []
+    for i in range(len(t) - n + 1):
+        if tuple(t[i : i + n]) not in shared:
+            continue
+        start, end = found[i].start(), found[i + n - 1].end()
+        if spans and start <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(end, spans[-1][1]))
+        else:
+            spans.append((start, end))
+    return share, spans
+
+
 def _trigrams(text: str) -> set[tuple[str, ...]]:
     w = [x.lower() for x in words(text)]
     return set(zip(w, w[1:], w[2:], strict=False))

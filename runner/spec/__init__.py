@@ -44,7 +44,15 @@ from runner.spec.schema import (
     Tracking,
 )
 from runner.spec.snapshot import snapshot_files
-from runner.spec.templates import HEADER_RE, Section, TemplateInfo, compile_template, context_text, render
+from runner.spec.templates import (
+    HEADER_RE,
+    Section,
+    TemplateInfo,
+    compile_template,
+    context_text,
+    parse_header,
+    render,
+)
 
 __all__ = [
     "AXES",
@@ -87,6 +95,7 @@ __all__ = [
     "load_spec",
     "matches",
     "matrix_pov_sets",
+    "parse_header",
     "portable",
     "project_root",
     "read_corpus",

@@ -31,6 +31,7 @@ ADDED_SINCE_V1: dict[str, Any] = {
     "models.*.max_concurrency": 8,
     "models.*.request_timeout_s": None,
     "models.*.server": None,
+    "tracking.traces": True,  # `tracking` is outside the hash anyway (where runs are recorded, not results)
 }
 """Spec fields added after the spec hash was first defined, with their defaults (`*`: every item of a list or
 value of a mapping: every fault, every model). A spec that leaves one at its default hashes as before the field

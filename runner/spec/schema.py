@@ -393,6 +393,9 @@ class Tracking(Strict):
     """MLflow experiment name; default the spec's name."""
     uri: Setting | None = None
     """Tracking URI; MLFLOW_TRACKING_URI wins; default MLflow's own (`sqlite:///mlflow.db`)."""
+    traces: bool = True
+    """Also record each cell as an MLflow trace (retriever spans for the three stages, an LLM span for the
+    answer), so that MLflow's trace view shows the RAG flow; `false` records child runs only."""
 
 
 class Executor(Strict):

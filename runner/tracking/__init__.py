@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from runner.run import NullTracker, Tracker
 from runner.tracking.audit import AuditOutcome, audit
 from runner.tracking.client import find_run, make_client, quote, resolve_tracking_uri, search_all, tag_is
+from runner.tracking.files import read_execution_files, read_run_files
 from runner.tracking.mlflow_tracker import MlflowTracker
 from runner.tracking.reproduce import RerunOutcome, rerun
 from runner.tracking.run_ids import LIST_HINT, resolve_run_id
@@ -27,6 +28,7 @@ from runner.tracking.schema import (
     State,
     Status,
     Tags,
+    Traces,
 )
 
 if TYPE_CHECKING:
@@ -49,12 +51,15 @@ __all__ = [
     "State",
     "Status",
     "Tags",
+    "Traces",
     "Tracker",
     "audit",
     "find_run",
     "make_client",
     "make_tracker",
     "quote",
+    "read_execution_files",
+    "read_run_files",
     "rerun",
     "resolve_run_id",
     "resolve_tracking_uri",

@@ -16,6 +16,10 @@ once every cell has a live child, and `interrupted` when the runner stopped earl
 A tracking server that does not answer is a UserError before anything is created, and a RunAborted once
 the execution is under way (its cells are all in the run folder's results.jsonl too, and the next run
 resumes); MLflow's request retries are bounded (runner.tracking.client), so either comes within seconds.
+
+Each cell is also an MLflow trace (runner.tracking.traces; off with `tracking.traces: false`), written after
+its child run's values and files and before the child is set FINISHED or FAILED: a kill leaves at most the
+trace of a child that is then superseded, and the trace is tagged `pov.superseded` with it.
 """
 
 from __future__ import annotations
@@ -34,7 +38,14 @@ from runner.errors import RunAborted, UserError
 from runner.redaction import install_log_redaction, redact, secret_values
 from runner.run import run_dir
 from runner.tracking import records
-from runner.tracking.client import check_reachable, download_json, is_server, make_client, unreachable
+from runner.tracking.client import (
+    check_reachable,
+    download_json,
+    is_server,
+    log_files,
+    make_client,
+    unreachable,
+)
 from runner.tracking.resume import LiveCell, children, has_snapshot, resumable, supersede, triage
 from runner.tracking.schema import (
     DEFAULT_CAUSE,
@@ -46,6 +57,7 @@ from runner.tracking.schema import (
     Status,
     Tags,
 )
+from runner.tracking.traces import TraceWriter
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -86,9 +98,9 @@ class MlflowTracker:
         self._exec_start_ms = 0
         self._wall_prior = 0.0
         self._t0 = time.monotonic()
-        self._scratch: Path | None = None
         self._exp: Experiment | None = None
         self._aborted: RunAborted | None = None
+        self._traces: TraceWriter | None = None
 
     @property
     def client(self) -> MlflowClient:
@@ -121,6 +133,12 @@ class MlflowTracker:
         for key, m in exp.spec.models.items():
             resolved = manifest.get("models", {}).get(key, {}).get("resolved_revision")
             self._models[key] = (m.name, m.revision or resolved or NONE)
+        self._traces = None
+        if exp.spec.tracking.traces:
+            questions = {qid: q.text for qid, q in exp.questions.items()}
+            self._traces = TraceWriter(
+                self.tracking_uri, questions, {k: v[0] for k, v in self._models.items()}
+            )
         try:
             eid = self._experiment(exp)
         except UserError:
@@ -228,6 +246,8 @@ class MlflowTracker:
         self._live, stale = triage(children(self.client, parent.info.experiment_id, pid), self._cells)
         for child in stale:
             supersede(self.client, child.info.run_id, child.info.status)
+        if self._traces is not None and stale:
+            self._traces.supersede(self.client, parent.info.experiment_id, [c.info.run_id for c in stale])
         self._replace = {}
         skip = set()
         for cid, live in self._live.items():
@@ -280,7 +300,8 @@ class MlflowTracker:
     # ------------------------------------------------------------------------------------------ log
 
     def log(self, results: list[CellResult]) -> None:
-        """Record a batch of cells: each child fully logged, then set FINISHED/FAILED."""
+        """Record a batch of cells: each child fully logged, the batch's traces, then each child set
+        FINISHED/FAILED."""
         pid = self._require_run()
         if not results:
             return
@@ -289,15 +310,15 @@ class MlflowTracker:
             # A scratch folder per call, removed on the way out: a run that stops without `finish` (an
             # exception in the caller, a test's interrupted run) leaves nothing behind in the temp folder.
             with tempfile.TemporaryDirectory(prefix="pov-cell-") as scratch:
-                self._scratch = Path(scratch)
-                try:
-                    for result in results:
-                        self._log_cell(pid, result, secrets)
-                finally:
-                    self._scratch = None
+                opened = [(r, self._open_cell(pid, r, secrets, Path(scratch))) for r in results]
+            if self._traces is not None:
+                self._traces.record(self._require_exp(), pid, opened, secrets)
+            for r, rid in opened:
+                self._close_cell(r, rid)
             self._log_progress()
 
-    def _log_cell(self, pid: str, r: CellResult, secrets: dict[str, str]) -> None:
+    def _open_cell(self, pid: str, r: CellResult, secrets: dict[str, str], scratch: Path) -> str:
+        """The child run, created with its tags, then its params, metrics and files; still RUNNING."""
         from mlflow.entities import Metric, Param
 
         tags = records.cell_tags(r, pid, secrets)
@@ -313,31 +334,28 @@ class MlflowTracker:
             p, params = params[:BATCH_PARAMS], params[BATCH_PARAMS:]
             m, metrics = metrics[: BATCH_METRICS - len(p)], metrics[BATCH_METRICS - len(p) :]
             self.client.log_batch(rid, metrics=m, params=p)
-        self._write_artifacts(rid, run.info.artifact_uri, records.cell_files(r, secrets))
+        log_files(
+            self.client,
+            self.tracking_uri,
+            rid,
+            run.info.artifact_uri,
+            records.cell_files(r, secrets),
+            scratch,
+        )
+        return rid
+
+    def _close_cell(self, r: CellResult, rid: str) -> None:
         finished = r.status == Status.FINISHED
-        self.client.set_terminated(rid, "FINISHED" if finished else "FAILED", end_time=end)
+        self.client.set_terminated(
+            rid, "FINISHED" if finished else "FAILED", end_time=records.millis(r.ended_at)
+        )
         old = self._replace.pop(r.cell.id, None)
         if old:  # the retried crash: only now, with its replacement in place, does it stop counting
             supersede(self.client, old, "FAILED")
-        self._live[r.cell.id] = LiveCell(rid, r.status, tags.get(Tags.CAUSE))
-
-    def _write_artifacts(self, rid: str, artifact_uri: str, files: dict[str, str]) -> None:
-        """One log_artifacts call of a scratch folder holding the cell's files."""
-        assert self._scratch is not None
-        for old in self._scratch.iterdir():
-            old.unlink()
-        for name, text in files.items():
-            (self._scratch / name).write_text(text, encoding="utf-8")
-        # client.log_artifacts(rid) would first fetch the whole run again just to learn its artifact URI
-        # (a third of the time per cell on sqlite); the run we just created already says it.
-        try:
-            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-            repo = get_artifact_repository(artifact_uri, tracking_uri=self.tracking_uri)
-        except Exception:
-            self.client.log_artifacts(rid, str(self._scratch))
-            return
-        repo.log_artifacts(str(self._scratch))
+            if self._traces is not None:
+                self._traces.supersede(self.client, self._require_exp(), [old])
+        cause = (r.cause or DEFAULT_CAUSE) if r.status == Status.CRASHED else None
+        self._live[r.cell.id] = LiveCell(rid, r.status, cause)
 
     def _require_exp(self) -> str:
         if self.experiment_id is None:

@@ -12,6 +12,7 @@ only with a SCHEMA_VERSION bump and a reader that still understands the old one.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import ClassVar
 
 from runner import retrieval, run
 from runner.spec import AXES
@@ -205,6 +206,34 @@ class Artifacts:
         return f"{Artifacts.REPORT}-vs-{run_id}"
 
 
+class Traces:
+    """Names in a cell's MLflow trace (spec `tracking.traces`, on by default): one trace per cell, linked to
+    its child run, with a root span and one child span per retrieval stage and for the generation; each
+    name's meaning is in DOCS["Traces"]. Span types and the shape of the retrieved documents are MLflow's
+    own (`mlflow.entities.SpanType`, `mlflow.entities.Document`), so that its trace view shows them."""
+
+    NAME = "pov.cell"
+    VECTOR = "vector_search"
+    QUERY = "query_rerank"
+    POV = "pov_rerank"
+    GENERATE = "generate"
+    STAGE_SPANS: ClassVar[Mapping[str, str]] = {"vector": VECTOR, "query": QUERY, "pov": POV}
+    """Span name per retrieval stage name (runner.retrieval.STAGES)."""
+    EXECUTION = "pov.execution"
+    CELL_RUN = "pov.cell_run"
+    STAGE = "pov.stage"
+    K = "pov.k"
+    STATEMENTS = "pov.statements"
+    MODEL = "pov.model"
+    ERROR = "pov.error"
+    DOC_URI = "doc_uri"
+    CHUNK_ID = "chunk_id"
+    SCORE = "score"
+    RANK = "rank"
+    PREVIOUS_RANK = "previous_rank"
+    SIMILARITIES = "pov_similarities"
+
+
 def stored_version(tags: Mapping[str, str]) -> int:
     """The schema version an execution was written with (1 when it predates the tag)."""
     try:
@@ -349,6 +378,30 @@ _ARTIFACT_DOCS: dict[str, tuple[str, str]] = {
     Artifacts.REPORT: (_EXEC, "`pov report`'s folder (`report-vs-<run id>` with --compare)"),
     Artifacts.AUDIT: (_EXEC, "`pov audit`'s findings: audit/<time>.json, one per audit"),
 }
+_TRACE_DOCS: dict[str, tuple[str, str]] = {
+    Traces.NAME: ("trace", "the trace's name and its root span (CHAIN): the question in, the answer out"),
+    Traces.VECTOR: ("span", "RETRIEVER: stage 1, the k1 chunks nearest the question (cosine)"),
+    Traces.QUERY: ("span", "RETRIEVER: stage 2, the k2 chunks most similar to the question"),
+    Traces.POV: ("span", "RETRIEVER: stage 3, the k3 chunks of highest POV score"),
+    Traces.GENERATE: ("span", "LLM: the prompt as a user message, the answer (or the crash) out"),
+    Tags.CELL_ID: ("trace", "tag: the cell's id; the axes are tags too, named as the cell's params"),
+    Traces.EXECUTION: ("trace", "tag: the execution's run id"),
+    Traces.CELL_RUN: ("trace", "tag: the cell's child run id (MLflow's `mlflow.sourceRun` links it too)"),
+    Tags.STATUS: ("trace", f"tag: `{Status.FINISHED}` or `{Status.CRASHED}` (a crash's trace is in ERROR)"),
+    Tags.CAUSE: ("trace", "tag: a crash's cause"),
+    Tags.SUPERSEDED: ("trace", f"tag: `{TRUE}` on the trace of a child run that was redone"),
+    Traces.STAGE: ("span", "attribute of a RETRIEVER span: `vector`, `query` or `pov`"),
+    Traces.K: ("span", "attribute of a RETRIEVER span: the chunks it keeps"),
+    Traces.STATEMENTS: ("span", "attribute of the POV span: the POV statements"),
+    Traces.MODEL: ("span", "attribute of the LLM span: the model as loaded"),
+    Traces.ERROR: ("span", "attribute of a crash's LLM span: its message and stderr tail"),
+    Traces.DOC_URI: ("document", "the chunk id; each document's `page_content` is the chunk's text"),
+    Traces.CHUNK_ID: ("document", "the chunk id (also the document's `id`)"),
+    Traces.SCORE: ("document", "the stage's score of the chunk"),
+    Traces.RANK: ("document", "1-based rank in the stage"),
+    Traces.PREVIOUS_RANK: ("document", "rank in the stage before (stages 2 and 3)"),
+    Traces.SIMILARITIES: ("document", "POV span: the chunk's cosine to each POV statement"),
+}
 _SHOWN_AS = {
     Tags.VERSION_PREFIX: "version.<package>",
     Tags.CHECK_PREFIX: "check.<name>",
@@ -358,7 +411,13 @@ _SHOWN_AS = {
     Artifacts.TEMPLATES: Artifacts.template("<name>"),
 }
 """How a prefix (or folder) reads in the doc: with what follows it."""
-DOCS = {"Tags": _TAG_DOCS, "Params": _PARAM_DOCS, "Metrics": _METRIC_DOCS, "Artifacts": _ARTIFACT_DOCS}
+DOCS = {
+    "Tags": _TAG_DOCS,
+    "Params": _PARAM_DOCS,
+    "Metrics": _METRIC_DOCS,
+    "Artifacts": _ARTIFACT_DOCS,
+    "Traces": _TRACE_DOCS,
+}
 """One line per name, by section: what docs/mlflow-schema.md says."""
 
 
@@ -369,7 +428,8 @@ def markdown() -> str:
         "",
         "Generated from `runner/tracking/schema.py` by `python -m runner.tracking.schema`; do not edit.",
         "",
-        "One parent run per execution of `pov run` (or `pov rerun`), one child run per cell.",
+        "One parent run per execution of `pov run` (or `pov rerun`), one child run per cell, and (unless the",
+        "spec says `tracking.traces: false`) one MLflow trace per cell, linked to the cell's child run.",
         f"Schema version: {SCHEMA_VERSION} (the parent's tag `{Tags.SCHEMA_VERSION}`).",
     ]
     for section, docs in DOCS.items():
