@@ -19,7 +19,8 @@ from runner.spec.corpus import (
     read_corpus,
     read_source,
 )
-from runner.spec.experiment import Experiment, display_path, portable, project_root
+from runner.spec.experiment import Experiment, display_path, portable, project_root, without_new_defaults
+from runner.spec.languages import AUTO, LANGUAGES, Language, install_hint, missing_modules
 from runner.spec.loader import load_spec
 from runner.spec.matrix import Cell, counts, expand, matches, matrix_pov_sets, repeat_seed
 from runner.spec.schema import (
@@ -46,9 +47,11 @@ from runner.spec.snapshot import snapshot_files
 from runner.spec.templates import HEADER_RE, Section, TemplateInfo, compile_template, context_text, render
 
 __all__ = [
+    "AUTO",
     "AXES",
     "DEFAULT_POV_SCORE",
     "HEADER_RE",
+    "LANGUAGES",
     "MAX_FILE_BYTES",
     "POV_METHODS",
     "Cell",
@@ -60,6 +63,7 @@ __all__ = [
     "Executor",
     "Experiment",
     "Fault",
+    "Language",
     "Generation",
     "Limits",
     "Matrix",
@@ -81,10 +85,12 @@ __all__ = [
     "counts",
     "display_path",
     "expand",
+    "install_hint",
     "iter_corpus",
     "load_spec",
     "matches",
     "matrix_pov_sets",
+    "missing_modules",
     "portable",
     "project_root",
     "read_corpus",
@@ -92,4 +98,5 @@ __all__ = [
     "render",
     "repeat_seed",
     "snapshot_files",
+    "without_new_defaults",
 ]

@@ -26,6 +26,9 @@ ADDED_SINCE_V1: dict[str, Any] = {
     "pov_scores": {"l2": {"method": "l2", "weight": 0.5, "reference": "others"}},
     "matrix.pov_score": "all",
     "query_reranker": None,
+    "corpus.language": "auto",
+    "corpus.chunking.max_tokens": 200,
+    "corpus.chunking.overlap_tokens": 30,
 }
 """Spec fields added after the spec hash was first defined, with their defaults (`*`: every item of a list or
 value of a mapping). A spec that leaves one at its default hashes as before the field existed, so adding a
