@@ -38,8 +38,18 @@ LANGUAGES: dict[str, Language] = {
 """ISO 639-1 codes with their unit. Every space-separated language chunks as English does; add its code here."""
 
 
+ALIASES = {"jp": "ja", "jpn": "ja", "japanese": "ja", "cn": "zh", "chinese": "zh", "english": "en", "kr": "ko"}
+"""Country codes and names written for a language code: what `pov validate` suggests for them."""
+
+
 def language_codes() -> list[str]:
     return [AUTO, *LANGUAGES]
+
+
+def suggestion(code: str) -> str:
+    """` (did you mean 'ja'?)` for a name or country code of a known language, else ``."""
+    known = ALIASES.get(code.lower())
+    return f" (did you mean {known!r}?)" if known else ""
 
 
 def missing_modules(code: str) -> list[str]:

@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from runner.errors import did_you_mean
 from runner.spec.corpus import include_problem
-from runner.spec.languages import AUTO, language_codes
+from runner.spec.languages import AUTO, language_codes, suggestion
 
 AXES = ("model", "template", "persona", "pov_set", "pov_score", "k", "question")
 """Matrix axes, in the order cells are listed."""
@@ -120,7 +120,7 @@ class Corpus(Strict):
         codes = language_codes()
         if v not in codes:
             raise ValueError(
-                f"unknown language code {v!r}{did_you_mean(v, codes)}; one of {', '.join(codes)} (text with "
+                f"unknown language code {v!r}{suggestion(v) or did_you_mean(v, codes)}; one of {', '.join(codes)} (text with "
                 "spaces between words chunks as `en` does)"
             )
         return v
