@@ -39,18 +39,19 @@ class Segmenter(Protocol):
 
 
 def _merge(surfaces: list[str]) -> list[str]:
-    """Whitespace joins the token before it, digits join the digits before them."""
+    """Whitespace joins the token before it (leading whitespace the first), digits the digits before them."""
     out: list[str] = []
+    lead = ""
     for s in surfaces:
-        if out and (s.isspace() or (_DIGITS.fullmatch(s) and _DIGITS.fullmatch(out[-1]))):
+        if not out and s.isspace():
+            lead += s
+        elif out and (s.isspace() or (_DIGITS.fullmatch(s) and _DIGITS.fullmatch(out[-1]))):
             out[-1] += s
-        elif not out and s.isspace():
-            out.append(s)
-        elif len(out) == 1 and out[0].isspace():
-            out[0] += s
         else:
             out.append(s)
-    return out
+    if out:
+        out[0] = lead + out[0]
+    return out if out or not lead else [lead]
 
 
 @functools.lru_cache(maxsize=1)
