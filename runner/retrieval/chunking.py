@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.errors import UserError
 from runner.retrieval.boilerplate import boilerplate_reason, paragraph_size, stop_counts, stopword_density
 from runner.retrieval.language import token_language
 from runner.retrieval.segmenter import Segmenter, segmenter
@@ -208,7 +209,10 @@ def chunk_file(
     """The chunks of one file, in words or, for text without spaces (`language`, or `auto`: its script), in
     that language's tokens."""
     code = token_language(f.text, language)
-    seg = segmenter(code) if code is not None else None
+    try:
+        seg = segmenter(code) if code is not None else None
+    except UserError as e:
+        raise UserError(f"{f.rel} is written in {code!r}: {e}") from None
     texts = chunk_text(
         f.text,
         max_words,
