@@ -17,7 +17,10 @@ from runner.retrieval import ChromaRetriever, Store, ingest
 from runner.spec import Embedder, Experiment, load_spec
 
 REPO = Path(__file__).resolve().parent.parent
-MINILM = ["embedder={provider: sentence-transformers, model: all-MiniLM-L6-v2}", "corpus.collection=bi-minilm"]
+MINILM = [
+    "embedder={provider: sentence-transformers, model: all-MiniLM-L6-v2}",
+    "corpus.collection=bi-minilm",
+]
 ANSWERS = {
     "nuclear-restart": "01_nuclear_restart_ja.md",
     "rice-prices": "02_rice_policy_ja.md",
@@ -66,7 +69,9 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_use_multilingual_puts_a_sentence_beside_its_translation() -> None:
     from runner.retrieval.embedders.use_multilingual import UseMultilingualEmbedder
 
-    emb = UseMultilingualEmbedder(Embedder(provider="use-multilingual", model="universal-sentence-encoder-multilingual-3"))
+    emb = UseMultilingualEmbedder(
+        Embedder(provider="use-multilingual", model="universal-sentence-encoder-multilingual-3")
+    )
     texts = [
         "Japan will double its defence budget within five years.",
         "日本は五年以内に防衛予算を倍増させる。",
@@ -125,7 +130,8 @@ def test_without_the_filter_the_metrics_see_japanese_furniture(project: Path) ->
     results = ChromaRetriever(exp).retrieve(keys)
     shares = [r.metrics["stage1_boilerplate_share"] for r in results.values()]
     furniture = [
-        sum(src[i].startswith("zz_") for i in r.stages[0].ids) / len(r.stages[0].ids) for r in results.values()
+        sum(src[i].startswith("zz_") for i in r.stages[0].ids) / len(r.stages[0].ids)
+        for r in results.values()
     ]
     assert max(furniture) > 0 and shares == pytest.approx(furniture)
 

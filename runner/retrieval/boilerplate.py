@@ -192,7 +192,15 @@ _NOTICE_HINTS = (
 
 
 JA_NOTICE_CUES: dict[str, tuple[str, ...]] = {
-    "newsletter": ("メールマガジン", "メルマガ", "ニュースレター", "配信の停止", "配信停止", "購読", "登録ボタン"),
+    "newsletter": (
+        "メールマガジン",
+        "メルマガ",
+        "ニュースレター",
+        "配信の停止",
+        "配信停止",
+        "購読",
+        "登録ボタン",
+    ),
     "cookie notice": (
         "クッキー",
         "プライバシーポリシー",
@@ -264,7 +272,9 @@ def boilerplate_reason(paragraph: str, english: bool = True, density: float | No
         if seps >= 3 and seps * 10 >= size:
             return "menu"
     low = paragraph.lower()
-    if size < 60 and ("©" in paragraph or "all rights reserved" in low or "無断転載" in low or "著作権" in low):
+    if size < 60 and (
+        "©" in paragraph or "all rights reserved" in low or "無断転載" in low or "著作権" in low
+    ):
         return "footer"
     if _CITATION.match(paragraph):
         return "reference entry"

@@ -98,7 +98,7 @@ class CharacterSegmenter:
         return len(self.tokens(text))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def segmenter(language: str) -> Segmenter:
     """The segmenter of a language chunked in tokens (`ja`, `zh`)."""
     if language == "ja":

