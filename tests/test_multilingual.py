@@ -101,6 +101,18 @@ def test_minilm_does_not_cross_languages(project: Path) -> None:
     assert [q for q in crossing if got[q] == ANSWERS[q.rsplit("-", 1)[0]]] == []
 
 
+def test_as_the_reranker_it_finds_what_minilm_stored(project: Path) -> None:
+    """Stage 1 by MiniLM over every chunk, stage 2 by USE: each answer comes first in stage 2."""
+    reranker = "reranker={provider: use-multilingual, model: universal-sentence-encoder-multilingual-3}"
+    exp = load_spec(project, [*MINILM, reranker])
+    ingest(exp)
+    src = sources(exp)
+    keys = [(q, "security", (len(src), 6, 3)) for q in exp.questions]
+    results = ChromaRetriever(exp).retrieve(keys)
+    got = {q: src[r.stages[1].ids[0]] for (q, _, _), r in results.items()}
+    assert got == {q: ANSWERS[q.rsplit("-", 1)[0]] for q in exp.questions}
+
+
 def test_a_second_ingest_embeds_nothing(project: Path) -> None:
     exp = load_spec(project)
     report = ingest(exp, rebuild=True)  # the collection made again: every chunk from the embedding cache
