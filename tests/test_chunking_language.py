@@ -17,7 +17,7 @@ from runner.retrieval.chunking import chunk_file, chunk_text, is_boilerplate_chu
 from runner.retrieval.language import detect, sentences
 from runner.retrieval.segmenter import segmenter
 from runner.retrieval.store import chunking_key
-from runner.spec import SourceFile, load_spec, read_corpus
+from runner.spec import SourceFile, expand, load_spec, read_corpus
 
 REPO = Path(__file__).resolve().parent.parent
 BILINGUAL = REPO / "data" / "bilingual"
@@ -66,6 +66,10 @@ def test_existing_collections_see_the_chunking_they_recorded() -> None:
     assert chunking_key(exp) == '{"drop_boilerplate": true, "max_words": 180, "overlap_words": 30}'
     declared = load_spec(REPO / "experiments" / "tiny.yaml", ["corpus.language=ja"])
     assert json.loads(chunking_key(declared))["language"] == "ja"
+    # A declared language or token size changes what is retrieved: new cell ids, as for max_words.
+    for override in ("corpus.language=ja", "corpus.chunking.max_tokens=120"):
+        changed = load_spec(REPO / "experiments" / "tiny.yaml", [override])
+        assert {c.id for c in expand(changed)}.isdisjoint({c.id for c in expand(exp)}), override
 
 
 def test_documents_are_classified_by_script() -> None:

@@ -32,7 +32,7 @@ from runner.errors import RunAborted, UserError
 from runner.redaction import redact
 from runner.retrieval.chunking import corpus_fingerprint
 from runner.spec import Embedder as EmbedderSpec
-from runner.spec import Experiment, portable, without_new_defaults
+from runner.spec import Experiment, chunking_identity, portable
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -60,16 +60,9 @@ def _settings() -> Any:
 
 
 def chunking_key(exp: Experiment) -> str:
-    """What decides how files are cut: the chunking parameters and the corpus language, less the fields added
-    since collections first recorded it when they are at their defaults, so that an existing collection
-    still matches the spec that made it."""
-    corpus = exp.spec.corpus
-    dump = {"chunking": corpus.chunking.model_dump(mode="json"), "language": corpus.language}
-    section = without_new_defaults("corpus", dump)
-    key: dict[str, object] = section["chunking"]
-    if "language" in section:
-        key["language"] = section["language"]
-    return json.dumps(key, sort_keys=True)
+    """What decides how files are cut (runner.spec.chunking_identity): a collection made before
+    `corpus.language` and `max_tokens` existed still matches the spec that made it."""
+    return json.dumps(chunking_identity(exp.spec), sort_keys=True)
 
 
 def maker(exp: Experiment) -> dict[str, str]:

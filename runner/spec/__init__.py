@@ -19,7 +19,13 @@ from runner.spec.corpus import (
     read_corpus,
     read_source,
 )
-from runner.spec.experiment import Experiment, display_path, portable, project_root, without_new_defaults
+from runner.spec.experiment import (
+    Experiment,
+    chunking_identity,
+    display_path,
+    portable,
+    project_root,
+)
 from runner.spec.languages import AUTO, LANGUAGES, Language, install_hint, missing_modules
 from runner.spec.loader import load_spec
 from runner.spec.matrix import Cell, counts, expand, matches, matrix_pov_sets, repeat_seed
@@ -78,6 +84,7 @@ __all__ = [
     "SpecError",
     "TemplateInfo",
     "Tracking",
+    "chunking_identity",
     "compile_template",
     "context_text",
     "corpus_digests",
@@ -98,5 +105,4 @@ __all__ = [
     "render",
     "repeat_seed",
     "snapshot_files",
-    "without_new_defaults",
 ]

@@ -103,6 +103,20 @@ def without_new_defaults(section: str, dump: dict[str, Any]) -> dict[str, Any]:
     return wrapped[section]
 
 
+def chunking_identity(spec: Spec) -> dict[str, Any]:
+    """What decides how the corpus is cut: the chunking parameters, and the corpus language where it is not
+    `auto`, less the fields of ADDED_SINCE_V1 at their default, so that cell ids and the chunking a
+    collection recorded stay what they were before those fields existed."""
+    corpus = spec.corpus
+    section = without_new_defaults(
+        "corpus", {"chunking": corpus.chunking.model_dump(mode="json"), "language": corpus.language}
+    )
+    identity: dict[str, Any] = section["chunking"]
+    if "language" in section:
+        identity["language"] = section["language"]
+    return identity
+
+
 def portable(obj: Any, root: Path) -> Any:
     """`obj` with absolute paths inside the project made relative to it, so that hashes and ids are the same
     in every checkout of the project."""
