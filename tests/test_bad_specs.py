@@ -6,6 +6,7 @@ Header lines (at the top of each case file):
     # expect: <file-suffix>:<line>: <message fragment>
     # args: <extra pov validate arguments, shell-quoted>      (optional)
     # pad-to: <bytes>                                          (optional: the test pads a copy to this size)
+    # hide: <module> ...                                       (optional: as if these were not installed)
 
 Each case must exit 2, print `FILE:LINE` (FILE ending in the suffix) with the fragment on that line, and
 never a traceback. A few cases run through the installed `pov` script in a subprocess; the rest call
@@ -51,6 +52,9 @@ class Case:
     fragment: str
     args: tuple[str, ...]
     pad_to: int | None
+    hide: tuple[str, ...] = ()
+    """Modules made unimportable for the case (None in sys.modules: `import` raises ModuleNotFoundError and
+    `importlib.util.find_spec` answers None, as for a package that is not installed)."""
 
 
 def _read_case(path: Path) -> Case:
@@ -58,7 +62,7 @@ def _read_case(path: Path) -> Case:
     header = path.read_bytes().decode("utf-8", errors="replace").splitlines()
     fields: dict[str, str] = {}
     for line in header:
-        m = re.match(r"^# (expect|args|pad-to): (.*)$", line)
+        m = re.match(r"^# (expect|args|pad-to|hide): (.*)$", line)
         if not m:
             break
         fields[m.group(1)] = m.group(2).strip()
@@ -72,6 +76,7 @@ def _read_case(path: Path) -> Case:
         fragment=m.group("fragment"),
         args=tuple(shlex.split(fields.get("args", ""))),
         pad_to=int(fields["pad-to"]) if "pad-to" in fields else None,
+        hide=tuple(fields.get("hide", "").split()),
     )
 
 
@@ -104,8 +109,13 @@ def test_suite_is_large_enough() -> None:
 
 
 @pytest.mark.parametrize("path", CASES, ids=[p.name for p in CASES])
-def test_bad_spec(path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_spec(
+    path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     case = _read_case(path)
+    assert not (case.hide and path.name in SUBPROCESS_CASES), "hidden modules reach the in-process cases only"
+    for module in case.hide:
+        monkeypatch.setitem(sys.modules, module, None)
     spec = path
     if case.pad_to is not None:
         spec = tmp_path / path.name

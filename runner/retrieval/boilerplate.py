@@ -24,6 +24,15 @@ the spirit of jusText (Pomikálek 2011), by signals that prose does not produce:
   kind with the most. One cue is not enough: prose says "we use cookies" or "sign up to a partnership";
 - word list: in an English file, fewer than 15% stopwords over >= 5 words (prose runs at 30-55%;
   menus and keyword lists below 10%). The English test stops this rule from emptying other languages.
+Japanese (any paragraph with CJK characters) is held to the same rules, sized in words as a Japanese reader
+would count them (the words outside CJK script plus half its CJK characters), with what its page furniture
+looks like: full-width separators (`｜`, `＞`, `／`, `›`) for menus and breadcrumbs, `無断転載` and `著作権` for
+footers, Japanese cue phrases for notices (`プライバシーポリシー`, `メールマガジン`, `お問い合わせ`, ...,
+matched as substrings since Japanese has no spaces to mark a word), and for word lists the share of
+hiragana instead of stopwords: Japanese prose writes its particles and endings in hiragana (30-60% of its
+CJK characters), menus and lists of titles are nouns in kanji and katakana (under 15%); judged from 20 CJK
+characters up, never on a Markdown heading (a title is nouns too). The English stopword test is not applied
+to a paragraph with CJK characters: its words are not English words.
 Chunks left with fewer than 8 words are dropped too: such a chunk is a lone heading or label, carries
 nothing worth retrieving, and (being short) sits close to the short POV statements in embedding space.
 
@@ -38,6 +47,11 @@ from __future__ import annotations
 
 import re
 
+from runner.retrieval.language import CJK_RUN, cjk_count, hiragana_count
+
+_WIDE_SEPARATOR = re.compile(r"[｜＞／›]")
+HIRAGANA_SHARE = 0.15
+"""Below this share of hiragana among its CJK characters, a Japanese paragraph is a word list."""
 _URL = re.compile(r"(?:https?://|www\.)\S+|(?<![\w.+-])[\w.+-]+@[\w-]+\.[\w.]+")
 _SEPARATOR = re.compile(r"(?:^|\s)[|•·»](?=\s|$)")
 # Bounded repeats: a surname, a few initials, then the year within 200 characters. Unbounded, a paragraph of
@@ -177,14 +191,65 @@ _NOTICE_HINTS = (
 )
 
 
-def _notice(low: str) -> str | None:
-    """The kind of page notice a short paragraph is, from two or more distinct cue phrases."""
-    if not any(h in low for h in _NOTICE_HINTS):
+JA_NOTICE_CUES: dict[str, tuple[str, ...]] = {
+    "newsletter": (
+        "メールマガジン",
+        "メルマガ",
+        "ニュースレター",
+        "配信の停止",
+        "配信停止",
+        "購読",
+        "登録ボタン",
+    ),
+    "cookie notice": (
+        "クッキー",
+        "プライバシーポリシー",
+        "個人情報の取り扱い",
+        "同意する",
+        "同意したもの",
+        "利用規約",
+    ),
+    "site furniture": (
+        "お問い合わせ",
+        "よくある質問",
+        "サイトマップ",
+        "ログイン",
+        "会員登録",
+        "ページの先頭",
+        "ページトップ",
+        "この記事をシェア",
+        "印刷する",
+        "関連記事",
+        "人気記事",
+        "ランキング",
+        "あわせて読みたい",
+        "会社概要",
+        "採用情報",
+    ),
+}
+"""Japanese cue phrases of page notices, found as substrings (Japanese marks no word boundaries)."""
+_JA_NOTICE_KIND = {c: kind for kind, cues in JA_NOTICE_CUES.items() for c in cues}
+
+
+def paragraph_size(paragraph: str) -> int:
+    """Its length in words: whitespace tokens; with CJK characters, the tokens outside CJK runs plus half
+    its CJK characters (a Japanese word is about two characters)."""
+    cjk = cjk_count(paragraph)
+    if not cjk:
+        return len(paragraph.split())
+    return len(CJK_RUN.sub(" ", paragraph).split()) + (cjk + 1) // 2
+
+
+def _notice(low: str, japanese: bool = False) -> str | None:
+    """The kind of page notice a short paragraph is, from two or more distinct cue phrases (Japanese ones
+    too when `japanese`)."""
+    kinds: list[str] = []
+    if any(h in low for h in _NOTICE_HINTS):
+        kinds = [_NOTICE_KIND[c] for c in set(_NOTICE.findall(low))]
+    if japanese:
+        kinds += [kind for cue, kind in _JA_NOTICE_KIND.items() if cue in low]
+    if len(kinds) < 2:
         return None
-    cues = set(_NOTICE.findall(low))
-    if len(cues) < 2:
-        return None
-    kinds = [_NOTICE_KIND[c] for c in cues]
     return max(NOTICE_CUES, key=kinds.count)  # ties: the order of NOTICE_CUES
 
 
@@ -194,28 +259,37 @@ def boilerplate_reason(paragraph: str, english: bool = True, density: float | No
     tokens = paragraph.split()
     if not tokens:
         return None
+    cjk = 0 if paragraph.isascii() else cjk_count(paragraph)
+    size = paragraph_size(paragraph) if cjk else len(tokens)
     if ("://" in paragraph or "www." in paragraph or "@" in paragraph) and sum(
         len(m) for m in _URL.findall(paragraph)
     ) >= 0.2 * len(paragraph):
         return "links"
-    if any(c in paragraph for c in "|•·»"):
+    if any(c in paragraph for c in "|•·»") or cjk:
         seps = len(_SEPARATOR.findall(paragraph))
-        if seps >= 3 and seps * 10 >= len(tokens):
+        if cjk:
+            seps += len(_WIDE_SEPARATOR.findall(paragraph))
+        if seps >= 3 and seps * 10 >= size:
             return "menu"
     low = paragraph.lower()
-    if len(tokens) < 60 and ("©" in paragraph or "all rights reserved" in low):
+    if size < 60 and (
+        "©" in paragraph or "all rights reserved" in low or "無断転載" in low or "著作権" in low
+    ):
         return "footer"
     if _CITATION.match(paragraph):
         return "reference entry"
     if paragraph.lstrip()[:1] in _LIST_STARTS and _reference_list(paragraph):
         return "reference list"
-    if len(tokens) <= 100 and _author_bio(paragraph, low):
+    if size <= 100 and _author_bio(paragraph, low):
         return "author bio"
-    if len(tokens) <= 80:
-        kind = _notice(low)
+    if size <= 80:
+        kind = _notice(low, cjk > 0)
         if kind is not None:
             return kind
-    if english and len(tokens) >= 5:
+    if cjk:
+        if cjk >= 20 and not paragraph.startswith("#") and hiragana_count(paragraph) < HIRAGANA_SHARE * cjk:
+            return "word list"
+    elif english and len(tokens) >= 5:
         if density is None:
             density = stopword_density(paragraph)
         if density < 0.15:

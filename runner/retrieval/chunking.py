@@ -9,6 +9,11 @@ Boilerplate (page furniture: link lists, menus, reference lists, notices) is lef
 before packing when `drop_boilerplate` is on, by the rules of runner.retrieval.boilerplate; chunks left
 with fewer than 8 words are dropped too. `dropped`, where given, receives what was left out and why.
 
+Text written without spaces (Japanese, Chinese: `corpus.language`, or each document by its script) is
+packed in tokens instead, up to `max_tokens` (runner.retrieval.token_chunking); the boilerplate filter and
+the 8-unit floor apply to it alike, in its unit. Text with spaces takes exactly the path it always took, so
+its chunk ids do not move.
+
 Reading the files is not done here: runner.spec.corpus is the one reader (ingest, the manifest and the
 tiny-model builder share its skip rules and limits).
 """
@@ -21,8 +26,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.retrieval.boilerplate import boilerplate_reason, stop_counts, stopword_density
-from runner.spec import SourceFile, corpus_digests
+from runner.errors import UserError
+from runner.retrieval.boilerplate import boilerplate_reason, paragraph_size, stop_counts, stopword_density
+from runner.retrieval.language import token_language
+from runner.retrieval.segmenter import Segmenter, segmenter
+from runner.retrieval.token_chunking import pack_tokens
+from runner.spec import AUTO, SourceFile, corpus_digests
 
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n+")
 _HEADING = re.compile(r"^#{1,6}\s")
@@ -37,13 +46,20 @@ class Chunk:
     """Path of the file, relative to the corpus folder, with `/` separators."""
     position: int
     """0-based index of the chunk within its file."""
+    language: str | None = None
+    """The language whose tokens sized it (`ja`, `zh`); None for text with spaces, sized in words."""
+    tokens: int | None = None
+    """Its size in those tokens."""
 
     @property
     def words(self) -> int:
         return len(self.text.split())
 
     def metadata(self) -> dict[str, str | int]:
-        return {"source": self.source, "position": self.position, "words": self.words}
+        meta: dict[str, str | int] = {"source": self.source, "position": self.position, "words": self.words}
+        if self.language is not None and self.tokens is not None:  # text with spaces keeps what it stored
+            meta.update(language=self.language, tokens=self.tokens)
+        return meta
 
 
 def split_paragraphs(text: str) -> list[str]:
@@ -58,11 +74,11 @@ def is_boilerplate_chunk(text: str) -> bool:
     """Whether at least half of a chunk's words are in paragraphs `boilerplate_reason` flags: how retrieval
     counts the boilerplate each stage let through (the rules judge paragraphs; a chunk packs several)."""
     paragraphs = split_paragraphs(text)
-    words = sum(len(p.split()) for p in paragraphs)
+    words = sum(paragraph_size(p) for p in paragraphs)
     if not words:
         return False
     english = stopword_density(text) >= 0.2
-    flagged = sum(len(p.split()) for p in paragraphs if boilerplate_reason(p, english) is not None)
+    flagged = sum(paragraph_size(p) for p in paragraphs if boilerplate_reason(p, english) is not None)
     return 2 * flagged >= words
 
 
@@ -87,27 +103,54 @@ def chunk_text(
     overlap_words: int,
     drop_boilerplate: bool = False,
     dropped: list[tuple[str, str]] | None = None,
+    *,
+    seg: Segmenter | None = None,
+    max_tokens: int = 200,
+    overlap_tokens: int = 30,
 ) -> list[str]:
     """Pack whole paragraphs into chunks of at most `max_words` words; a paragraph longer than that is cut
     into windows that repeat `overlap_words` words, and its last window is packed with what follows.
+    With `seg`, sizes are tokens of that segmenter instead, up to `max_tokens` (runner.retrieval.token_chunking).
     With `drop_boilerplate`, `dropped` (when given) receives (reason, text) of every paragraph and short
     chunk left out."""
     if overlap_words >= max_words:
         raise ValueError("overlap_words must be smaller than max_words")
     paragraphs = split_paragraphs(text)
     if drop_boilerplate:
-        # The file's stopword density is the paragraphs' counts summed: each paragraph is counted once.
-        counts = [stop_counts(p) for p in paragraphs]
-        total = sum(t for _, t in counts)
-        english = total > 0 and sum(s for s, _ in counts) / total >= 0.2
-        kept = []
-        for p, (stops, n) in zip(paragraphs, counts, strict=True):
-            reason = boilerplate_reason(p, english, stops / n if n else 0.0)
-            if reason is None:
-                kept.append(p)
-            elif dropped is not None:
-                dropped.append((reason, p))
-        paragraphs = kept
+        paragraphs = _prose(paragraphs, dropped)
+    if seg is not None:
+        chunks = pack_tokens(paragraphs, seg, max_tokens, overlap_tokens)
+        if drop_boilerplate:
+            short = [c for c in chunks if seg.count(c) < MIN_CHUNK_WORDS]
+            if dropped is not None:
+                dropped += [(SHORT_CHUNK, c) for c in short]
+            chunks = [c for c in chunks if c not in short]
+        return chunks
+    chunks = _pack_words(paragraphs, max_words, overlap_words)
+    if drop_boilerplate:
+        if dropped is not None:
+            dropped += [(SHORT_CHUNK, c) for c in chunks if len(c.split()) < MIN_CHUNK_WORDS]
+        chunks = [c for c in chunks if len(c.split()) >= MIN_CHUNK_WORDS]
+    return chunks
+
+
+def _prose(paragraphs: list[str], dropped: list[tuple[str, str]] | None) -> list[str]:
+    """The paragraphs no boilerplate rule flags; `dropped` receives the others with their reason."""
+    # The file's stopword density is the paragraphs' counts summed: each paragraph is counted once.
+    counts = [stop_counts(p) for p in paragraphs]
+    total = sum(t for _, t in counts)
+    english = total > 0 and sum(s for s, _ in counts) / total >= 0.2
+    kept = []
+    for p, (stops, n) in zip(paragraphs, counts, strict=True):
+        reason = boilerplate_reason(p, english, stops / n if n else 0.0)
+        if reason is None:
+            kept.append(p)
+        elif dropped is not None:
+            dropped.append((reason, p))
+    return kept
+
+
+def _pack_words(paragraphs: list[str], max_words: int, overlap_words: int) -> list[str]:
     chunks: list[str] = []
     buf: list[str] = []
     buf_words = 0
@@ -141,10 +184,6 @@ def chunk_text(
         buf, buf_words = [" ".join(windows[-1])], len(windows[-1])
     if buf:
         chunks.append("\n\n".join(buf))
-    if drop_boilerplate:
-        if dropped is not None:
-            dropped += [(SHORT_CHUNK, c) for c in chunks if len(c.split()) < MIN_CHUNK_WORDS]
-        chunks = [c for c in chunks if len(c.split()) >= MIN_CHUNK_WORDS]
     return chunks
 
 
@@ -162,13 +201,35 @@ def chunk_file(
     overlap_words: int,
     drop_boilerplate: bool = False,
     dropped: list[tuple[str, str]] | None = None,
+    *,
+    language: str = AUTO,
+    max_tokens: int = 200,
+    overlap_tokens: int = 30,
 ) -> list[Chunk]:
+    """The chunks of one file, in words or, for text without spaces (`language`, or `auto`: its script), in
+    that language's tokens."""
+    code = token_language(f.text, language)
+    try:
+        seg = segmenter(code) if code is not None else None
+    except UserError as e:
+        raise UserError(f"{f.rel} is written in {code!r}: {e}") from None
+    texts = chunk_text(
+        f.text,
+        max_words,
+        overlap_words,
+        drop_boilerplate,
+        dropped,
+        seg=seg,
+        max_tokens=max_tokens,
+        overlap_tokens=overlap_tokens,
+    )
     seen: dict[str, int] = {}
     out = []
-    for i, text in enumerate(chunk_text(f.text, max_words, overlap_words, drop_boilerplate, dropped)):
+    for i, text in enumerate(texts):
         n = seen.get(text, 0)
         seen[text] = n + 1
-        out.append(Chunk(chunk_id(f.rel, text, n), text, f.rel, i))
+        tokens = seg.count(text) if seg is not None else None
+        out.append(Chunk(chunk_id(f.rel, text, n), text, f.rel, i, code, tokens))
     return out
 
 

@@ -12,7 +12,8 @@ also keeps what cutting a file reported (chunks longer than the embedder's windo
 boilerplate, by rule), so a report on an unchanged corpus is complete without cutting it. The manifest
 is trusted only when the last ingest completed (a crash mid-write may have left part of a file's chunks)
 with the same chunking parameters and the same chunker (`pov.chunker`, a hash of chunking.py, so a changed
-rule reaches files that did not change; the boilerplate rules count as the chunker's code); otherwise every file is cut and every stored chunk compared, as
+rule reaches files that did not change; the boilerplate rules, language detection and segmenters count as
+the chunker's code); otherwise every file is cut and every stored chunk compared, as
 the first ingest does.
 
 Crash safety: every chunk and embedding is computed before the first write; the fingerprint, the manifest
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import UserError
-from runner.retrieval import boilerplate, chunking
+from runner.retrieval import boilerplate, chunking, language, segmenter, token_chunking
 from runner.retrieval.chunking import Chunk, chunk_file, fingerprint_of
 from runner.retrieval.store import SCHEMA_VERSION, Store, chunking_key, maker
 from runner.spec import Experiment, Skipped, read_corpus
@@ -106,7 +107,7 @@ def truncation_warning(report: IngestReport, model: str) -> str:
     return (
         f"{report.truncated} of {report.total_chunks} chunks are longer than {model}'s window of "
         f"{report.window} tokens: only their first tokens are embedded, the rest cannot make them found; "
-        "lower corpus.chunking.max_words"
+        "lower corpus.chunking.max_words (max_tokens for text without spaces)"
     )
 
 
@@ -114,7 +115,8 @@ def truncation_warning(report: IngestReport, model: str) -> str:
 def chunker_id() -> str:
     """Hash of the chunker's code: chunks cut by other code are never kept without cutting again."""
     try:
-        code = b"".join(Path(m.__file__).read_bytes() for m in (chunking, boilerplate) if m.__file__)
+        modules = (chunking, boilerplate, language, segmenter, token_chunking)
+        code = b"".join(Path(m.__file__).read_bytes() for m in modules if m.__file__)
     except (OSError, TypeError):  # no source to read (a frozen build): the package version stands in
         from importlib.metadata import PackageNotFoundError, version
 
@@ -231,7 +233,16 @@ def ingest(
             manifest[f.rel] = known[f.rel]
         else:
             lost: list[tuple[str, str]] = []
-            got = chunk_file(f, ch.max_words, ch.overlap_words, ch.drop_boilerplate, lost)
+            got = chunk_file(
+                f,
+                ch.max_words,
+                ch.overlap_words,
+                ch.drop_boilerplate,
+                lost,
+                language=spec.corpus.language,
+                max_tokens=ch.max_tokens,
+                overlap_tokens=ch.overlap_tokens,
+            )
             report.dropped_items += [Dropped(f.rel, reason, text) for reason, text in lost]
             if f.rel in kept and known is not None:  # cut only to list what it dropped
                 manifest[f.rel] = known[f.rel]

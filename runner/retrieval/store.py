@@ -32,7 +32,7 @@ from runner.errors import RunAborted, UserError
 from runner.redaction import redact
 from runner.retrieval.chunking import corpus_fingerprint
 from runner.spec import Embedder as EmbedderSpec
-from runner.spec import Experiment, portable
+from runner.spec import Experiment, chunking_identity, portable
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 1
@@ -60,7 +60,9 @@ def _settings() -> Any:
 
 
 def chunking_key(exp: Experiment) -> str:
-    return json.dumps(exp.spec.corpus.chunking.model_dump(mode="json"), sort_keys=True)
+    """What decides how files are cut (runner.spec.chunking_identity): a collection made before
+    `corpus.language` and `max_tokens` existed still matches the spec that made it."""
+    return json.dumps(chunking_identity(exp.spec), sort_keys=True)
 
 
 def maker(exp: Experiment) -> dict[str, str]:

@@ -19,7 +19,14 @@ from runner.spec.corpus import (
     read_corpus,
     read_source,
 )
-from runner.spec.experiment import Experiment, display_path, portable, project_root
+from runner.spec.experiment import (
+    Experiment,
+    chunking_identity,
+    display_path,
+    portable,
+    project_root,
+)
+from runner.spec.languages import AUTO, LANGUAGES, Language, install_hint, missing_modules
 from runner.spec.loader import load_spec
 from runner.spec.matrix import Cell, counts, expand, matches, matrix_pov_sets, repeat_seed
 from runner.spec.schema import (
@@ -55,9 +62,11 @@ from runner.spec.templates import (
 )
 
 __all__ = [
+    "AUTO",
     "AXES",
     "DEFAULT_POV_SCORE",
     "HEADER_RE",
+    "LANGUAGES",
     "MAX_FILE_BYTES",
     "POV_METHODS",
     "Cell",
@@ -70,6 +79,7 @@ __all__ = [
     "Experiment",
     "Fault",
     "Generation",
+    "Language",
     "Limits",
     "ManagedServer",
     "Matrix",
@@ -84,6 +94,7 @@ __all__ = [
     "SpecError",
     "TemplateInfo",
     "Tracking",
+    "chunking_identity",
     "compile_template",
     "context_text",
     "corpus_digests",
@@ -91,11 +102,13 @@ __all__ = [
     "counts",
     "display_path",
     "expand",
+    "install_hint",
     "iter_corpus",
     "load_spec",
     "matches",
     "matrix_pov_sets",
     "parse_header",
+    "missing_modules",
     "portable",
     "project_root",
     "read_corpus",

@@ -32,6 +32,9 @@ ADDED_SINCE_V1: dict[str, Any] = {
     "models.*.request_timeout_s": None,
     "models.*.server": None,
     "tracking.traces": True,  # `tracking` is outside the hash anyway (where runs are recorded, not results)
+    "corpus.language": "auto",
+    "corpus.chunking.max_tokens": 200,
+    "corpus.chunking.overlap_tokens": 30,
 }
 """Spec fields added after the spec hash was first defined, with their defaults (`*`: every item of a list or
 value of a mapping: every fault, every model). A spec that leaves one at its default hashes as before the field
@@ -112,6 +115,20 @@ def without_new_defaults(section: str, dump: dict[str, Any]) -> dict[str, Any]:
     wrapped = {section: dump}
     _omit_new_defaults(wrapped)
     return wrapped[section]
+
+
+def chunking_identity(spec: Spec) -> dict[str, Any]:
+    """What decides how the corpus is cut: the chunking parameters, and the corpus language where it is not
+    `auto`, less the fields of ADDED_SINCE_V1 at their default, so that cell ids and the chunking a
+    collection recorded stay what they were before those fields existed."""
+    corpus = spec.corpus
+    section = without_new_defaults(
+        "corpus", {"chunking": corpus.chunking.model_dump(mode="json"), "language": corpus.language}
+    )
+    identity: dict[str, Any] = section["chunking"]
+    if "language" in section:
+        identity["language"] = section["language"]
+    return identity
 
 
 def portable(obj: Any, root: Path) -> Any:

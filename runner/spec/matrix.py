@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from runner.spec.experiment import Experiment, model_identity, portable, without_new_defaults
+from runner.spec.experiment import Experiment, chunking_identity, model_identity, portable, without_new_defaults
 from runner.spec.paired import paired_combos
 from runner.spec.schema import AXES, DEFAULT_POV_SCORE
 
@@ -124,7 +124,7 @@ class CellHasher:
             "embedder": spec.embedder.model_dump(mode="json", exclude={"batch_size", "device"}),
             "reranker": spec.effective_reranker.model_dump(mode="json", exclude={"batch_size", "device"}),
             "collection": spec.corpus.collection,
-            "chunking": spec.corpus.chunking.model_dump(mode="json"),
+            "chunking": chunking_identity(spec),
         }
         if spec.query_reranker is not None:  # only when set: the ids of cells without one stay as they were
             shared["query_reranker"] = portable(

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from runner.errors import Problem, SpecError, did_you_mean
 from runner.registry import BACKENDS, EMBEDDERS, RERANKERS
 from runner.spec.experiment import Experiment, display_path
+from runner.spec.languages import install_hint, missing_modules
 from runner.spec.matrix import OPTIONAL_IN_INCLUDE, is_empty, matrix_pov_sets
 from runner.spec.paired import zip_problems
 from runner.spec.safe_yaml import Mark, PathKey, load_yaml, read_text
@@ -244,6 +245,15 @@ def resolve(
                 (key, "provider"),
                 f"unknown provider {emb.provider!r}{did_you_mean(emb.provider, EMBEDDERS.names())}",
             )
+        elif emb is not None:
+            _check_plugin(emb.provider, emb.model, key, c)
+    missing = missing_modules(spec.corpus.language)
+    if missing:
+        c.at(
+            ("corpus", "language"),
+            f"language {spec.corpus.language!r} is chunked with the {missing[0]!r} package, which is not "
+            f"installed: {install_hint(spec.corpus.language)}",
+        )
     qr = spec.query_reranker
     if qr is not None and qr.provider not in RERANKERS:
         c.at(
@@ -264,6 +274,19 @@ def resolve(
         c.at(("matrix",), "the matrix has no cells: matrix.exclude removes every combination")
         raise SpecError(c.problems)
     return exp
+
+
+def _check_plugin(provider: str, model: str, key: str, c: ProblemList) -> None:
+    """An embedding provider's missing package, or a model it does not have."""
+    problem = EMBEDDERS.missing(provider)
+    if problem:
+        c.at((key, "provider"), problem)
+    plugin = EMBEDDERS.plugin(provider)
+    if plugin is not None and plugin.models and model not in plugin.models:
+        c.at(
+            (key, "model"),
+            f"provider {provider!r} has the model {' or '.join(map(repr, plugin.models))} only, not {model!r}",
+        )
 
 
 COMPILING_BACKENDS = ("transformers",)

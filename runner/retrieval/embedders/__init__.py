@@ -1,6 +1,6 @@
 """Embedding providers behind one on-disk cache.
 
-Registered by name in `runner.registry.EMBEDDERS` (`sentence-transformers`, `cohere`); each module imports
+Registered by name in `runner.registry.EMBEDDERS` (`sentence-transformers`, `cohere`, `use-multilingual`); each module imports
 its SDK only when it is picked.
 """
 
