@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 RAY = str(Path(sys.executable).with_name("ray"))
+NODE_DROPS = ("PYTHONPATH", "POV_MODEL_CACHE", "RAY_ADDRESS", "MLFLOW_TRACKING_URI")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -42,6 +43,8 @@ class Node:
     ip: str
     cpus: int = 1
     gpus: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+    """Custom resources beside `pov_node_<name>`."""
     hide: list[Path] = field(default_factory=list)
     """Folders this node must not see (empty tmpfs mounts over them in its own mount namespace)."""
     proc: subprocess.Popen[bytes] | None = None
@@ -108,14 +111,25 @@ class LocalCluster:
         return f"127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
+        """A driver's environment: this process's, with the cluster's token and address."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         env.update(
             RAY_AUTH_MODE="token",
             RAY_AUTH_TOKEN_PATH=str(self.token),
             RAY_USAGE_STATS_ENABLED="0",
+            RAY_ADDRESS=self.address,
             HF_HUB_OFFLINE="1",
         )
         return env
+
+    def node_env(self, node: Node) -> dict[str, str]:
+        """A node's environment: nothing of the driver's code or model cache, a model cache of its own."""
+        env = {k: v for k, v in self.env().items() if k not in NODE_DROPS}
+        env["POV_NODE_CACHE"] = str(self.cache(node))
+        return env
+
+    def cache(self, node: Node) -> Path:
+        return self.root / f"cache-{node.name}"
 
     def start(self, timeout_s: float = 120.0) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -138,7 +152,8 @@ class LocalCluster:
         ports = [
             f"--node-manager-port={free_port()}",
             f"--object-manager-port={free_port()}",
-            f"--min-worker-port={(base := free_port() // 100 * 100 % 50000 + 10000)}",
+            # Workers' ports below the ephemeral range free_port() draws from, a block of 100 per node.
+            f"--min-worker-port={(base := 20000 + 100 * secrets.randbelow(100))}",
             f"--max-worker-port={base + 99}",
             f"--dashboard-agent-listen-port={free_port()}",
             f"--dashboard-agent-grpc-port={free_port()}",
@@ -153,7 +168,7 @@ class LocalCluster:
             f"--temp-dir={node.temp_dir}",
             f"--num-cpus={node.cpus}",
             f"--num-gpus={node.gpus}",
-            f"--resources={json.dumps({node.resource: 1})}",
+            f"--resources={json.dumps({node.resource: 1, **node.extra})}",
             "--disable-usage-stats",
             "--include-log-monitor=false",
             *ports,
@@ -183,9 +198,23 @@ class LocalCluster:
             ]
         log = open(self.root / f"{node.name}.log", "wb")  # noqa: SIM115 - the node's lifetime
         node.proc = subprocess.Popen(
-            args, cwd=node.cwd, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            args,
+            cwd=node.cwd,
+            env=self.node_env(node),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.sessions.add(node.proc.pid)
+
+    def restart(self, node: Node, timeout_s: float = 120.0) -> None:
+        """Start a node again after it was killed (what is left of it is killed first)."""
+        self.kill_node(node)
+        if node.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.proc.wait(timeout=10)
+        self._start_node(node, head=False)
+        self.wait_for(len(self.nodes), timeout_s)
 
     def alive_nodes(self) -> list[dict[str, Any]]:
         """The nodes the cluster's GCS counts alive (through `ray list nodes`-free means: a driver script)."""
@@ -199,6 +228,17 @@ class LocalCluster:
         if out.returncode != 0:
             return []
         return list(json.loads(out.stdout.strip().splitlines()[-1]))
+
+    def available(self) -> dict[str, float]:
+        """The cluster's free resources, as a new driver sees them."""
+        code = (
+            f"import json, ray; ray.init(address={self.address!r}, log_to_driver=False);"
+            "print(json.dumps(ray.available_resources()))"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=self.env(), capture_output=True, text=True, timeout=120
+        )
+        return dict(json.loads(out.stdout.strip().splitlines()[-1])) if out.returncode == 0 else {}
 
     def wait_for(self, n_alive: int, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -22,20 +22,30 @@ SHARD_MARK = "#"
 """Shard keys are `<group key>#<n>` (n from 2): a worker's log file is named after its key."""
 
 
-def slot_plan(config: Executor, cluster_gpus: float, n_work: int) -> tuple[int, float]:
-    """(actors, GPUs per actor) for a cluster offering `cluster_gpus` GPUs and `n_work` work items (batches
-    when groups may be split, else groups): never more actors than work."""
+def slot_plan(config: Executor, nodes: list[dict[str, float]], n_work: int) -> tuple[int, float]:
+    """(actors, GPUs per actor) for a cluster whose live nodes offer `nodes` (Ray resources each) and
+    `n_work` work items (batches when groups may be split, else groups): as many actors as the nodes can
+    hold at once, by GPUs and by the custom resources each actor asks for, never more than the work."""
+    cluster_gpus = sum(float(r.get("GPU", 0.0)) for r in nodes)
     per_actor = config.num_gpus if cluster_gpus > 0 else 0.0
-    gpus = cluster_gpus
-    if config.gpus is not None and gpus > 0:
-        gpus = min(gpus, float(len(config.gpus)))
     if config.workers is not None:
         slots = config.workers
-    elif per_actor > 0:
-        slots = max(1, math.floor(gpus / per_actor + 1e-9))
+    elif per_actor > 0 or config.resources:
+        slots = sum(_fits(config, per_actor, r) for r in nodes)
+        if config.gpus is not None and per_actor > 0:
+            slots = min(slots, math.floor(len(config.gpus) / per_actor + 1e-9))
     else:
         slots = 1
     return max(1, min(slots, n_work)), per_actor
+
+
+def _fits(config: Executor, per_actor: float, resources: dict[str, float]) -> int:
+    """How many actors one node holds at once."""
+    fits = [math.floor(float(resources.get("GPU", 0.0)) / per_actor + 1e-9)] if per_actor > 0 else []
+    fits += [
+        math.floor(float(resources.get(k, 0.0)) / v + 1e-9) for k, v in config.resources.items() if v > 0
+    ]
+    return min(fits) if fits else 0
 
 
 def n_batches(groups: Groups, batch_size: int) -> int:

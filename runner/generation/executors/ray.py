@@ -127,6 +127,8 @@ class RayWorker:
         self.in_flight = True
         try:
             results: list[JobResult] = ray.get(ref, timeout=timeout_s)
+            for r in results:  # batch.json says which node answered
+                r.batch["node"] = self.where.get("node_ip", "")
             return results
         except ray.exceptions.GetTimeoutError:
             lost = node_lost(ray, None, self.where.get("node_id"))
@@ -310,7 +312,8 @@ class RayExecutor(PooledExecutor):
 
     def slot_plan(self, ray: Any, n_groups: int) -> tuple[int, float]:
         """(number of actors, GPUs per actor) for this cluster and `n_groups` work items."""
-        return slot_plan(self.config, float(ray.cluster_resources().get("GPU", 0.0)), n_groups)
+        nodes = [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+        return slot_plan(self.config, nodes, n_groups)
 
     def run(self, groups: Groups, params: Generation, on_result: Callable[[list[JobResult]], None]) -> None:
         ray = self._ray()
