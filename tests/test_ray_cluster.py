@@ -8,6 +8,7 @@ would reach another host (runtime_env, the object store). Every test counts cell
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -149,10 +150,8 @@ def _reap(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.kill()
         proc.wait()
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _cells(proj: Path, name: str) -> dict[str, list[dict[str, Any]]]:
@@ -356,3 +355,57 @@ def test_driver_killed_mid_run_then_run_again_resumes(cluster: LocalCluster, pro
     assert all(r["status"] == "finished" for r in cells.values())
     assert 3 <= before < len(cells)
     assert "already done" in log
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (
+            "executor.num_gpus=2",
+            "executor.num_gpus = 2 GPUs per actor, but the largest node of the cluster offers 1",
+        ),
+        (
+            'executor.resources={"a100": 1}',
+            "executor.resources asks for 1 'a100' per actor, but no node offers it",
+        ),
+    ],
+)
+def test_an_actor_no_node_can_hold_fails_before_any_model_loads(
+    cluster: LocalCluster, project: Path, setting: str, message: str
+) -> None:
+    name = "too-big"
+    _write(project, name, questions="[japan-alliances]")
+    before = {n.name: sorted(p.name for p in cluster.cache(n).glob("*")) for n in cluster.workers}
+    started = time.monotonic()
+    code, log = _run(cluster, project, name, "--address", cluster.address, "--set", setting, timeout=120)
+    assert code == 2, log[-3000:]
+    assert message in log and "Traceback" not in log, log[-2000:]
+    assert time.monotonic() - started < 60
+    assert _cells(project, name) == {}  # no execution, no cell
+    assert {n.name: sorted(p.name for p in cluster.cache(n).glob("*")) for n in cluster.workers} == before
+
+
+def test_an_unreachable_address_fails_within_30_s_and_writes_nothing(tmp_path: Path) -> None:
+    from conftest import copy_brics_project, free_port
+
+    proj = copy_brics_project(tmp_path / "proj")
+    (proj / "gone.yaml").write_text(_spec("gone", questions="[japan-alliances]"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{proj}/gone.db"
+    for address in (f"127.0.0.1:{free_port()}", f"ray://10.255.255.1:{free_port()}"):
+        started = time.monotonic()
+        done = subprocess.run(
+            [POV, "run", "gone.yaml", "--executor", "ray", "--address", address],
+            cwd=proj,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        took = time.monotonic() - started
+        assert done.returncode == 1, done.stderr[-2000:]
+        assert (
+            f"the Ray cluster at {address} does not answer" in done.stderr and "Traceback" not in done.stderr
+        )
+        assert took < 30, took
+    assert not (proj / "gone.db").exists() and not (proj / "mlruns").exists()
