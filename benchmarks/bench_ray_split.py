@@ -34,8 +34,8 @@ def _jobs(tokens: int) -> tuple[Any, list[Any]]:
     from conftest import StubRetriever, gen_spec  # type: ignore[import-not-found]
 
     from runner.generation.tinymodel import build_tiny
-    from runner.run.prepare import prepare, retrieval_keys
     from runner.run.engine import job_for
+    from runner.run.prepare import prepare, retrieval_keys
     from runner.spec import expand, load_spec
 
     tmp = Path(tempfile.mkdtemp(prefix="pov-bench-ray-"))
