@@ -246,31 +246,26 @@ def test_shared_model_files_cannot_load_where_the_driver_path_is_not(
     assert "model failed to load" in log or "every cell crashed" in log, log[-2000:]
 
 
-def _recorded(proj: Path, name: str) -> int:
-    try:
-        return len(_cells(proj, name))
-    except Exception:  # the store is being created
-        return 0
+def _answered(proj: Path, name: str) -> list[dict[str, Any]]:
+    """The rows of the run folder's results.jsonl so far (read, not MLflow: polling the sqlite store while
+    the run creates it would race its creation)."""
+    rows = []
+    for path in (proj / ".pov" / "runs" / name).glob("*/results.jsonl"):
+        rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip().endswith("}")]
+    return rows
 
 
 def _start_and_wait(
     cluster: LocalCluster, proj: Path, name: str, n: int, *args: str, node: str | None = None
 ) -> subprocess.Popen[bytes]:
     """`pov run` started in the background, returned once `n` cells are recorded (answered by `node`)."""
-    import mlflow  # noqa: F401  (imported before the run starts: polling must not lag behind it)
-
     proc = _pov(cluster, proj, name, "run", f"{name}.yaml", "--quiet", "--executor", "ray", *args)
     deadline = time.monotonic() + 240
-    while True:
-        try:
-            cells = _cells(proj, name)
-        except Exception:  # the store is being created
-            cells = {}
-        if sum(1 for runs in cells.values() if node in (None, runs[0]["node"])) >= n:
-            return proc
+    while sum(1 for r in _answered(proj, name) if node in (None, (r.get("batch") or {}).get("node"))) < n:
         assert proc.poll() is None, (proj / f"{name}.log").read_text()[-3000:]
         assert time.monotonic() < deadline, "no cell recorded in time"
         time.sleep(0.2)
+    return proc
 
 
 def _exactly_once(proj: Path, name: str) -> dict[str, dict[str, Any]]:
@@ -348,7 +343,7 @@ def test_driver_killed_mid_run_then_run_again_resumes(cluster: LocalCluster, pro
             f"actors of the killed driver still hold GPUs: {cluster.available()}"
         )
         time.sleep(1)
-    before = _recorded(project, name)
+    before = len(_cells(project, name))
     code, log = _run(cluster, project, name, "--address", cluster.address)
     assert code == 0, log[-3000:]
     cells = _exactly_once(project, name)
