@@ -59,6 +59,7 @@ class Registry:
         """True when `name` is registered as a remote backend (see Plugin.remote)."""
         plugin = self._plugins.get(name)
         return plugin is not None and plugin.remote
+
     def plugin(self, name: str) -> Plugin | None:
         return self._plugins.get(name)
 

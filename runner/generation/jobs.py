@@ -2,7 +2,8 @@
 
 Crash causes (`CAUSES`): an exception in the worker is `cuda_oom` or `exception`; a death by signal is
 `segfault` (SIGSEGV), `abort` (SIGABRT) or `killed` (SIGKILL: the host's OOM killer); a batch that runs
-past its deadline is `timeout` and its worker is killed.
+past its deadline is `timeout` and its worker is killed; a Ray actor whose node died under it (raylet or host
+lost) is `node_lost`, recorded only once the batch has been run again `executor.node_retries` times.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import signal
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-CAUSES = ("cuda_oom", "exception", "segfault", "abort", "killed", "timeout")
+CAUSES = ("cuda_oom", "exception", "segfault", "abort", "killed", "timeout", "node_lost")
 """Why a cell crashed: CUDA out of memory; any other exception; SIGSEGV; SIGABRT; SIGKILL (e.g. the host's
-OOM killer); ran past `limits.cell_timeout_s`."""
+OOM killer); ran past `limits.cell_timeout_s`; its Ray node died every time it ran."""
+NODE_LOST = "node_lost"
 MEMORY_CAUSES = ("cuda_oom", "killed")
 """Causes that a smaller batch may not meet: a batch that crashes with one is split in halves and retried."""
 

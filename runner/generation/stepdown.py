@@ -176,7 +176,7 @@ class AttemptLog:
         )
         for r in results:
             r.attempts = self.take(r.cell_id)
-            r.batch = attempt.composition()
+            r.batch = {**r.batch, **attempt.composition()}  # beside what the worker said of it (its node)
             r.metrics["padded_prompt_tokens"] = float(width)
             r.metrics["batch_tokens"] = float(attempt.batch_tokens or 0)
             r.metrics["memory_retries"] = float(sum(a["outcome"] in MEMORY_CAUSES for a in r.attempts))

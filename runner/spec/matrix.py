@@ -11,7 +11,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from runner.spec.experiment import Experiment, chunking_identity, model_identity, portable, without_new_defaults
+from runner.spec.experiment import (
+    Experiment,
+    chunking_identity,
+    model_identity,
+    portable,
+    without_new_defaults,
+)
 from runner.spec.paired import paired_combos
 from runner.spec.schema import AXES, DEFAULT_POV_SCORE
 

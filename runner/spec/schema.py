@@ -437,6 +437,24 @@ class Executor(Strict):
     """GPUs per Ray actor; fractions let small models share a GPU."""
     workers: int | None = Field(None, ge=1)
     """Ray actors (or CPU workers) to run; default one per GPU, else one."""
+    resources: dict[str, float] = {}
+    """Ray custom resources each actor asks for, on top of its GPUs: `{gpu_box: 1}` places actors only on
+    nodes started with `ray start --resources '{"gpu_box": 1}'`. A name no node offers fails the run
+    before any model loads."""
+    split_groups: bool = True
+    """Ray: share a model group out over several actors, whole batches each, when there are more actors
+    than model groups (24 cells on 3 GPUs: 3 actors, each loading the model once). Batches are cut as
+    for one actor, so the answers are the same."""
+    model_files: Literal["auto", "ship", "shared"] = "auto"
+    """Ray: how a model folder reaches the actors. `ship`: the driver sends the folder through Ray's
+    object store and each node unpacks it into its own cache ($POV_NODE_CACHE, else the node's temp
+    folder), so no node reads the driver's paths; `shared`: the folder's path is the same on every node
+    (a shared file system, or the same image); `auto`: `ship` on a cluster named by `address`, `shared`
+    for a Ray started by the run. A model named by hub id is loaded by that id on each node."""
+    node_retries: int = Field(3, ge=0)
+    """Ray: times a batch whose node died under it (the raylet or the whole host lost) is run again, on
+    an actor that Ray places on a live node, before its cells are recorded crashed with cause
+    `node_lost`."""
 
 
 class Checks(Strict):

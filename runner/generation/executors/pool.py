@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from runner.generation.jobs import MEMORY_CAUSES, Job, JobResult, LoadFailed, WorkerCrash
+from runner.generation.jobs import MEMORY_CAUSES, NODE_LOST, Job, JobResult, LoadFailed, WorkerCrash
 from runner.generation.stepdown import AttemptLog
 
 if TYPE_CHECKING:
@@ -101,13 +101,19 @@ def run_group(
     emit: Callable[[list[JobResult]], None],
     budget: RestartBudget,
     should_stop: Callable[[], bool] = lambda: False,
+    node_retries: int = 0,
 ) -> None:
-    """Run every job of one model group on `worker`, emitting results batch by batch."""
+    """Run every job of one model group on `worker`, emitting results batch by batch.
+
+    A batch whose worker's node died under it (`node_lost`, Ray) is not the batch's fault: it runs again,
+    whole and first in line, on a new worker (not charged to the restart budget), up to `node_retries`
+    times; then its cells are recorded crashed with that cause."""
     size = 1 if params.batch_invariant else params.batch_size
     pending: deque[tuple[list[Job], int]] = deque((b, 1) for b in make_batches(jobs, size))
     log = AttemptLog(limits)
     last_crash: WorkerCrash | None = None
     started: dict[str, float] = {}
+    node_losses: dict[tuple[str, ...], int] = {}
 
     def crashed(job: Job, crash: WorkerCrash, attempt: int, size: int, note: str | None = None) -> JobResult:
         return crashed_result(job, crash, attempt, size, note, log.take(job.cell_id))
@@ -137,6 +143,15 @@ def run_group(
         except WorkerCrash as crash:
             if should_stop():
                 return  # the run is stopping and killed the worker: its jobs stay pending
+            if crash.cause == NODE_LOST:
+                lost = tuple(j.cell_id for j in batch)
+                node_losses[lost] = node_losses.get(lost, 0) + 1
+                if node_losses[lost] <= node_retries:
+                    pending.appendleft((batch, attempt + 1))
+                else:
+                    note = f"{crash.error} (its node died {node_losses[lost]} times; executor.node_retries)"
+                    emit([crashed(j, crash, attempt, len(batch), note) for j in batch])
+                continue
             if not crash.worker_alive:
                 last_crash = crash
             log.failed(batch, crash, these)
@@ -185,8 +200,9 @@ class SlotPool:
     the group its worker already loaded. With `keep_workers` the last worker of each slot stays loaded after
     `run` returns, for the next run (`pov serve`); `prestart` begins loading workers before `run` is called."""
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, node_retries: int = 0) -> None:
         self.limits = limits
+        self.node_retries = node_retries
         self.workers: list[Any] = []
         self.restarts = 0
         self.stop = threading.Event()
@@ -283,7 +299,16 @@ class SlotPool:
                     self._hold(index, ident, worker)
                 used = budget.used
                 try:
-                    run_group(worker, jobs, params, self.limits, results.put, budget, self.stop.is_set)
+                    run_group(
+                        worker,
+                        jobs,
+                        params,
+                        self.limits,
+                        results.put,
+                        budget,
+                        self.stop.is_set,
+                        self.node_retries,
+                    )
                 except Stopped:
                     return
                 except BaseException as e:  # a bug here must not hang the run: hand it to the caller

@@ -9,119 +9,68 @@ onto the same crash causes as local workers:
 - the actor's death (`ActorDiedError`, `WorkerCrashedError`, or Ray's own `OutOfMemoryError` when its memory
   monitor kills a worker) → `segfault` / `abort` when the actor's stderr (faulthandler) or Ray's message
   names the signal, else `killed`; the actor is replaced;
-- no answer within the batch deadline (`GetTimeoutError`) → `timeout`; the actor is killed and replaced.
+- no answer within the batch deadline (`GetTimeoutError`) → `timeout`; the actor is killed and replaced;
+- the death of the actor's node (its raylet, or the whole host) → `node_lost`: the batch runs again, whole,
+  on an actor Ray places on a live node (`executor.node_retries` times; then its cells are recorded
+  crashed with that cause).
 
-Batching, crash isolation and restarts are the same code as the local executor's (`executors.driver`).
+Batching, crash isolation and restarts are the same code as the local executor's (`executors.pool`); how
+the cluster is joined, checked and reached (code, model files) is `executors.ray_cluster`; how many actors
+and how groups are shared out over them, `executors.placement`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
-import os
-import re
-import sys
+import functools
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.generation.backends import RemoteBackend, is_remote, remote_worker
+from runner.generation.executors.placement import n_batches, slot_plan, split_groups
 from runner.generation.executors.pool import PooledExecutor, SlotPool
-from runner.generation.jobs import Groups, Job, JobResult, LoadFailed, WorkerCrash, classify_exception
+from runner.generation.executors.ray_actor import GenerationActor, death_cause
+from runner.generation.executors.ray_cluster import check_fit, connect, import_ray, pack_folder, probe, ships
+from runner.generation.jobs import (
+    NODE_LOST,
+    Groups,
+    Job,
+    JobResult,
+    LoadFailed,
+    WorkerCrash,
+    classify_exception,
+)
 from runner.generation.worker import LOAD_TIMEOUT_S, file_size, measured_of, read_tail
 
 if TYPE_CHECKING:
     from runner.spec import Executor, Generation, Limits, Model
 
 
-class GenerationActor:
-    """Lives in a Ray worker process: loads one model once, then answers batches."""
-
-    def __init__(self, model_data: dict[str, Any], gpu_memory_gb: float | None, log_path: str | None) -> None:
-        import faulthandler
-
-        if log_path:
-            try:
-                from runner.generation.worker import redirect_output
-
-                redirect_output(log_path)  # so a segfault's faulthandler dump can be read by the driver
-            except OSError:
-                pass  # on a remote node the driver's path may not exist: Ray's own logs still have it
-        faulthandler.enable(all_threads=True)
-        from runner.spec import Model
-
-        model = Model.model_validate(model_data)
-        if model.backend == "unsloth":
-            from runner.generation.backends.unsloth import preimport
-
-            preimport()  # before transformers is imported in this process
-        from runner.generation.backends import backend_class
-        from runner.generation.worker import cap_gpu_memory
-
-        backend_cls = backend_class(model.backend)
-        import torch
-
-        # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPU(s); logical GPUs on a CPU box leave CUDA unavailable.
-        device = "cuda:0" if torch.cuda.is_available() and model.device != "cpu" else "cpu"
-        if device.startswith("cuda"):
-            cap_gpu_memory(gpu_memory_gb, device)
-        self.backend = backend_cls(model, device)
-        from runner.generation.prefetch import Prefetcher
-
-        self.prefetch = Prefetcher(self.backend)
-        print(f"pov ray actor {os.getpid()}: loaded {model.name} on {device}", file=sys.stderr, flush=True)
-
-    def ready(self) -> tuple[str, dict[str, float], int]:
-        info = self.backend.info() if hasattr(self.backend, "info") else {}
-        return str(getattr(self.backend, "device", "cpu")), info, os.getpid()
-
-    def run_batch(
-        self, jobs: list[Job], params_data: dict[str, Any], ahead: list[Job] | None = None
-    ) -> list[JobResult]:
-        from runner.generation.worker import release_memory, serve_batch
-        from runner.spec import Generation
-
-        try:
-            return serve_batch(
-                self.backend, jobs, Generation.model_validate(params_data), self.prefetch, ahead
-            )
-        except Exception:
-            import traceback
-
-            traceback.print_exc()
-            sys.stderr.flush()
-            # Free the failed batch's tensors before Ray carries the error back, so the next batch fits.
-            release_memory()
-            raise
-
-
-def death_cause(message: str, stderr_tail: str) -> str:
-    """The crash cause of a dead actor, from the faulthandler dump in its stderr.
-
-    Ray's own message cannot tell: it lists SIGSEGV among the possible causes of every unexpected death. A
-    death that left no dump (SIGKILL, the OOM killer, or an actor on another node whose log is not here)
-    counts as `killed`."""
-    if re.search(r"Fatal Python error: (Segmentation fault|Bus error)", stderr_tail):
-        return "segfault"
-    if re.search(r"Fatal Python error: Aborted", stderr_tail):
-        return "abort"
-    return "killed"
-
-
 class RayWorker:
-    """The driver's handle on one actor slot; implements executors.driver.Worker."""
+    """The driver's handle on one actor slot; implements executors.pool.Worker."""
 
     def __init__(
-        self, ray: Any, model: Model, limits: Limits, config: Executor, log_path: Path, gpus_per_actor: float
+        self,
+        ray: Any,
+        model: Model,
+        limits: Limits,
+        config: Executor,
+        log_path: Path,
+        gpus_per_actor: float,
+        shipped: Any = None,
     ) -> None:
         self.ray, self.model, self.limits, self.config = ray, model, limits, config
-        self.log_path, self.gpus_per_actor = log_path, gpus_per_actor
+        self.log_path, self.gpus_per_actor, self.shipped = log_path, gpus_per_actor, shipped
         self.actor: Any = None
         self.info: dict[str, float] = {}
         self.device = "cpu"
         self.starts = 0
         self.pid: int | None = None
+        self.where: dict[str, str] = {}
+        """The live actor's node id and IP, the model folder it loaded and where its code came from."""
         self.in_flight = False
 
     @property
@@ -129,22 +78,42 @@ class RayWorker:
         return self.actor is not None
 
     def start(self) -> dict[str, float]:
+        # An actor placed on a node that dies while it loads is placed again (Ray knows the node dead by then).
+        for tries_left in reversed(range(self.config.node_retries + 1)):
+            try:
+                return self._start()
+            except LoadFailed as failed:
+                if failed.cause != NODE_LOST or not tries_left:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start(self) -> dict[str, float]:
         ray = self.ray
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         offset = file_size(self.log_path)
         remote = ray.remote(GenerationActor).options(
-            num_gpus=self.gpus_per_actor, num_cpus=1, max_restarts=0, max_task_retries=0
+            num_gpus=self.gpus_per_actor,
+            num_cpus=1,
+            resources=dict(self.config.resources) or None,
+            max_restarts=0,
+            max_task_retries=0,
         )
         self.actor = remote.remote(
-            self.model.model_dump(mode="json"), self.limits.gpu_memory_gb, str(self.log_path)
+            self.model.model_dump(mode="json"), self.limits.gpu_memory_gb, str(self.log_path), self.shipped
         )
         self.starts += 1
         try:
-            self.device, self.info, self.pid = ray.get(self.actor.ready.remote(), timeout=LOAD_TIMEOUT_S)
+            self.device, self.info, self.pid, self.where = ray.get(
+                self.actor.ready.remote(), timeout=LOAD_TIMEOUT_S
+            )
         except Exception as e:
             tail = read_tail(self.log_path, offset)
+            node = self.where.get("node_id")
             self.kill()
-            cause = death_cause(str(e), tail) if _is_death(ray, e) else classify_exception(_root(ray, e))[0]
+            if _is_death(ray, e):
+                cause = NODE_LOST if node_lost(ray, e, node) else death_cause(str(e), tail)
+            else:
+                cause = classify_exception(_root(ray, e))[0]
             raise LoadFailed(
                 cause, f"{type(e).__name__}: {_first_line(e)}", tail, worker_alive=False
             ) from None
@@ -159,12 +128,16 @@ class RayWorker:
         self.in_flight = True
         try:
             results: list[JobResult] = ray.get(ref, timeout=timeout_s)
+            for r in results:  # batch.json says which node answered
+                r.batch["node"] = self.where.get("node_ip", "")
             return results
         except ray.exceptions.GetTimeoutError:
+            lost = node_lost(ray, None, self.where.get("node_id"))
             self.kill()
             raise WorkerCrash(
-                "timeout",
-                f"no answer within {timeout_s:.0f} s (limits.cell_timeout_s x batch); actor killed",
+                NODE_LOST if lost else "timeout",
+                f"no answer within {timeout_s:.0f} s (limits.cell_timeout_s x batch); actor killed"
+                + (f"; its node {self.where.get('node_ip')} is gone" if lost else ""),
                 read_tail(self.log_path, offset),
                 worker_alive=False,
             ) from None
@@ -181,9 +154,14 @@ class RayWorker:
             if not _is_death(ray, e):
                 raise
             tail = read_tail(self.log_path, offset)
+            lost = node_lost(ray, e, self.where.get("node_id"))
             self.kill()
             raise WorkerCrash(
-                death_cause(str(e), tail), f"{type(e).__name__}: {_first_line(e)}", tail, worker_alive=False
+                NODE_LOST if lost else death_cause(str(e), tail),
+                f"{type(e).__name__}: {_first_line(e)}"
+                + (f" (node {self.where.get('node_ip')} lost)" if lost else ""),
+                tail,
+                worker_alive=False,
             ) from None
         finally:
             self.in_flight = False
@@ -196,6 +174,69 @@ class RayWorker:
 
     stop = kill
     terminate = kill
+
+
+NODE_DEATH_WAIT_S = 45.0
+"""How long a dead actor's node may take to be declared dead by the cluster (Ray's health checks: about
+15-30 s by default) before the actor's death is put down to something else."""
+
+
+def node_lost(ray: Any, e: BaseException | None, node_id: str | None) -> bool:
+    """Whether the actor died with its node: Ray says so, or the cluster marks the node dead.
+
+    When the actor's connection drops, its node may not be declared dead yet, so a death that Ray does
+    not explain is checked against the node's health for up to NODE_DEATH_WAIT_S: an actor killed alone
+    leaves its node answering, and then this returns as soon as the node is seen alive and well."""
+    text = str(e or "").lower()
+    if getattr(e, "preempted", False) or "node has died" in text or "node died" in text:
+        return True
+    if not node_id:
+        return False
+    deadline = time.monotonic() + NODE_DEATH_WAIT_S
+    while True:
+        state = _node_state(ray, node_id)
+        if state is False:
+            return True
+        if state is True and _node_answers(ray, node_id):
+            return False
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
+
+
+def _node_state(ray: Any, node_id: str) -> bool | None:
+    """True: the cluster counts the node alive; False: dead; None: unknown (the GCS did not answer)."""
+    try:
+        for node in ray.nodes():
+            if node.get("NodeID") == node_id:
+                return bool(node.get("Alive"))
+    except Exception:
+        return None
+    return False
+
+
+@functools.cache
+def _probe_task(ray: Any) -> Any:
+    return ray.remote(num_cpus=0)(_noop)
+
+
+def _noop() -> bool:
+    return True
+
+
+def _node_answers(ray: Any, node_id: str) -> bool:
+    """Whether a task pinned to the node runs within a few seconds (its raylet is there and schedules)."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    try:
+        ref = (
+            _probe_task(ray)
+            .options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
+            .remote()
+        )
+        return bool(ray.get(ref, timeout=10))
+    except Exception:
+        return False
 
 
 def _is_death(ray: Any, e: BaseException) -> bool:
@@ -229,24 +270,6 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0][:500] if text else type(e).__name__
 
 
-CONNECT_TIMEOUT_S = 5.0
-
-
-def cluster_endpoint(address: str | None) -> tuple[str, int] | None:
-    """(host, port) of a cluster address (`ray://host:10001`, `host:6379`); None for none or `auto` (Ray
-    finds that one itself, from the files `ray start` leaves)."""
-    if not address or address == "auto":
-        return None
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(address if "://" in address else f"ray://{address}")
-        host, port = parts.hostname, parts.port
-    except ValueError:
-        return None
-    return (host, port) if host and port else None
-
-
 class RayExecutor(PooledExecutor):
     name = "ray"
 
@@ -256,51 +279,28 @@ class RayExecutor(PooledExecutor):
         from runner.spec import Executor, Limits
 
         self.config, self.limits, self.log_dir = config or Executor(kind="ray"), limits or Limits(), log_dir
-        self._pool = SlotPool(self.limits)
+        self._pool = SlotPool(self.limits, node_retries=self.config.node_retries)
         self._owns_ray = False
+        self.placed: dict[str, int] = {}
+        """Work items (model groups, or shards of one) per actor slot of the last run: `group#n` keys."""
 
     def _ray(self) -> Any:
-        try:
-            import ray
-        except ImportError:
-            from runner.errors import UserError
-
-            raise UserError("the ray executor needs Ray: pip install 'pov-runner[ray]'") from None
+        ray = import_ray()
         if not ray.is_initialized():
             # `auto` joins a cluster started with `ray start --head`; no address starts a local Ray here.
-            ray.init(
-                address=self.config.address,
-                include_dashboard=False,
-                log_to_driver=False,
-                ignore_reinit_error=True,
-                runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}},
-            )
+            connect(self.config)
             self._owns_ray = True
         return ray
 
     def check(self) -> None:
-        """Ray imports, and a cluster named by host and port takes a connection. Nothing is started here:
-        a local Ray (no address) is started by the run itself, once it has work."""
-        try:
-            import ray  # noqa: F401
-        except ImportError:
-            from runner.errors import UserError
-
-            raise UserError("the ray executor needs Ray: pip install 'pov-runner[ray]'") from None
-        host_port = cluster_endpoint(self.config.address)
-        if host_port is None:
+        """Ray imports; a cluster named by `address` answers (else RunAborted, exit 1, within seconds) and has
+        a node that can hold one actor as configured (else UserError). A local Ray (no address) is started
+        by the run itself, once it has work, and checked then, before any model loads."""
+        import_ray()
+        if not self.config.address:
             return
-        import socket
-
-        try:
-            socket.create_connection(host_port, timeout=CONNECT_TIMEOUT_S).close()
-        except OSError as e:
-            from runner.errors import UserError
-
-            raise UserError(
-                f"the Ray cluster at {self.config.address} does not answer ({e}): start it (`ray start "
-                "--head`) or fix executor.address / --address"
-            ) from None
+        probe(self.config.address)
+        check_fit(self._ray(), self.config)
 
     def describe(self) -> str:
         where = self.config.address or "a local Ray started for this run"
@@ -312,34 +312,44 @@ class RayExecutor(PooledExecutor):
             self.log_dir = log_dir
 
     def slot_plan(self, ray: Any, n_groups: int) -> tuple[int, float]:
-        """(number of actors, GPUs per actor) for this cluster."""
-        gpus = float(ray.cluster_resources().get("GPU", 0.0))
-        per_actor = self.config.num_gpus if gpus > 0 else 0.0
-        if self.config.gpus is not None and gpus > 0:
-            gpus = min(gpus, float(len(self.config.gpus)))
-        if self.config.workers is not None:
-            slots = self.config.workers
-        elif per_actor > 0:
-            slots = max(1, math.floor(gpus / per_actor + 1e-9))
-        else:
-            slots = 1
-        return max(1, min(slots, n_groups)), per_actor
+        """(number of actors, GPUs per actor) for this cluster and `n_groups` work items."""
+        nodes = [dict(n.get("Resources", {})) for n in ray.nodes() if n.get("Alive")]
+        return slot_plan(self.config, nodes, n_groups)
 
     def run(self, groups: Groups, params: Generation, on_result: Callable[[list[JobResult]], None]) -> None:
         ray = self._ray()
-        log_dir = self.log_dir or Path(tempfile.mkdtemp(prefix="pov-ray-"))
-        n_slots, per_actor = self.slot_plan(ray, max(1, sum(1 for _, jobs in groups.values() if jobs)))
-
-        def make_worker(index: int, key: str, model: Model) -> RayWorker | RemoteBackend:
-            if is_remote(model.backend):  # the model runs in a server: this process talks to it
-                return remote_worker(
-                    model, self.limits, log_dir / f"server{index}-{key}.log", self._pool.stop.is_set
-                )
-            return RayWorker(
-                ray, model, self.limits, self.config, log_dir / f"actor{index}-{key}.log", per_actor
-            )
-
         try:
+            check_fit(ray, self.config)
+            log_dir = self.log_dir or Path(tempfile.mkdtemp(prefix="pov-ray-"))
+            size = 1 if params.batch_invariant else params.batch_size
+            n_groups = max(1, sum(1 for _, jobs in groups.values() if jobs))
+            work = max(n_groups, n_batches(groups, size)) if self.config.split_groups else n_groups
+            n_slots, per_actor = self.slot_plan(ray, work)
+            if self.config.split_groups and n_slots > n_groups:
+                groups = split_groups(groups, n_slots, size)
+            shipped = {
+                m.name: ray.put(pack_folder(Path(m.name)))
+                for m, _ in groups.values()
+                if ships(self.config, m) and not is_remote(m.backend)
+            }
+
+            def make_worker(index: int, key: str, model: Model) -> RayWorker | RemoteBackend:
+                self.placed[key] = index
+                if is_remote(model.backend):  # the model runs in a server: this process talks to it
+                    return remote_worker(
+                        model, self.limits, log_dir / f"server{index}-{key}.log", self._pool.stop.is_set
+                    )
+                return RayWorker(
+                    ray,
+                    model,
+                    self.limits,
+                    self.config,
+                    log_dir / f"actor{index}-{key}.log",
+                    per_actor,
+                    shipped.get(model.name),
+                )
+
+            self.placed = {}
             self._pool.run(groups, n_slots, make_worker, params, on_result)
         finally:
             if self._owns_ray:
