@@ -24,16 +24,11 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from headless import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+
 SIZES = (18, 1000)
 ROUNDS = 3
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 POV_SETS = ["global_south", "security", "markets", "trade", "energy"]
 
 
@@ -164,7 +159,7 @@ def in_browser(page_path: Path, rounds: int = ROUNDS) -> dict[str, float]:
 
     got: dict[str, list[float]] = {"first render": [], "filter": [], "search": [], "open cell": []}
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         for _ in range(rounds):
             context = browser.new_context(viewport={"width": 1400, "height": 1000})
             context.set_offline(True)

@@ -19,15 +19,10 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+from headless import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+
 POV = str(Path(sys.executable).parent / "pov")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def pov(project: Path, *args: str) -> str:
@@ -48,7 +43,7 @@ def screenshots(page_path: Path, out: Path) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1440, "height": 1100})
         context.set_offline(True)
         page = context.new_page()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from headless import CHROMIUM_ARGS
 from test_report import demo_spec, log_execution
 
 from runner.cli import main as cli
@@ -32,12 +33,7 @@ def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
     cmd = [
         str(CHROMIUM),
         "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
+        *CHROMIUM_ARGS,
         f"--user-data-dir={profile}",
         "--hide-scrollbars",
         "--virtual-time-budget=10000",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from headless import CHROMIUM, CHROMIUM_ARGS
 
 from runner.cli import main as cli
 from runner.tracking import Artifacts, Kind, Status, Tags, Traces, tag_is
@@ -31,15 +32,6 @@ pytestmark = [
 ]
 ROOT = Path(__file__).resolve().parent.parent
 POV = str(Path(sys.executable).parent / "pov")
-CHROMIUM = "/usr/bin/chromium"
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 K = (10, 6, 3)  # the quickstart's k schedule
 CRASHED = {"template": "brief_opinion", "question": "brics-growth-drivers"}
 SPEC = f"""\
@@ -119,7 +111,7 @@ class Browser:
         from playwright.sync_api import sync_playwright
 
         self._pw = sync_playwright().start()
-        self.browser = self._pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        self.browser = self._pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         self.requests: list[str] = []
         self.errors: list[str] = []
 

@@ -11,8 +11,6 @@ cached run loads no model and needs no API key.
 
 from __future__ import annotations
 
-import os
-import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -20,6 +18,7 @@ from typing import Protocol
 import numpy as np
 
 from runner.retrieval.embedders.cache import text_sha
+from runner.retrieval.sqlite_store import SqliteStore
 from runner.spec import QueryReranker as QueryRerankerSpec
 
 
@@ -47,55 +46,28 @@ CREATE TABLE IF NOT EXISTS scores (
     PRIMARY KEY (provider, model, query_sha, doc_sha)
 ) WITHOUT ROWID
 """
-_LOOKUP_CHUNK = 500
 
 
-class ScoreCache:
+class ScoreCache(SqliteStore):
     """Rerank scores on disk (SQLite in WAL mode, as the embedding cache): atomic batches, shared by
-    processes. Opens its connection lazily, and again in a forked child."""
+    processes."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._conn: sqlite3.Connection | None = None
-        self._pid = 0
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None or self._pid != os.getpid():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(_SCHEMA)
-            self._conn, self._pid = conn, os.getpid()
-        return self._conn
+    schemas = (_SCHEMA,)
 
     def get_many(
         self, provider: str, model: str, query_sha: str, doc_shas: Sequence[str]
     ) -> dict[str, float]:
-        out: dict[str, float] = {}
-        db = self._db()
-        for i in range(0, len(doc_shas), _LOOKUP_CHUNK):
-            part = list(doc_shas[i : i + _LOOKUP_CHUNK])
-            rows = db.execute(
-                "SELECT doc_sha, score FROM scores WHERE provider=? AND model=? AND query_sha=? "
-                f"AND doc_sha IN ({','.join('?' * len(part))})",
-                (provider, model, query_sha, *part),
-            )
-            out.update((sha, float(score)) for sha, score in rows)
-        return out
+        rows = self.select_in(
+            "SELECT doc_sha, score FROM scores WHERE provider=? AND model=? AND query_sha=? "
+            "AND doc_sha IN ({marks})",
+            (provider, model, query_sha),
+            doc_shas,
+        )
+        return {sha: float(score) for sha, score in rows}
 
     def put_many(self, provider: str, model: str, query_sha: str, items: Iterable[tuple[str, float]]) -> None:
         rows = [(provider, model, query_sha, sha, float(score)) for sha, score in items]
-        if not rows:
-            return
-        db = self._db()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?)", rows)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        self.write_many("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?)", rows)
 
 
 class CachedReranker:
