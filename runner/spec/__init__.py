@@ -29,23 +29,24 @@ from runner.spec.experiment import (
 from runner.spec.languages import AUTO, LANGUAGES, Language, install_hint, missing_modules
 from runner.spec.loader import load_spec
 from runner.spec.matrix import Cell, counts, expand, matches, matrix_pov_sets, repeat_seed
-from runner.spec.schema import (
-    AXES,
+from runner.spec.model_schema import ManagedServer, Model
+from runner.spec.retrieval_schema import (
     DEFAULT_POV_SCORE,
     POV_METHODS,
-    Checks,
     Chunking,
     Corpus,
     Embedder,
+    PovScore,
+    QueryReranker,
+)
+from runner.spec.schema import (
+    AXES,
+    Checks,
     Executor,
     Fault,
     Generation,
     Limits,
-    ManagedServer,
     Matrix,
-    Model,
-    PovScore,
-    QueryReranker,
     Question,
     Spec,
     Tracking,

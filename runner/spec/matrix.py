@@ -19,7 +19,8 @@ from runner.spec.experiment import (
     without_new_defaults,
 )
 from runner.spec.paired import paired_combos
-from runner.spec.schema import AXES, DEFAULT_POV_SCORE
+from runner.spec.retrieval_schema import DEFAULT_POV_SCORE
+from runner.spec.schema import AXES
 
 OPTIONAL_IN_INCLUDE = ("question", "pov_score")
 """Axes a `matrix.include` rule may leave out: it then takes every value (`all`)."""

@@ -12,9 +12,10 @@ from runner.registry import BACKENDS, EMBEDDERS, RERANKERS
 from runner.spec.experiment import Experiment, display_path
 from runner.spec.languages import install_hint, missing_modules
 from runner.spec.matrix import OPTIONAL_IN_INCLUDE, is_empty, matrix_pov_sets
+from runner.spec.model_schema import Model
 from runner.spec.paired import zip_problems
 from runner.spec.safe_yaml import Mark, PathKey, load_yaml, read_text
-from runner.spec.schema import AXES, Model, Question, Spec, check_k
+from runner.spec.schema import AXES, Question, Spec, check_k
 from runner.spec.templates import TemplateInfo, check_renders, parse_header
 
 

