@@ -137,6 +137,11 @@ def _pov(cluster: LocalCluster, proj: Path, name: str, *args: str) -> subprocess
     )
 
 
+def _on_workers(cluster: LocalCluster) -> list[str]:
+    """`pov run` arguments: join the cluster, and place the actors on the two worker nodes only."""
+    return ["--address", cluster.address, "--set", f"executor.resources={json.dumps(WORKERS)}"]
+
+
 def _run(cluster: LocalCluster, proj: Path, name: str, *args: str, timeout: float = 300) -> tuple[int, str]:
     proc = _pov(cluster, proj, name, "run", f"{name}.yaml", "--quiet", "--executor", "ray", *args)
     try:
@@ -204,10 +209,7 @@ def test_run_on_the_cluster_ships_code_and_model_to_nodes_that_cannot_see_the_dr
         cluster,
         project,
         name,
-        "--address",
-        cluster.address,
-        "--set",
-        f"executor.resources={json.dumps(WORKERS)}",
+        *_on_workers(cluster),
     )
     assert code == 0, log[-3000:]
     cells = _cells(project, name)
@@ -231,10 +233,7 @@ def test_shared_model_files_cannot_load_where_the_driver_path_is_not(
         cluster,
         project,
         name,
-        "--address",
-        cluster.address,
-        "--set",
-        f"executor.resources={json.dumps(WORKERS)}",
+        *_on_workers(cluster),
         "--set",
         "executor.model_files=shared",
         "--set",
@@ -294,10 +293,7 @@ def test_a_node_lost_mid_run_loses_and_duplicates_nothing(
         project,
         name,
         1,
-        "--address",
-        cluster.address,
-        "--set",
-        f"executor.resources={json.dumps(WORKERS)}",
+        *_on_workers(cluster),
         *retries,
         node=victim.ip,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,23 @@ def gpu_list(text: str) -> list[int]:
     if any(g < 0 for g in gpus):
         raise argparse.ArgumentTypeError(f"GPU indices are 0 or more, got {text!r}")
     return gpus
+
+
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse `type` for a count of at least `minimum` (argparse reports a bad one with exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(
+                f"{n} is negative" if minimum == 0 else f"{n} is not {minimum} or more"
+            )
+        return n
+
+    return parse
 
 
 def add_execution_arguments(parser: argparse.ArgumentParser, what: str) -> None:

@@ -11,18 +11,10 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
+from runner.commands import whole_number
+
 if TYPE_CHECKING:
     from runner.tracking import AuditOutcome
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"{n} is not 1 or more")
-    return n
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     size = parser.add_mutually_exclusive_group()
     size.add_argument(
         "--sample",
-        type=_positive,
+        type=whole_number(1),
         default=10,
         metavar="N",
         help="cells to audit (default 10), chosen by --seed",
@@ -42,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     size.add_argument("--all", action="store_true", help="audit every finished cell")
     parser.add_argument(
         "--batch-size",
-        type=_positive,
+        type=whole_number(1),
         default=1,
         metavar="B",
         help="run the sample in batches of B (default 1: each cell alone)",

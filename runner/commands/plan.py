@@ -7,23 +7,15 @@ import json
 import os
 import sys
 
-from runner.commands import add_spec_arguments
+from runner.commands import add_spec_arguments, whole_number
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_spec_arguments(parser)
     parser.add_argument("--json", action="store_true", help="one JSON object per cell per line")
-    parser.add_argument("--limit", type=_count, default=200, help="rows shown in the table (default 200)")
-
-
-def _count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"{n} is negative")
-    return n
+    parser.add_argument(
+        "--limit", type=whole_number(0), default=200, help="rows shown in the table (default 200)"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
