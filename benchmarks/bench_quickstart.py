@@ -1,7 +1,7 @@
 """The tiny-model quickstart as a user runs it again: `pov run SPEC --fresh --no-track`, a fresh process each
 time, against the code at a git ref. How much of its wall time is spent outside `model.generate`?
 
-    python benchmarks/bench_quickstart.py --baseline HEAD~3 [--rounds 10] [--profile]
+    python benchmarks/bench_quickstart.py --baseline REF [--rounds 10] [--serve] [--bare] [--profile]
     pytest benchmarks/bench_quickstart.py -o python_files='bench_*.py' -s     # POV_BENCH_BASELINE=REF
 
 The spec is benchmarks/specs/quickstart_tiny.yaml (18 cells, 48 new tokens each, MiniLM, the tiny Llama on
@@ -11,6 +11,11 @@ the corpus and fills the embedding cache, so every timed run is a warm one. Per 
 time, measured from outside, and the seconds inside `model.generate` (the run's summary.json,
 `generate_time_s`); the share outside is 1 - generate / wall. Rounds interleave the versions.
 
+--serve adds the current code with its worker kept loaded by `pov serve` (in a project of its own, since a
+running server takes over every `pov run` of its project): what a user who iterates on a spec pays.
+--bare adds the floor of a cold run: a script of the least code that answers the same 18 prompts (import
+torch and transformers, load the model, generate in the same batches, on as many threads as a worker
+uses), timed the same way; no runner can spend less outside `generate` without a loaded worker.
 --profile runs each version once more under py-spy (when installed) and prints a timeline of the parent's
 and the worker's main threads: where the time outside `model.generate` goes.
 """
@@ -35,8 +40,9 @@ SPEC = Path(__file__).resolve().parent / "specs" / "quickstart_tiny.yaml"
 
 
 class Version:
-    def __init__(self, name: str, code: Path) -> None:
-        self.name, self.code = name, code
+    def __init__(self, name: str, code: Path, *, serve: bool = False) -> None:
+        self.name, self.code, self.serve = name, code, serve
+        self.server: subprocess.Popen[bytes] | None = None
         self.dir = BENCH_DIR / f"quickstart-{name}"
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "pyproject.toml").write_text("# a benchmark project: its state is in .pov/ here\n")
@@ -51,6 +57,24 @@ class Version:
 
     def argv(self) -> list[str]:
         return [sys.executable, "-m", "runner.cli", "run", str(self.spec), "--fresh", "--no-track", "--quiet"]
+
+    def start_server(self) -> None:
+        """`pov serve` for this project, its worker loaded: returns once it says it is ready."""
+        argv = [sys.executable, "-m", "runner.cli", "serve", str(self.spec), "--idle-timeout", "30"]
+        log = self.dir / "serve.log"
+        with log.open("w") as out:
+            self.server = subprocess.Popen(argv, cwd=self.dir, env=self.env(), stdout=out, stderr=out)
+        deadline = time.monotonic() + 300
+        while "pov serve: ready" not in log.read_text():
+            if self.server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: pov serve did not get ready:\n{log.read_text()[-2000:]}")
+            time.sleep(0.1)
+
+    def stop_server(self) -> None:
+        if self.server is not None:
+            self.server.terminate()
+            self.server.wait(timeout=60)
+            self.server = None
 
     def run(self) -> float:
         started = time.perf_counter()
@@ -130,18 +154,78 @@ def timeline(path: Path, bucket: float = 0.25) -> str:
     return "\n".join(lines)
 
 
-def setup(baseline: str) -> list[Version]:
-    versions = [Version("current", REPO), Version(baseline, baseline_tree(baseline))]
+class Bare(Version):
+    """The least code that answers the spec's prompts (BARE below), on the prompts and model folder of the
+    current version's set-up run."""
+
+    def __init__(self, current: Version) -> None:
+        super().__init__("bare", REPO)
+        self.current = current
+
+    def run(self) -> float:
+        results = sorted(self.current.dir.glob(".pov/runs/*/*/results.jsonl"))[-1]
+        model = next(self.current.dir.glob(".pov/models/tiny-llama-*"))
+        threads = str(max(1, (os.cpu_count() or 1) - 1))  # as a CPU worker (runner.generation.worker)
+        started = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-c", BARE, str(model), str(results), threads],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+        )
+        wall = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise RuntimeError(f"bare script failed:\n{proc.stderr[-3000:]}")
+        generate = float(proc.stdout.strip().splitlines()[-1])
+        self.runs.append({"wall_s": wall, "generate_s": generate, "outside": 1 - generate / wall})
+        return wall
+
+
+BARE = """
+import json, sys, time
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+folder, results, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+torch.set_num_threads(min(torch.get_num_threads(), threads))
+prompts = [json.loads(line)["prompt"] for line in open(results)]
+tok = AutoTokenizer.from_pretrained(folder)
+tok.padding_side = "left"
+if tok.pad_token_id is None:
+    tok.pad_token = tok.eos_token
+model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+chat = [tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        for p in prompts]
+chat.sort(key=lambda text: len(tok(text)["input_ids"]))
+inside = 0.0
+for i in range(0, len(chat), 8):
+    batch = tok(chat[i : i + 8], return_tensors="pt", padding=True, add_special_tokens=False)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(**batch, max_new_tokens=48, do_sample=False, pad_token_id=tok.pad_token_id)
+    inside += time.perf_counter() - started
+print(inside)
+"""
+
+
+def setup(baseline: str, *, serve: bool = False, bare: bool = False) -> list[Version]:
+    current = Version("current", REPO)
+    versions = [current, Version(baseline, baseline_tree(baseline))]
+    if serve:
+        versions.append(Version("served", REPO, serve=True))
     for v in versions:
         started = time.perf_counter()
         v.run()  # builds the tiny model, ingests, fills the caches
         v.runs.clear()
+        if v.serve:
+            v.start_server()
         print(f"set-up {v.name}: {time.perf_counter() - started:.1f} s", flush=True)
+    if bare:
+        versions.append(Bare(current))
     return versions
 
 
 def report(versions: list[Version]) -> str:
-    current, base = versions
+    base = versions[1]
     lines = [
         f"{'version':>12} {'wall med':>9} {'generate med':>13} {'outside med':>12} {'outside range':>16}"
     ]
@@ -153,12 +237,15 @@ def report(versions: list[Version]) -> str:
             f"{v.name:>12} {statistics.median(walls):8.2f}s {statistics.median(gens):12.2f}s "
             f"{statistics.median(out):11.1%} {min(out):7.1%}-{max(out):6.1%}"
         )
-    pairs = [a["outside"] / b["outside"] for a, b in zip(current.runs, base.runs, strict=True)]
-    walls = [a["wall_s"] / b["wall_s"] for a, b in zip(current.runs, base.runs, strict=True)]
-    lines.append(
-        f"share outside generate, current / {base.name}, per round: median {statistics.median(pairs):.3f} "
-        f"[{min(pairs):.3f}, {max(pairs):.3f}]; wall time: median {statistics.median(walls):.3f}"
-    )
+    for v in versions:
+        if v is base:
+            continue
+        pairs = [a["outside"] / b["outside"] for a, b in zip(v.runs, base.runs, strict=True)]
+        walls = [a["wall_s"] / b["wall_s"] for a, b in zip(v.runs, base.runs, strict=True)]
+        lines.append(
+            f"share outside generate, {v.name} / {base.name}, per round: median {statistics.median(pairs):.3f} "
+            f"[{min(pairs):.3f}, {max(pairs):.3f}]; wall time: median {statistics.median(walls):.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -166,26 +253,38 @@ def test_quickstart(benchmark: Any) -> None:
     from interleave import bench
 
     baseline = os.environ.get("POV_BENCH_BASELINE", "HEAD")
-    versions = setup(baseline)
+    versions = setup(baseline, serve=True, bare=True)
     benchmark.group = f"quickstart tiny model, against {baseline}"
     fns = {f"run {v.name}": v.run for v in versions}
-    bench(benchmark, fns, [("run current", f"run {baseline}")], 5, benchmark.group)
-    print(report(versions))
+    try:
+        pairs = [(f"run {v.name}", f"run {baseline}") for v in versions if v.name != baseline]
+        bench(benchmark, fns, pairs, 5, benchmark.group)
+        print(report(versions))
+    finally:
+        for v in versions:
+            v.stop_server()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--baseline", default="HEAD", metavar="REF")
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--serve", action="store_true", help="add the current code behind `pov serve`")
+    parser.add_argument("--bare", action="store_true", help="add the least script that does the same")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    versions = setup(args.baseline)
-    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
-    interleave({v.name: v.run for v in versions}, args.rounds, warmup=0)
-    print(report(versions))
-    if args.profile:
+    versions = setup(args.baseline, serve=args.serve, bare=args.bare)
+    try:
+        print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+        interleave({v.name: v.run for v in versions}, args.rounds, warmup=0)
+        print(report(versions))
+        if args.profile:
+            for v in versions:
+                if not isinstance(v, Bare):
+                    v.profile()
+    finally:
         for v in versions:
-            v.profile()
+            v.stop_server()
     return 0
 
 

@@ -291,3 +291,60 @@ def test_pov_run_checks_before_it_starts_and_a_failure_writes_nothing(
     assert "Traceback" not in err
     assert _executions(tmp_path / "mlflow.db") == 0, "an execution was created before the check failed"
     assert not (tmp_path / ".pov" / "runs").exists(), "a run folder was written before the check failed"
+
+
+LEAVE_CHECK = textwrap.dedent(
+    """
+    import atexit, sys, threading, time
+    from runner.cli import leave
+    atexit.register(lambda: print("atexit ran", flush=True))
+    worker = threading.Thread(target=lambda: (time.sleep(0.3), print("thread finished")))
+    worker.start()
+    sys.stdout.write("unflushed;")
+    leave(3)
+    """
+)
+
+
+def test_leaving_skips_only_the_teardown() -> None:
+    """`pov` leaves with os._exit to skip the interpreter's teardown of its modules; what a normal exit does
+    for the program must still happen, in order: a running thread finishes, atexit handlers run, buffered
+    output is written, and the exit code is the command's."""
+    proc = subprocess.run([sys.executable, "-c", LEAVE_CHECK], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout.split("\n") == ["unflushed;thread finished", "atexit ran", ""], proc.stdout
+
+
+HUB_CHECK = textwrap.dedent(
+    """
+    import json, sys
+    from runner.generation.model_files import hub_snapshot
+    found = hub_snapshot(sys.argv[1], None)
+    print(json.dumps([str(found) if found else None, "huggingface_hub" in sys.modules]))
+    """
+)
+
+
+def test_hub_models_not_in_the_cache_are_answered_without_huggingface_hub(tmp_path: Path) -> None:
+    """The run manifest asks the hub cache for the embedder's snapshot; a model in no cache folder is
+    answered without importing huggingface_hub, and one that is cached is still found, through it."""
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--org--cached" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (cache / "models--org--cached" / "refs").mkdir()
+    (cache / "models--org--cached" / "refs" / "main").write_text("a" * 40)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "XDG_"))}
+    env.update(
+        HF_HOME=str(tmp_path / "home"), HF_HUB_CACHE=str(cache), HF_HUB_OFFLINE="1", HOME=str(tmp_path)
+    )
+
+    def ask(name: str) -> list[Any]:
+        proc = subprocess.run(
+            [sys.executable, "-c", HUB_CHECK, name], capture_output=True, text=True, env=env
+        )
+        assert proc.returncode == 0, proc.stderr
+        return list(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+    assert ask("org/absent") == [None, False]
+    assert ask("org/cached") == [str(snapshot), True]

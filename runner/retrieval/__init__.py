@@ -7,7 +7,8 @@ query rerank, POV rerank) for each (question, POV set, k schedule).
 Heavy modules (torch, chromadb, sentence-transformers) are imported only when a retriever is used.
 """
 
-from runner.retrieval.indexing import Dropped, IngestReport, ingest, truncation_warning
+from runner.retrieval.indexing import ingest
+from runner.retrieval.ingest_report import Dropped, IngestReport, truncation_warning
 from runner.retrieval.metrics import (
     BEST_MATCH_RANK,
     RELEVANCE_KEPT,

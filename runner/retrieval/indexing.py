@@ -34,22 +34,15 @@ from typing import Any
 from runner.errors import UserError
 from runner.retrieval import boilerplate, chunking, language, segmenter, token_chunking
 from runner.retrieval.chunking import Chunk, chunk_file, fingerprint_of
+from runner.retrieval.ingest_report import Dropped, IngestReport
+from runner.retrieval.stamp import Stamp
 from runner.retrieval.store import SCHEMA_VERSION, Store, chunking_key, maker
-from runner.spec import Experiment, Skipped, read_corpus
+from runner.spec import CorpusText, Experiment, read_corpus
 
 MANIFEST_KEY = "pov.files"
 CHUNKER_KEY = "pov.chunker"
 WINDOW_KEY = "pov.window"
 """The embedder's window in tokens, as the last ingest counted it (absent: it cannot count locally)."""
-
-
-@dataclass(frozen=True)
-class Dropped:
-    source: str
-    """The file, relative to the corpus folder."""
-    reason: str
-    """The rule that dropped it (runner.retrieval.boilerplate)."""
-    text: str
 
 
 @dataclass(frozen=True)
@@ -73,42 +66,6 @@ class FileEntry:
         truncated = int(rest[0]) if rest else 0
         dropped = {str(k): int(v) for k, v in rest[1].items()} if len(rest) > 1 else {}
         return cls(str(sha), int(n), truncated, dropped)
-
-
-@dataclass
-class IngestReport:
-    collection: str
-    location: str
-    chunks: dict[str, int] = field(default_factory=dict)
-    """Counts of chunks `added`, `updated` (metadata only), `deleted`, `unchanged`."""
-    files: dict[str, int] = field(default_factory=dict)
-    """Counts of files `added`, `updated`, `deleted`, `unchanged` (by their chunks)."""
-    skipped: list[Skipped] = field(default_factory=list)
-    no_chunks: list[str] = field(default_factory=list)
-    """Files read fine but left with no chunk (all boilerplate)."""
-    embedding: dict[str, int] = field(default_factory=dict)
-    dropped: dict[str, int] = field(default_factory=dict)
-    """Paragraphs and chunks under 8 words left out by the boilerplate filter (`drop_boilerplate`), by rule,
-    over the whole corpus."""
-    dropped_items: list[Dropped] = field(default_factory=list)
-    """Each of them, in file order: every file's with `show_dropped`, else only those of the files cut now."""
-    truncated: int = 0
-    """Chunks longer than the embedder's window: only their start is embedded."""
-    window: int | None = None
-    """The embedder's window in tokens, where it can count them locally (None: unknown)."""
-
-    @property
-    def total_chunks(self) -> int:
-        return sum(self.chunks.get(k, 0) for k in ("added", "updated", "unchanged"))
-
-
-def truncation_warning(report: IngestReport, model: str) -> str:
-    """What `pov ingest` and `pov run` say when chunks are longer than the embedder reads."""
-    return (
-        f"{report.truncated} of {report.total_chunks} chunks are longer than {model}'s window of "
-        f"{report.window} tokens: only their first tokens are embedded, the rest cannot make them found; "
-        "lower corpus.chunking.max_words (max_tokens for text without spaces)"
-    )
 
 
 @functools.lru_cache(maxsize=1)
@@ -193,9 +150,8 @@ def ingest(
     show_dropped: bool = False,
 ) -> IngestReport:
     """Bring the collection in line with the corpus; see the module docstring. `show_dropped` cuts the
-    unchanged files too (writing nothing for them), so that `dropped_items` lists every file's."""
-    from runner.retrieval.embedders.base import CachedEmbedder, build_embedder
-
+    unchanged files too (writing nothing for them), so that `dropped_items` lists every file's. With the
+    stamp of the last ingest (runner.retrieval.stamp) saying that nothing changed, Chroma is not opened."""
     spec = exp.spec
     corpus = read_corpus(spec.corpus.path, spec.corpus.include)
     if strict and corpus.skipped:
@@ -207,6 +163,69 @@ def ingest(
         raise UserError(f"no ingestible files in {spec.corpus.path} matching {spec.corpus.include}{why}")
 
     store = Store(exp)
+    with store.ingesting() as stamping:
+        stamp = store.stamp() if stamping and not (rebuild or show_dropped) else None
+        if stamp is not None:
+            quick = _unchanged(exp, store, corpus, stamp, embedder)
+            if quick is not None:
+                return quick
+        return _ingest(exp, store, corpus, rebuild, embedder, show_dropped, stamping)
+
+
+def _unchanged(
+    exp: Experiment, store: Store, corpus: CorpusText, stamp: Stamp, embedder: Any
+) -> IngestReport | None:
+    """The report of an ingest that would write nothing, from the stamp of the last one alone (no Chroma);
+    None when anything may have changed (then `_ingest` opens the collection and decides)."""
+    from runner.retrieval.embedders.base import build_embedder
+
+    spec, meta = exp.spec, stamp.metadata
+    store.check_embedder(meta, spec.embedder)
+    store.check_maker(meta)
+    known = trusted_manifest(meta, chunking_key(exp))
+    if known is None or {f.rel: f.sha256 for f in corpus.files} != {r: e.sha256 for r, e in known.items()}:
+        return None
+    made = {
+        **maker(exp),
+        "pov.provider": spec.embedder.provider,
+        "pov.model": spec.embedder.model,
+        "pov.schema": SCHEMA_VERSION,
+        "pov.fingerprint": fingerprint_of(corpus.digests(), chunking_key(exp)),
+    }
+    kept_chunks = sum(e.chunks for e in known.values())
+    if kept_chunks == 0 or any(meta.get(k) != v for k, v in made.items()):
+        return None
+    report = IngestReport(spec.corpus.collection, store.location, skipped=corpus.skipped)
+    report.chunks = {"added": 0, "updated": 0, "deleted": 0, "unchanged": kept_chunks}
+    report.files = _file_counts({}, {}, {rel for rel, e in known.items() if e.chunks})
+    report.no_chunks = [f.rel for f in corpus.files if known[f.rel].chunks == 0]
+    _sum_manifest(report, known, meta.get(WINDOW_KEY))
+    report.embedding = (embedder or build_embedder(spec.embedder, exp.state_dir)).stats()
+    return report
+
+
+def _sum_manifest(report: IngestReport, manifest: dict[str, FileEntry], window: Any) -> None:
+    """The report's corpus-wide counts, from the manifest of every file."""
+    report.window = int(window) if window is not None else None
+    report.truncated = sum(e.truncated for e in manifest.values())
+    for e in manifest.values():
+        for reason, n in e.dropped.items():
+            report.dropped[reason] = report.dropped.get(reason, 0) + n
+
+
+def _ingest(
+    exp: Experiment,
+    store: Store,
+    corpus: CorpusText,
+    rebuild: bool,
+    embedder: Any,
+    show_dropped: bool,
+    stamping: bool,
+) -> IngestReport:
+    """Ingest with the collection open (see the module docstring); `stamping`: stamp what it leaves."""
+    from runner.retrieval.embedders.base import CachedEmbedder, build_embedder
+
+    spec = exp.spec
     report = IngestReport(spec.corpus.collection, store.location, skipped=corpus.skipped)
     with store.answering():
         col = None if rebuild else store.collection()
@@ -281,11 +300,7 @@ def ingest(
             for rel, got in cut_by_file.items():
                 over = sum(lengths[c.id] > window for c in got)
                 manifest[rel] = FileEntry(manifest[rel].sha256, len(got), over, manifest[rel].dropped)
-    report.window = int(window) if window is not None else None
-    report.truncated = sum(e.truncated for e in manifest.values())
-    for e in manifest.values():
-        for reason, n in e.dropped.items():
-            report.dropped[reason] = report.dropped.get(reason, 0) + n
+    _sum_manifest(report, manifest, window)
     report.embedding = emb.stats()
 
     final_meta = {
@@ -301,10 +316,18 @@ def ingest(
     done["pov.state"] = "complete"
     with store.answering():
         if col is not None and not (new_ids or gone_ids or changed):
+            stamp = store.stamp()
             if any(meta.get(k) != v for k, v in done.items()):
+                store.unstamp()
                 col.modify(metadata=done)
+                stamp = None
+            if stamping and (stamp is None or stamp.metadata != done):
+                store.restamp(done, col.count())
             return report
-        _write(store, col, rebuild, final_meta, meta, done, chunks, vectors, new_ids, changed, gone_ids)
+        store.unstamp()  # before the first write: no stamp may describe a collection being written
+        col = _write(store, col, rebuild, final_meta, meta, done, chunks, vectors, new_ids, changed, gone_ids)
+        if stamping:
+            store.restamp(done, col.count())
     return report
 
 
@@ -320,8 +343,8 @@ def _write(
     new_ids: list[str],
     changed: list[str],
     gone_ids: list[str],
-) -> None:
-    """The writes, between state `writing` and the final metadata (`done`)."""
+) -> Any:
+    """The writes, between state `writing` and the final metadata (`done`); returns the collection."""
     client = store.client
     if rebuild and store.collection() is not None:
         client.delete_collection(store.name)
@@ -355,3 +378,4 @@ def _write(
     for ids in _batches(gone_ids, size):
         col.delete(ids=list(ids))
     col.modify(metadata=done)
+    return col

@@ -35,6 +35,7 @@ import numpy as np
 from runner.errors import UserError
 from runner.retrieval import metrics as m
 from runner.retrieval.chunking import is_boilerplate_chunk
+from runner.retrieval.nearest import HitCache, Hits, cached_nearest, nearest
 from runner.retrieval.pov_stage import PovStage, pov_method
 from runner.retrieval.scoring import cosine_scores, rank_desc
 from runner.spec import DEFAULT_POV_SCORE, matrix_pov_sets
@@ -42,6 +43,7 @@ from runner.spec import DEFAULT_POV_SCORE, matrix_pov_sets
 if TYPE_CHECKING:
     from runner.retrieval.embedders.base import CachedEmbedder
     from runner.retrieval.rerankers import CachedReranker
+    from runner.retrieval.stamp import Stamp
     from runner.retrieval.store import Store
     from runner.spec import Experiment
 
@@ -135,63 +137,6 @@ class RetrievalResult:
         )
 
 
-@dataclass
-class Hits:
-    """One query's nearest chunks, nearest first."""
-
-    ids: list[str]
-    texts: list[str]
-    embeddings: np.ndarray
-    scores: list[float]
-    """Cosine similarity, 1 - Chroma's cosine distance."""
-
-
-QUERY_BATCH = 64
-"""Questions per Chroma query: its answer is built in Python objects (tens of bytes a number) before numpy
-sees it, so one query for 1,000 questions held them all at once."""
-GET_BATCH = 1_000
-"""Chunk ids per `get`: well under SQLite's limit on bound variables."""
-
-
-def nearest(col: Any, embeddings: np.ndarray, n: int) -> list[Hits]:
-    """Stage 1: the `n` chunks of the collection nearest to each embedding.
-
-    The queries ask for ids and distances only; each chunk's vector and text are then fetched once, however
-    many questions it is near: with 1,000 questions x 15 chunks, most hits are chunks already seen, and
-    Chroma's per-hit copies of 384 numbers made up most of a warm retrieve's time and peak memory."""
-    n = min(n, col.count())
-    if len(embeddings) == 0 or n < 1:
-        return []
-    dim = (col.metadata or {}).get("pov.dim")
-    if dim is not None and embeddings.shape[1] != dim:
-        raise UserError(
-            f"query embeddings have dimension {embeddings.shape[1]}, collection {col.name!r} "
-            f"holds dimension {dim}: the embedder changed; `pov ingest SPEC --rebuild`"
-        )
-    queries = np.asarray(embeddings, dtype=np.float32)
-    ranked: list[tuple[list[str], list[float]]] = []
-    for start in range(0, len(queries), QUERY_BATCH):
-        res = col.query(
-            query_embeddings=queries[start : start + QUERY_BATCH], n_results=n, include=["distances"]
-        )
-        for ids, dists in zip(res["ids"], res["distances"], strict=True):
-            # Equal distances come back in an order Chroma does not promise; the id makes it deterministic.
-            order = sorted(range(len(ids)), key=lambda i: (dists[i], ids[i]))
-            ranked.append(([ids[i] for i in order], [1.0 - float(dists[i]) for i in order]))
-    unique = list(dict.fromkeys(i for ids, _ in ranked for i in ids))
-    vectors: dict[str, np.ndarray] = {}
-    texts: dict[str, str] = {}
-    for start in range(0, len(unique), GET_BATCH):
-        got = col.get(ids=unique[start : start + GET_BATCH], include=["embeddings", "documents"])
-        block = np.asarray(got["embeddings"], dtype=np.float32)
-        for row, (cid, doc) in enumerate(zip(got["ids"], got["documents"], strict=True)):
-            vectors[cid], texts[cid] = block[row], doc
-    return [
-        Hits(ids, [texts[i] for i in ids], np.stack([vectors[i] for i in ids]), scores)
-        for ids, scores in ranked
-    ]
-
-
 def _select(
     order: list[int], keep: int, ids: list[str], texts: list[str], scores: Any
 ) -> tuple[list[int], Stage]:
@@ -236,6 +181,9 @@ class ChromaRetriever:
             self.query_reranker = build_reranker(spec.query_reranker, exp.state_dir)
         self.warnings: list[str] = []
         self._collection: Any = None
+        self._stamp_read = False
+        self._stamped: Stamp | None = None
+        self.hit_cache = HitCache(exp.state_dir / "cache" / "hits.sqlite")
 
     def check_embedder(self) -> Callable[[list[str]], np.ndarray]:
         reranker = self.reranker
@@ -259,10 +207,40 @@ class ChromaRetriever:
         if self._collection is None:
             with self.store.answering(mid_run=True):
                 self._collection, warnings = self.store.open_for_query(self.exp.spec.embedder)
-            for w in warnings:
-                log.warning(w)
-            self.warnings += warnings
+            self._warn(warnings)
         return self._collection
+
+    def _warn(self, warnings: list[str]) -> None:
+        for w in warnings:
+            if w not in self.warnings:
+                log.warning(w)
+                self.warnings.append(w)
+
+    def _stamp(self) -> Stamp | None:
+        """The collection's stamp, read once: this retriever's cached stage-1 answers are those of that
+        state of the collection, however long it lives."""
+        if not self._stamp_read:
+            self._stamp_read = True
+            stamp = self.store.stamp()
+            if stamp is not None and stamp.count > 0:
+                self._warn(self.store.query_warnings(stamp.metadata, self.exp.spec.embedder))
+                self._stamped = stamp
+        return self._stamped
+
+    def _nearest(self, vectors: np.ndarray, n: int) -> list[Hits]:
+        """Stage 1 for each vector: from the hit cache where the collection is stamped, else from Chroma."""
+        stamp = self._stamp()
+        if stamp is None:
+            col = self._open()
+            with self.store.answering(mid_run=True):  # a run is under way: a dead server aborts it
+                return nearest(col, vectors, n)
+
+        def still_stamped() -> bool:
+            now = self.store.stamp()
+            return now is not None and now.token == stamp.token
+
+        where = f"{self.store.location}::{self.store.name}"
+        return cached_nearest(self.hit_cache, where, stamp, self._open, still_stamped, vectors, n)
 
     def _check_keys(self, keys: list[Key]) -> None:
         for q, p, k, score in keys:
@@ -294,13 +272,13 @@ class ChromaRetriever:
         in_matrix = matrix_pov_sets(self.exp)
         companions = [(q, o, k, s) for q, _, k, s in wanted for o in in_matrix]
         every: list[Key] = list(dict.fromkeys([*wanted, *companions]))
-        col = self._open()
+        if self._stamp() is None:
+            self._open()  # a missing collection or another embedder's is an error before any embedding
         qids = list(dict.fromkeys(q for q, _, _, _ in every))
         qtexts = [self.exp.questions[q].text for q in qids]
         q_store = self.embedder.embed(qtexts, "query")
         k1_max = max(k[0] for _, _, k, _ in every)
-        with self.store.answering(mid_run=True):  # a run is under way: a dead server aborts it
-            hits = dict(zip(qids, nearest(col, q_store, k1_max), strict=True))
+        hits = dict(zip(qids, self._nearest(q_store, k1_max), strict=True))
 
         # Stage 2 depends on (question, k1, k2) only: share it across POV sets.
         texts_by_id = {i: t for h in hits.values() for i, t in zip(h.ids, h.texts, strict=True)}
@@ -387,7 +365,8 @@ class ChromaRetriever:
 def open_retriever(exp: Experiment) -> ChromaRetriever:
     """The real retriever, over a collection brought up to date first: ingest is idempotent (an unchanged
     corpus writes nothing), and a run must never retrieve from chunks of files edited since."""
-    from runner.retrieval.indexing import ingest, truncation_warning
+    from runner.retrieval.indexing import ingest
+    from runner.retrieval.ingest_report import truncation_warning
 
     report = ingest(exp)
     if report.truncated:

@@ -46,12 +46,16 @@ class SqliteStore:
 
     def write_many(self, statement: str, rows: list[tuple[Any, ...]]) -> None:
         """`statement` for every row, in one transaction: all of them are written or none."""
-        if not rows:
-            return
+        if rows:
+            self.write_all([(statement, rows)])
+
+    def write_all(self, batches: list[tuple[str, list[tuple[Any, ...]]]]) -> None:
+        """Each statement for each of its rows, all in one transaction."""
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany(statement, rows)
+            for statement, rows in batches:
+                db.executemany(statement, rows)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

@@ -31,6 +31,7 @@ from urllib.parse import urlparse
 from runner.errors import RunAborted, UserError
 from runner.redaction import redact
 from runner.retrieval.chunking import corpus_fingerprint
+from runner.retrieval.stamp import Stamp, ingest_lock, read_stamp, remove_stamp, write_stamp
 from runner.spec import Embedder as EmbedderSpec
 from runner.spec import Experiment, chunking_identity, portable
 
@@ -133,6 +134,29 @@ class Store:
             session.timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
         return client
 
+    # -- the stamp of the last complete ingest (runner.retrieval.stamp) ---------------------------------------
+    def stamp(self) -> Stamp | None:
+        """What the last complete ingest left, read without Chroma; None for a server store (other clients
+        may write to it), or while an ingest is writing."""
+        return None if self.url else read_stamp(self.path, self.name)
+
+    @contextmanager
+    def ingesting(self) -> Iterator[bool]:
+        """The body is an ingest: one at a time per embedded collection, across processes. Yields whether it
+        may stamp what it leaves (never for a server store, nor where the filesystem has no locks)."""
+        if self.url:
+            yield False
+            return
+        with ingest_lock(self.path, self.name) as locked:
+            yield locked
+
+    def unstamp(self) -> None:
+        if not self.url:
+            remove_stamp(self.path, self.name)
+
+    def restamp(self, metadata: dict[str, Any], count: int) -> Stamp:
+        return write_stamp(self.path, self.name, metadata, count)
+
     @contextmanager
     def answering(self, *, mid_run: bool = False) -> Iterator[None]:
         """A Chroma server that stops answering inside this block is ChromaDown (a UserError: nothing has
@@ -227,7 +251,11 @@ class Store:
                 f"collection {self.name!r} at {self.location} is empty or missing: "
                 f"run `pov ingest {self.exp.path}` first"
             )
-        meta = dict(col.metadata or {})
+        return col, self.query_warnings(dict(col.metadata or {}), spec)
+
+    def query_warnings(self, meta: dict[str, Any], spec: EmbedderSpec) -> list[str]:
+        """For a retrieval from the collection whose metadata is `meta`: UserError unless the embedder made
+        it, and warnings about its freshness."""
         self.check_embedder(meta, spec)
         warnings = []
         if meta.get("pov.state") != "complete":
@@ -242,7 +270,7 @@ class Store:
                     f"the corpus or its chunking changed since the last ingest into {self.name!r}; "
                     f"results come from the stored chunks: run `pov ingest {self.exp.path}`"
                 )
-        return col, warnings
+        return warnings
 
     def stored(self, col: Any, sources: list[str] | None = None) -> dict[str, dict[str, Any]]:
         """id -> chunk metadata of everything in the collection, or of the chunks of `sources` only."""
