@@ -15,10 +15,11 @@ Two shapes, both float32 with d = 1024 (Cohere embed v3) and p = 16 POV statemen
   million pairs would take minutes per round.
 
 What the code does (runner.retrieval.products): numpy inputs stay in numpy. Under 32 MB (the notebook shape
-is 4 MB) the product runs on one BLAS thread, which never waits for a busy core; from 32 MB on, the rows are
-cut into blocks of 1,024 that one thread per core takes in turn, each block's product on one BLAS thread and
-its norms (`numpy`, which checks nothing and divides by them) computed while the block is in cache, so the
-norms cost no second pass over memory. `numpy-unit` (assume_normalized=True, what retrieval uses) skips the
+is 4 MB) the product runs on one BLAS thread per core that other processes left idle over the last tenth of a
+second (one when they are busy), so it never waits for a busy core; from 32 MB on, the rows are cut into
+blocks of 1,024 that one thread per core takes in turn, each block on one BLAS thread. The norms (`numpy`,
+which checks nothing and divides by them) are taken before each block's product, whose pass then finds the
+rows in cache, so they cost no second pass over memory. `numpy-unit` (assume_normalized=True, what retrieval uses) skips the
 norms. torch tensors go to torch (`torch`, `torch-unit`: CPU tensors sharing the numpy memory).
 
 Entries: `loop` (the notebook's calculate_similarity/loop_pov_score, in tests/test_scoring.py), `numpy`,

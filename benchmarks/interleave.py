@@ -13,6 +13,7 @@ figures and ratios in `extra_info`, so `--benchmark-json` keeps them.
 from __future__ import annotations
 
 import contextlib
+import random
 import statistics
 import subprocess
 import sys
@@ -75,17 +76,24 @@ def _once(fn: Entry) -> float:
     return float(got) if isinstance(got, float) else took
 
 
+def round_order(names: list[str], r: int) -> list[str]:
+    """Round `r`'s order: a shuffle seeded by the round, so that no entry always runs first (after an idle
+    moment) or right after the same neighbour. Rotating one list would keep every entry's neighbour: an entry
+    after the notebook loop, which leaves the caches cold, paid for that in every round."""
+    order = list(names)
+    random.Random(r).shuffle(order)
+    return order
+
+
 def interleave(entries: dict[str, Entry], rounds: int, warmup: int = 1) -> dict[str, list[float]]:
-    """Seconds per entry per round. Each round runs every entry once, starting one further along each round,
-    so no entry always runs first (after an idle moment) or right after the same neighbour."""
+    """Seconds per entry per round. Each round runs every entry once, in its own order (`round_order`)."""
     names = list(entries)
     for _ in range(warmup):
         for name in names:
             entries[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        for i in range(len(names)):
-            name = names[(r + i) % len(names)]
+        for name in round_order(names, r):
             times[name].append(_once(entries[name]))
     return times
 
@@ -138,9 +146,7 @@ def bench(
     counter = iter(range(10**9))
 
     def one_round() -> None:
-        r = next(counter)
-        for i in range(len(names)):
-            name = names[(r + i) % len(names)]
+        for name in round_order(names, next(counter)):
             times[name].append(_once(entries[name]))
 
     for name in names:  # warm-up, outside the timing

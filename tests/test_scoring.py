@@ -4,7 +4,10 @@ loop_pov_score, on random and on real MiniLM embeddings, numpy and torch."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -93,11 +96,16 @@ def _blas_threads() -> int:
     return max(lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas")
 
 
-def test_a_small_product_runs_on_one_blas_thread_in_the_calling_thread() -> None:
-    """A small product split across cores waits for a busy one (milliseconds); on one thread it never does."""
+@pytest.mark.parametrize("others", [0.0, 3.0])
+def test_a_small_product_runs_in_the_calling_thread_on_the_cores_left_idle(
+    monkeypatch: pytest.MonkeyPatch, others: float
+) -> None:
+    """A small product split across every core waits for a busy one (milliseconds); on the idle cores alone,
+    and on one thread when the others are busy, it never does."""
     from runner.retrieval import products
 
     assert products._blas() is not None, "threadpoolctl finds numpy's BLAS"
+    monkeypatch.setattr(products._other_load, "cores_busy", lambda: others)
     before = _blas_threads()
     seen: list[tuple[str, int]] = []
 
@@ -108,8 +116,48 @@ def test_a_small_product_runs_on_one_blas_thread_in_the_calling_thread() -> None
     rows = np.arange(40, dtype=np.float32).reshape(10, 4)
     got = products.map_row_blocks(rows, per_block, np.dtype(np.float32))
     np.testing.assert_array_equal(got, rows.sum(axis=1))
-    assert seen == [(threading.main_thread().name, 1)]
+    assert seen == [(threading.main_thread().name, products.cores() if others == 0 else 1)]
     assert _blas_threads() == before, "the BLAS thread count is restored"
+
+
+@pytest.mark.parametrize(
+    ("busy", "idle"), [(None, 1), (0.0, 4), (0.4, 4), (0.6, 3), (1.0, 3), (2.5, 1), (9.0, 1)]
+)
+def test_idle_cores_counts_what_other_processes_leave(
+    monkeypatch: pytest.MonkeyPatch, busy: float | None, idle: int
+) -> None:
+    from runner.retrieval import products
+
+    monkeypatch.setattr(products._other_load, "cores_busy", lambda: busy)
+    assert products.idle_cores(4) == idle
+
+
+def test_other_load_sees_another_process_and_not_this_one() -> None:
+    """The machine's busy time less this process's own: a spinning process elsewhere reads as a busy core,
+    this process's own spinning (its BLAS threads between products) does not."""
+    from runner.retrieval.products import OtherLoad
+
+    def window(load: OtherLoad) -> float | None:
+        load.cores_busy()
+        started = time.monotonic()
+        while time.monotonic() - started < 0.4:  # this thread spins through the window
+            pass
+        return load.cores_busy()
+
+    own = window(OtherLoad())
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        other = OtherLoad()
+        other.cores_busy()
+        time.sleep(0.4)
+        elsewhere = other.cores_busy()
+    finally:
+        hog.kill()
+        hog.wait()
+    assert own is not None and elsewhere is not None
+    assert own < 0.5, own
+    assert elsewhere > 0.7, elsewhere
 
 
 def test_a_large_operand_is_scored_in_blocks_on_every_core(monkeypatch: pytest.MonkeyPatch) -> None:

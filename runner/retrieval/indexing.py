@@ -16,6 +16,11 @@ rule reaches files that did not change; the boilerplate rules, language detectio
 the chunker's code); otherwise every file is cut and every stored chunk compared, as
 the first ingest does.
 
+Nothing changed, nothing opened: an embedded store's collection carries the stamp of its last complete ingest
+(runner.retrieval.stamp), and a corpus whose files hash as the stamp's manifest says, cut by the same chunker
+for the same spec, is reported from the stamp alone, without Chroma. Ingests of one collection take turns
+under its lock; one that writes removes the stamp first and stamps the collection again after its last write.
+
 Crash safety: every chunk and embedding is computed before the first write; the fingerprint, the manifest
 and the `complete` state are written last. A crash mid-write leaves state `writing` (retrieval warns), and
 the next ingest finishes the job, since the ids say what is stored already.

@@ -11,8 +11,8 @@ be normalised: its row norms divide the small (N,) result instead, and with `ass
 (unit vectors, as every embedder in this package returns, and what retrieval passes) they are not
 computed at all.
 
-numpy inputs stay in numpy, threaded by size (runner.retrieval.products): a small batch on one BLAS thread,
-which never waits for a busy core; a large one in row blocks over every core, each block's norms computed
+numpy inputs stay in numpy, threaded by size (runner.retrieval.products): a small batch on the BLAS threads
+of the cores idle at that moment, so it never waits for a busy core; a large one in row blocks over every core, each block's norms computed
 while it is in cache, so the norms cost no second pass over memory (see benchmarks/bench_scoring.py).
 
 torch is imported only when a tensor is passed, so importing this module stays cheap.
@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from runner.retrieval.products import map_row_blocks, one_blas_thread
+from runner.retrieval.products import idle_blas_threads, map_row_blocks
 
 ArrayT = TypeVar("ArrayT")
 
@@ -38,6 +38,18 @@ def _check_shapes(doc_shape: tuple[int, ...], other_shape: tuple[int, ...], what
         raise ValueError(f"doc_emb must have shape (..., n, d), got {doc_shape}")
     if not other_shape or other_shape[-1] != doc_shape[-1]:
         raise ValueError(f"{what} has dimension {other_shape[-1:]} but doc_emb has {doc_shape[-1]}")
+
+
+if hasattr(np, "vecdot"):  # numpy >= 2.0
+
+    def _row_dots(x: np.ndarray) -> np.ndarray:
+        """Each row's dot product with itself (vecdot: twice einsum's speed on a 4 MB operand)."""
+        return np.vecdot(x, x)  # type: ignore[no-any-return]
+
+else:
+
+    def _row_dots(x: np.ndarray) -> np.ndarray:
+        return np.einsum("ij,ij->i", x, x)  # type: ignore[no-any-return]
 
 
 def pov_scores(doc_emb: ArrayT, pov_emb: Any, *, assume_normalized: bool = False) -> ArrayT:
@@ -66,11 +78,13 @@ def pov_scores(doc_emb: ArrayT, pov_emb: Any, *, assume_normalized: bool = False
     def per_block(block: np.ndarray) -> np.ndarray:
         if block.dtype != work:
             block = block.astype(work)
+        # The norms first: their pass brings the block into cache, where the product then finds it (the other
+        # order read it from memory twice: 0.39 ms against 0.29 at the notebook's shape).
+        norms = None if assume_normalized else np.sqrt(_row_dots(block))
         sims = block @ pov_t
-        out: np.ndarray = np.sqrt(np.einsum("ij,ij->i", sims, sims))
-        if assume_normalized:
+        out: np.ndarray = np.sqrt(_row_dots(sims))
+        if norms is None:
             return out
-        norms = np.sqrt(np.einsum("ij,ij->i", block, block))  # the block is still in cache
         return np.divide(out, norms, out=np.zeros_like(out), where=norms > 0)  # type: ignore[no-any-return]
 
     return map_row_blocks(flat, per_block, dtype).reshape(lead)  # type: ignore[return-value]
@@ -112,7 +126,7 @@ def cosine_scores(query_emb: ArrayT, doc_emb: Any, *, assume_normalized: bool = 
     q = q.astype(dtype, copy=False)
     if not assume_normalized:
         q = q / np.linalg.norm(q, axis=-1, keepdims=True)
-    with one_blas_thread():  # stage 2's products are small: see runner.retrieval.products
+    with idle_blas_threads():  # stage 2's products are small: see runner.retrieval.products
         out = np.matmul(docs, q[..., :, None])[..., 0]
     if not assume_normalized:
         norms = np.sqrt(np.einsum("...ij,...ij->...i", docs, docs))
