@@ -100,9 +100,9 @@ def pov(code: Path, cwd: Path, *args: str) -> float:
 
 
 PEAK = (
-    "import resource, runpy, sys; sys.argv = ['pov', *sys.argv[1:]]\n"
-    "try:\n    runpy.run_module('runner.cli', run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
-    "else:\n    code = 0\n"
+    # runner.cli.main, not the module as a script: `pov` leaves with os._exit, before this could print.
+    "import resource, sys\nfrom runner.cli import main\n"
+    "try:\n    code = main(sys.argv[1:])\nexcept SystemExit as e:\n    code = e.code\n"
     "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, file=sys.stderr)\nsys.exit(code)\n"
 )
 

@@ -157,7 +157,7 @@ def test_a_reingest_cuts_and_reads_back_only_the_files_whose_bytes_changed(
     }
 
     report = ingest(load_spec(spec))
-    assert cut == [] and fetched == []  # nor is anything read back: the stamp says nothing changed
+    assert cut == [] and fetched == []  # nor is Chroma opened: its metadata, read without it, says so
     assert report.chunks == {"added": 0, "updated": 0, "deleted": 0, "unchanged": len(stored(spec))}
     assert report.files["unchanged"] == len([f for f, n in chunks_per_file.items() if n])
     assert sorted(report.no_chunks) == sorted(f for f, n in chunks_per_file.items() if n == 0)
@@ -178,19 +178,10 @@ def test_a_reingest_cuts_and_reads_back_only_the_files_whose_bytes_changed(
     assert report.files == {"added": 0, "updated": 1, "deleted": 1, "unchanged": with_chunks - 2}
     assert stored(spec) == expected(spec)
 
-    # Chunks cut by another chunker (the chunker's code changed since), or a collection left mid-write (by an
-    # ingest killed after it removed the stamp, as it does before its first write): every file is cut again.
-    def left_mid_write() -> None:
-        store = Store(load_spec(spec))
-        col = store.collection()
-        col.modify(metadata={**col.metadata, "pov.state": "writing"})
-        store.unstamp()
-
-    def chunker_changed() -> None:
-        monkeypatch.setattr(indexing, "chunker_id", lambda: "another-chunker")
-
-    for damage in (chunker_changed, left_mid_write):
-        damage()
+    # Chunks cut by another chunker, or a collection left mid-write: every file is cut again.
+    for meta in ({"pov.chunker": "another-chunker"}, {"pov.state": "writing"}):
+        col = Store(load_spec(spec)).collection()
+        col.modify(metadata={**col.metadata, **meta})
         cut.clear()
         fetched.clear()
         ingest(load_spec(spec))
@@ -209,7 +200,6 @@ def test_a_metadata_key_no_longer_written_does_not_rewrite_its_chunk_at_every_in
     some = col.get(limit=1)["ids"][0]
     col.update(ids=[some], metadatas=[{"legacy_key": "from an older version"}])
     col.modify(metadata={**col.metadata, "pov.state": "writing"})  # so every chunk is compared
-    Store(load_spec(spec)).unstamp()  # as an ingest killed mid-write leaves it
     assert ingest(load_spec(spec)).chunks["updated"] == 0
 
 
@@ -422,7 +412,6 @@ def test_a_collection_without_a_recorded_spec_is_adopted(brics_project: Path) ->
         if k not in ("pov.spec", "pov.spec_path", "pov.corpus", "pov.include")
     }
     col.modify(metadata=legacy)
-    Store(base).unstamp()  # such collections also predate the stamps of runner.retrieval.stamp
     assert "pov.spec" not in Store(base).metadata()
     rechunked = load_spec(brics_project / "experiments" / "tiny.yaml", ["corpus.chunking.max_words=120"])
     assert ingest(rechunked).chunks["deleted"] >= 1

@@ -16,10 +16,9 @@ rule reaches files that did not change; the boilerplate rules, language detectio
 the chunker's code); otherwise every file is cut and every stored chunk compared, as
 the first ingest does.
 
-Nothing changed, nothing opened: an embedded store's collection carries the stamp of its last complete ingest
-(runner.retrieval.stamp), and a corpus whose files hash as the stamp's manifest says, cut by the same chunker
-for the same spec, is reported from the stamp alone, without Chroma. Ingests of one collection take turns
-under its lock; one that writes removes the stamp first and stamps the collection again after its last write.
+Nothing changed, nothing opened: an embedded store's collection metadata is read without chromadb
+(runner.retrieval.chroma_state), and a corpus whose files hash as its manifest says, cut by the same chunker
+for the same spec, is reported from it alone, without opening Chroma.
 
 Crash safety: every chunk and embedding is computed before the first write; the fingerprint, the manifest
 and the `complete` state are written last. A crash mid-write leaves state `writing` (retrieval warns), and
@@ -38,9 +37,9 @@ from typing import Any
 
 from runner.errors import UserError
 from runner.retrieval import boilerplate, chunking, language, segmenter, token_chunking
+from runner.retrieval.chroma_state import CollectionState
 from runner.retrieval.chunking import Chunk, chunk_file, fingerprint_of
 from runner.retrieval.ingest_report import Dropped, IngestReport
-from runner.retrieval.stamp import Stamp
 from runner.retrieval.store import SCHEMA_VERSION, Store, chunking_key, maker
 from runner.spec import CorpusText, Experiment, read_corpus
 
@@ -155,8 +154,9 @@ def ingest(
     show_dropped: bool = False,
 ) -> IngestReport:
     """Bring the collection in line with the corpus; see the module docstring. `show_dropped` cuts the
-    unchanged files too (writing nothing for them), so that `dropped_items` lists every file's. With the
-    stamp of the last ingest (runner.retrieval.stamp) saying that nothing changed, Chroma is not opened."""
+    unchanged files too (writing nothing for them), so that `dropped_items` lists every file's. When the
+    collection's metadata, read without Chroma (runner.retrieval.chroma_state), says that nothing changed,
+    Chroma is not opened."""
     spec = exp.spec
     corpus = read_corpus(spec.corpus.path, spec.corpus.include)
     if strict and corpus.skipped:
@@ -168,23 +168,22 @@ def ingest(
         raise UserError(f"no ingestible files in {spec.corpus.path} matching {spec.corpus.include}{why}")
 
     store = Store(exp)
-    with store.ingesting() as stamping:
-        stamp = store.stamp() if stamping and not (rebuild or show_dropped) else None
-        if stamp is not None:
-            quick = _unchanged(exp, store, corpus, stamp, embedder)
-            if quick is not None:
-                return quick
-        return _ingest(exp, store, corpus, rebuild, embedder, show_dropped, stamping)
+    state = None if rebuild or show_dropped else store.state()
+    if state is not None:
+        quick = _unchanged(exp, store, corpus, state, embedder)
+        if quick is not None:
+            return quick
+    return _ingest(exp, store, corpus, rebuild, embedder, show_dropped)
 
 
 def _unchanged(
-    exp: Experiment, store: Store, corpus: CorpusText, stamp: Stamp, embedder: Any
+    exp: Experiment, store: Store, corpus: CorpusText, state: CollectionState, embedder: Any
 ) -> IngestReport | None:
-    """The report of an ingest that would write nothing, from the stamp of the last one alone (no Chroma);
-    None when anything may have changed (then `_ingest` opens the collection and decides)."""
+    """The report of an ingest that would write nothing, from the collection's metadata as read without
+    Chroma (its manifest); None when anything may have changed (then `_ingest` opens it and decides)."""
     from runner.retrieval.embedders.base import build_embedder
 
-    spec, meta = exp.spec, stamp.metadata
+    spec, meta = exp.spec, state.metadata
     store.check_embedder(meta, spec.embedder)
     store.check_maker(meta)
     known = trusted_manifest(meta, chunking_key(exp))
@@ -225,9 +224,8 @@ def _ingest(
     rebuild: bool,
     embedder: Any,
     show_dropped: bool,
-    stamping: bool,
 ) -> IngestReport:
-    """Ingest with the collection open (see the module docstring); `stamping`: stamp what it leaves."""
+    """Ingest with the collection open (see the module docstring)."""
     from runner.retrieval.embedders.base import CachedEmbedder, build_embedder
 
     spec = exp.spec
@@ -321,18 +319,10 @@ def _ingest(
     done["pov.state"] = "complete"
     with store.answering():
         if col is not None and not (new_ids or gone_ids or changed):
-            stamp = store.stamp()
             if any(meta.get(k) != v for k, v in done.items()):
-                store.unstamp()
                 col.modify(metadata=done)
-                stamp = None
-            if stamping and (stamp is None or stamp.metadata != done):
-                store.restamp(done, col.count())
             return report
-        store.unstamp()  # before the first write: no stamp may describe a collection being written
-        col = _write(store, col, rebuild, final_meta, meta, done, chunks, vectors, new_ids, changed, gone_ids)
-        if stamping:
-            store.restamp(done, col.count())
+        _write(store, col, rebuild, final_meta, meta, done, chunks, vectors, new_ids, changed, gone_ids)
     return report
 
 
@@ -348,8 +338,8 @@ def _write(
     new_ids: list[str],
     changed: list[str],
     gone_ids: list[str],
-) -> Any:
-    """The writes, between state `writing` and the final metadata (`done`); returns the collection."""
+) -> None:
+    """The writes, between state `writing` and the final metadata (`done`)."""
     client = store.client
     if rebuild and store.collection() is not None:
         client.delete_collection(store.name)
@@ -383,4 +373,3 @@ def _write(
     for ids in _batches(gone_ids, size):
         col.delete(ids=list(ids))
     col.modify(metadata=done)
-    return col

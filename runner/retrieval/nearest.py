@@ -1,9 +1,9 @@
 """Stage 1 of retrieval: a question's nearest chunks in the Chroma collection, and the same answers kept
-between runs for as long as the collection's stamp (runner.retrieval.stamp) says it has not been written.
+between runs for as long as the collection has not been written (runner.retrieval.chroma_state).
 
-`nearest` asks Chroma. `cached_nearest` asks the hit cache first, keyed by the stamp's token (new with every
-ingest that writes), the query vector's bytes and how many chunks were asked for, and Chroma only for what it
-lacks, so that a run whose questions were asked before opens no Chroma client at all (and imports no
+`nearest` asks Chroma. `cached_nearest` asks the hit cache first, keyed by the collection's token (which
+changes with every write to it), the query vector's bytes and how many chunks were asked for, and Chroma only
+for what it lacks, so that a run whose questions were asked before opens no Chroma client at all (and imports no
 chromadb: half a second of a warm `pov run`). The cache keeps each chunk's text and vector once per token,
 however many questions it is near, and only the rows of the collection's current token.
 """
@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from runner.errors import UserError
+from runner.retrieval.chroma_state import CollectionState
 from runner.retrieval.sqlite_store import SqliteStore
-from runner.retrieval.stamp import Stamp
 
 
 @dataclass
@@ -160,22 +160,22 @@ def hit_key(vector: np.ndarray, n: int) -> str:
 def cached_nearest(
     cache: HitCache,
     collection: str,
-    stamp: Stamp,
+    state: CollectionState,
     open_collection: Callable[[], Any],
-    still_stamped: Callable[[], bool],
+    unchanged: Callable[[], bool],
     embeddings: np.ndarray,
     n: int,
 ) -> list[Hits]:
     """`nearest`, answered from the cache where it can be and by Chroma (`open_collection()`) for the rest,
-    which is then kept if the stamp is still the collection's (`still_stamped()`): answers read while an
-    ingest wrote must not outlive it."""
-    n = min(n, stamp.count)
+    which is then kept if the collection is still in `state` (`unchanged()`): answers read while another
+    process wrote must not be kept under the token of before."""
+    n = min(n, state.count)
     if len(embeddings) == 0 or n < 1:
         return []
-    _check_dim(embeddings, stamp.metadata.get("pov.dim"), collection)
+    _check_dim(embeddings, state.metadata.get("pov.dim"), collection)
     keys = [hit_key(v, n) for v in embeddings]
-    found = cache.hits(collection, stamp.token, list(dict.fromkeys(keys)))
-    chunks = cache.chunks(collection, stamp.token, list({i for ids, _ in found.values() for i in ids}))
+    found = cache.hits(collection, state.token, list(dict.fromkeys(keys)))
+    chunks = cache.chunks(collection, state.token, list({i for ids, _ in found.values() for i in ids}))
     out: dict[str, Hits] = {}
     for key, (ids, scores) in found.items():
         if all(i in chunks for i in ids):
@@ -185,8 +185,8 @@ def cached_nearest(
         rows = [keys.index(k) for k in missing]
         asked = dict(zip(missing, nearest(open_collection(), embeddings[rows], n), strict=True))
         out.update(asked)
-        if still_stamped():
-            cache.put(collection, stamp.token, asked)
+        if unchanged():
+            cache.put(collection, state.token, asked)
     return [out[k] for k in keys]
 
 

@@ -41,9 +41,9 @@ from runner.retrieval.scoring import cosine_scores, rank_desc
 from runner.spec import DEFAULT_POV_SCORE, matrix_pov_sets
 
 if TYPE_CHECKING:
+    from runner.retrieval.chroma_state import CollectionState
     from runner.retrieval.embedders.base import CachedEmbedder
     from runner.retrieval.rerankers import CachedReranker
-    from runner.retrieval.stamp import Stamp
     from runner.retrieval.store import Store
     from runner.spec import Experiment
 
@@ -181,8 +181,8 @@ class ChromaRetriever:
             self.query_reranker = build_reranker(spec.query_reranker, exp.state_dir)
         self.warnings: list[str] = []
         self._collection: Any = None
-        self._stamp_read = False
-        self._stamped: Stamp | None = None
+        self._state_read = False
+        self._known: CollectionState | None = None
         self.hit_cache = HitCache(exp.state_dir / "cache" / "hits.sqlite")
 
     def check_embedder(self) -> Callable[[list[str]], np.ndarray]:
@@ -216,31 +216,31 @@ class ChromaRetriever:
                 log.warning(w)
                 self.warnings.append(w)
 
-    def _stamp(self) -> Stamp | None:
-        """The collection's stamp, read once: this retriever's cached stage-1 answers are those of that
-        state of the collection, however long it lives."""
-        if not self._stamp_read:
-            self._stamp_read = True
-            stamp = self.store.stamp()
-            if stamp is not None and stamp.count > 0:
-                self._warn(self.store.query_warnings(stamp.metadata, self.exp.spec.embedder))
-                self._stamped = stamp
-        return self._stamped
+    def _state(self) -> CollectionState | None:
+        """The collection's state, read once: this retriever's cached stage-1 answers are those of that state
+        of the collection, however long it lives."""
+        if not self._state_read:
+            self._state_read = True
+            state = self.store.state()
+            if state is not None and state.count > 0:
+                self._warn(self.store.query_warnings(state.metadata, self.exp.spec.embedder))
+                self._known = state
+        return self._known
 
     def _nearest(self, vectors: np.ndarray, n: int) -> list[Hits]:
-        """Stage 1 for each vector: from the hit cache where the collection is stamped, else from Chroma."""
-        stamp = self._stamp()
-        if stamp is None:
+        """Stage 1 for each vector: from the hit cache where the store's state can be read, else from Chroma."""
+        state = self._state()
+        if state is None:
             col = self._open()
             with self.store.answering(mid_run=True):  # a run is under way: a dead server aborts it
                 return nearest(col, vectors, n)
 
-        def still_stamped() -> bool:
-            now = self.store.stamp()
-            return now is not None and now.token == stamp.token
+        def unchanged() -> bool:
+            now = self.store.state()
+            return now is not None and now.token == state.token
 
         where = f"{self.store.location}::{self.store.name}"
-        return cached_nearest(self.hit_cache, where, stamp, self._open, still_stamped, vectors, n)
+        return cached_nearest(self.hit_cache, where, state, self._open, unchanged, vectors, n)
 
     def _check_keys(self, keys: list[Key]) -> None:
         for q, p, k, score in keys:
@@ -272,7 +272,7 @@ class ChromaRetriever:
         in_matrix = matrix_pov_sets(self.exp)
         companions = [(q, o, k, s) for q, _, k, s in wanted for o in in_matrix]
         every: list[Key] = list(dict.fromkeys([*wanted, *companions]))
-        if self._stamp() is None:
+        if self._state() is None:
             self._open()  # a missing collection or another embedder's is an error before any embedding
         qids = list(dict.fromkeys(q for q, _, _, _ in every))
         qtexts = [self.exp.questions[q].text for q in qids]

@@ -30,8 +30,8 @@ from urllib.parse import urlparse
 
 from runner.errors import RunAborted, UserError
 from runner.redaction import redact
+from runner.retrieval.chroma_state import CollectionState, read_state
 from runner.retrieval.chunking import corpus_fingerprint
-from runner.retrieval.stamp import Stamp, ingest_lock, read_stamp, remove_stamp, write_stamp
 from runner.spec import Embedder as EmbedderSpec
 from runner.spec import Experiment, chunking_identity, portable
 
@@ -134,28 +134,10 @@ class Store:
             session.timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=CONNECT_TIMEOUT_S)
         return client
 
-    # -- the stamp of the last complete ingest (runner.retrieval.stamp) ---------------------------------------
-    def stamp(self) -> Stamp | None:
-        """What the last complete ingest left, read without Chroma; None for a server store (other clients
-        may write to it), or while an ingest is writing."""
-        return None if self.url else read_stamp(self.path, self.name)
-
-    @contextmanager
-    def ingesting(self) -> Iterator[bool]:
-        """The body is an ingest: one at a time per embedded collection, across processes. Yields whether it
-        may stamp what it leaves (never for a server store, nor where the filesystem has no locks)."""
-        if self.url:
-            yield False
-            return
-        with ingest_lock(self.path, self.name) as locked:
-            yield locked
-
-    def unstamp(self) -> None:
-        if not self.url:
-            remove_stamp(self.path, self.name)
-
-    def restamp(self, metadata: dict[str, Any], count: int) -> Stamp:
-        return write_stamp(self.path, self.name, metadata, count)
+    def state(self) -> CollectionState | None:
+        """The collection's metadata and a token that changes with every write to it, read without
+        chromadb (runner.retrieval.chroma_state); None for a server store, or when it cannot be read so."""
+        return None if self.url else read_state(self.path, self.name)
 
     @contextmanager
     def answering(self, *, mid_run: bool = False) -> Iterator[None]:
