@@ -92,13 +92,12 @@ def entry() -> NoReturn:
 def leave(code: int) -> NoReturn:
     """Exit with `code` as Python would, less the interpreter's teardown of every imported module (0.1 to
     0.2 s after chromadb and pydantic are in: a tenth of a warm `pov run`). What a normal exit does for
-    the program still happens, in its order: running threads that are not daemons finish, then the
-    atexit handlers (logging's flush, multiprocessing's reaping of its children, temporary folders,
-    MLflow, Ray), then stdout and stderr are flushed. What is left is what a kill would skip, which
-    every write here already survives (results, caches and stores are written whole or not at all)."""
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
+    the program still happens, in the interpreter's order: threading's shutdown (its own exit hooks, such as
+    concurrent.futures telling its idle workers to end, then a join of every thread that is not a daemon),
+    the atexit handlers (logging's flush, multiprocessing's reaping of its children, temporary folders,
+    MLflow, Ray), then stdout and stderr are flushed. What is left is what a kill would skip, which every
+    write here already survives (results, caches and stores are written whole or not at all)."""
+    threading._shutdown()  # type: ignore[attr-defined]  # what Py_FinalizeEx calls first, in every CPython 3
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):  # a closed pipe has nothing left to say

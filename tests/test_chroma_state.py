@@ -13,9 +13,6 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-import runner.retrieval.indexing as indexing
 from runner.retrieval import Store, ingest
 from runner.retrieval.chroma_state import read_state
 from runner.spec import load_spec
@@ -120,30 +117,6 @@ def test_a_write_by_another_program_is_seen(brics_project: Path) -> None:
     after, imported = retrieve(spec)
     assert imported and best not in ids_in(after)
     assert after == from_chroma(spec)
-
-
-def test_a_collection_left_mid_write_is_finished_not_trusted(
-    brics_project: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    spec = brics_project / "experiments" / "quickstart.yaml"
-    ingest(load_spec(spec))
-    path = brics_project / "data" / "brics" / "04_japan_alliances_trade.md"
-    path.write_text(path.read_text().replace("Japan", "Nippon"))
-    real_write = indexing._write
-
-    def killed_mid_write(store: Store, *args: Any) -> None:
-        col = store.collection()
-        col.modify(metadata={**col.metadata, "pov.state": "writing"})
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(indexing, "_write", killed_mid_write)
-    with pytest.raises(KeyboardInterrupt):
-        ingest(load_spec(spec))
-    monkeypatch.setattr(indexing, "_write", real_write)
-    path.write_text(path.read_text().replace("Nippon", "Japan"))  # the corpus as the manifest knows it
-    report = ingest(load_spec(spec))
-    assert report.chunks["unchanged"] > 0 and Store(load_spec(spec)).metadata()["pov.state"] == "complete"
-    assert state_of(spec).metadata["pov.state"] == "complete"
 
 
 def test_no_state_for_a_server_store_or_unknown_tables(brics_project: Path, tmp_path: Path) -> None:

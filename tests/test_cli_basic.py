@@ -296,7 +296,10 @@ def test_pov_run_checks_before_it_starts_and_a_failure_writes_nothing(
 LEAVE_CHECK = textwrap.dedent(
     """
     import atexit, sys, threading, time
+    from concurrent.futures import ThreadPoolExecutor
     from runner.cli import leave
+    pool = ThreadPoolExecutor(1)  # its idle worker ends only when told to (as MLflow's artifact pool's does)
+    pool.submit(print, "pooled", end=";").result()
     atexit.register(lambda: print("atexit ran", flush=True))
     worker = threading.Thread(target=lambda: (time.sleep(0.3), print("thread finished")))
     worker.start()
@@ -308,11 +311,11 @@ LEAVE_CHECK = textwrap.dedent(
 
 def test_leaving_skips_only_the_teardown() -> None:
     """`pov` leaves with os._exit to skip the interpreter's teardown of its modules; what a normal exit does
-    for the program must still happen, in order: a running thread finishes, atexit handlers run, buffered
-    output is written, and the exit code is the command's."""
+    for the program must still happen, in order: an idle thread pool is let go, a running thread finishes,
+    atexit handlers run, buffered output is written, and the exit code is the command's."""
     proc = subprocess.run([sys.executable, "-c", LEAVE_CHECK], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3, proc.stderr
-    assert proc.stdout.split("\n") == ["unflushed;thread finished", "atexit ran", ""], proc.stdout
+    assert proc.stdout.split("\n") == ["pooled;unflushed;thread finished", "atexit ran", ""], proc.stdout
 
 
 HUB_CHECK = textwrap.dedent(
