@@ -344,7 +344,9 @@ def test_driver_killed_mid_run_then_run_again_resumes(cluster: LocalCluster, pro
     assert code == 0, log[-3000:]
     cells = _exactly_once(project, name)
     assert all(r["status"] == "finished" for r in cells.values())
-    assert 3 <= before < len(cells)
+    # Three cells were in the results file at the kill; the file is written before the tracker, so the last
+    # batch (two cells) may be in the file only, and the run resumed from the tracker runs it again.
+    assert 3 - 2 <= before < len(cells)
     assert "already done" in log
 
 
