@@ -35,10 +35,13 @@ def paired_combos(
             done.add(grouped[axis])
             members = tuple(groups[grouped[axis]])
             slots.append((members, list(zip(*(values(a) for a in members), strict=False))))
+    names = [name for members, _ in slots for name in members]
+    if names == list(AXES):  # no zip, or zipped axes that are neighbours: values come in AXES order
+        for picked in itertools.product(*(options for _, options in slots)):
+            yield dict(zip(AXES, itertools.chain.from_iterable(picked), strict=True))
+        return
     for picked in itertools.product(*(options for _, options in slots)):
-        combo: dict[str, Any] = {}
-        for (names, _), vals in zip(slots, picked, strict=True):
-            combo.update(zip(names, vals, strict=True))
+        combo = dict(zip(names, itertools.chain.from_iterable(picked), strict=True))
         yield {axis: combo[axis] for axis in AXES}
 
 
