@@ -179,19 +179,18 @@ def cached_nearest(
     out: dict[str, Hits] = {}
     for key, (ids, scores) in found.items():
         if all(i in chunks for i in ids):
-            out[key] = Hits(ids, [chunks[i][0] for i in ids], _stack([chunks[i][1] for i in ids]), scores)
-    missing = list(dict.fromkeys(k for k in keys if k not in out))
+            out[key] = Hits(ids, [chunks[i][0] for i in ids], np.stack([chunks[i][1] for i in ids]), scores)
+    first: dict[str, int] = {}  # each key's first row: a question asked twice is asked of Chroma once
+    for row, key in enumerate(keys):
+        first.setdefault(key, row)
+    missing = [k for k in first if k not in out]
     if missing:
-        rows = [keys.index(k) for k in missing]
+        rows = [first[k] for k in missing]
         asked = dict(zip(missing, nearest(open_collection(), embeddings[rows], n), strict=True))
         out.update(asked)
         if unchanged():
             cache.put(collection, state.token, asked)
     return [out[k] for k in keys]
-
-
-def _stack(vectors: list[np.ndarray]) -> np.ndarray:
-    return np.stack(vectors) if vectors else np.zeros((0, 0), np.float32)
 
 
 def _check_dim(embeddings: np.ndarray, dim: Any, name: str) -> None:
